@@ -1,0 +1,110 @@
+"""Suite configuration: typed dataclasses parsed from YAML with jsonargparse (errors name the key and value)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from jsonargparse import ArgumentParser
+
+from benchmark.scoring import SELECTION_RULES
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synthetic_scenes"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "segnet"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    jacobian_mode: Literal["auto", "loop", "batched"] = "auto"
+    nan_policy: Literal["error", "skip"] = "error"
+    max_nan_skips: int = 10
+    clip_shared_grad_norm: float | None = None
+    accelerator: Literal["cpu", "cuda", "auto"] = "cpu"
+    precision: str = "32-true"
+
+
+@dataclass
+class MethodConfig:
+    name: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class SuiteConfig:
+    name: str
+    methods: list[MethodConfig]
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    stl: bool = True
+    selection: str = "last"
+    output_dir: str = "runs"
+    leaderboard: str = "leaderboard.md"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def suite_parser(prog: str = "mtobench run") -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, exit_on_error=False, description="Train a suite: dataset x method x seed.")
+    parser.add_argument("suite_file", type=str, help="suite YAML, e.g. configs/suites/default.yaml")
+    parser.add_class_arguments(SuiteConfig, "suite", help="suite fields; any can be overridden, e.g. --suite.seeds=[0]")
+    return parser
+
+
+def load_suite(path: str | Path, overrides: list[str] | None = None) -> SuiteConfig:
+    """Parse and check a suite file; overrides are command-line style, e.g. ``["--suite.train.epochs", "1"]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"suite file {path} does not exist")
+    parser = suite_parser()
+    try:
+        cfg = parser.parse_args([str(path), "--suite", str(path), *(overrides or [])])
+        suite: SuiteConfig = parser.instantiate(cfg).suite
+    except Exception as exc:  # jsonargparse raises ArgumentError / ValueError with the key named
+        raise ValueError(f"suite file {path}: {exc}") from exc
+    check_suite(suite, path)
+    return suite
+
+
+def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
+    """Range checks that types alone cannot express; each error names the file, the field and the value."""
+    t = suite.train
+    checks = [
+        (t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
+        (t.lr > 0, "train.lr", t.lr, "must be > 0"),
+        (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0"),
+        (t.clip_shared_grad_norm is None or t.clip_shared_grad_norm > 0, "train.clip_shared_grad_norm",
+         t.clip_shared_grad_norm, "must be > 0 or null"),
+        (len(suite.methods) > 0, "methods", suite.methods, "must list at least one method"),
+        (len(suite.seeds) > 0 and len(set(suite.seeds)) == len(suite.seeds), "seeds", suite.seeds,
+         "must be a non-empty list of distinct ints"),
+        (suite.selection in SELECTION_RULES, "selection", suite.selection, f"must be one of {SELECTION_RULES}"),
+    ]
+    keys = [m.key for m in suite.methods]
+    checks.append((len(set(keys)) == len(keys), "methods", keys, "has duplicate names; give each a distinct label"))
+    for ok, key, value, why in checks:
+        if not ok:
+            raise ValueError(f"suite file {path}: {key}={value!r} {why}")

@@ -1,0 +1,173 @@
+"""The single place that touches autograd: computes what a method needs, and writes the update into ``.grad``.
+
+Per-task gradients of the shared parameters come from one of two paths:
+
+* ``loop``: T calls of ``torch.autograd.grad`` on a retained graph;
+* ``batched``: one ``torch.autograd.grad(..., is_grads_batched=True)`` call (vmap over the T unit vectors).
+
+Which is faster depends on the device and the model (on 2 CPU cores the loop is faster; on a GPU the batched
+pass usually is), so ``jacobian_mode="auto"`` times both once per device and parameter count, keeps the
+faster, and the run record names the choice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.methods.base import Method, Needs
+
+JACOBIAN_MODES = ("auto", "loop", "batched")
+AUTO_MARGIN = 0.9
+_AUTO_CHOICE: dict[tuple[str, int, int], str] = {}
+
+
+def flat_grads(grads: Sequence[Tensor | None], params: Sequence[Tensor], lead: tuple[int, ...] = ()) -> Tensor:
+    """Concatenate (possibly ``None``) gradients into one ``[*lead, P]`` tensor, on the parameters' device."""
+    return torch.cat(
+        [
+            (torch.zeros(*lead, p.numel(), dtype=p.dtype, device=p.device) if g is None else g.reshape(*lead, -1))
+            for g, p in zip(grads, params, strict=True)
+        ],
+        dim=-1,
+    )
+
+
+def jacobian_loop(losses: Tensor, inputs: Sequence[Tensor]) -> Tensor:
+    grads = (torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True) for loss in losses)
+    return torch.stack([flat_grads(g, inputs) for g in grads])
+
+
+def jacobian_batched(losses: Tensor, inputs: Sequence[Tensor]) -> Tensor:
+    eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
+    grads = torch.autograd.grad(losses, inputs, grad_outputs=eye, retain_graph=True, allow_unused=True,
+                                is_grads_batched=True)
+    return flat_grads(grads, inputs, lead=(len(losses),))
+
+
+def _timed(fn: Callable[[], Tensor], device: torch.device) -> tuple[Tensor, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def jacobian(losses: Tensor, inputs: Sequence[Tensor], mode: str) -> tuple[Tensor, str]:
+    """The ``[T, P]`` Jacobian of ``losses`` w.r.t. ``inputs`` and the path that computed it."""
+    if mode == "loop":
+        return jacobian_loop(losses, inputs), "loop"
+    if mode == "batched":
+        return jacobian_batched(losses, inputs), "batched"
+    key = (inputs[0].device.type, len(losses), sum(p.numel() for p in inputs))
+    if key not in _AUTO_CHOICE:
+        timings = {}
+        for path, fn in (("loop", jacobian_loop), ("batched", jacobian_batched)):
+            timings[path] = min(_timed(lambda f=fn: f(losses, inputs), inputs[0].device)[1] for _ in range(2))
+        _AUTO_CHOICE[key] = "batched" if timings["batched"] < AUTO_MARGIN * timings["loop"] else "loop"
+    return jacobian(losses, inputs, _AUTO_CHOICE[key])
+
+
+def write_grads(params: Sequence[nn.Parameter], direction: Tensor) -> None:
+    """Set ``p.grad`` from the flat ``direction`` (overwriting; the engine owns the shared gradients)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = direction[offset : offset + n].view_as(p).to(p.dtype).clone()
+        offset += n
+
+
+@dataclass
+class StepInfo:
+    """What one engine step did, for logging: the loss weights used and the update norm."""
+
+    weights: Tensor
+    update_norm: float
+    jacobian_mode: str | None = None
+
+
+class Engine:
+    """Computes exactly what ``method.needs`` and writes the gradients of one training step.
+
+    ``shared``: the shared parameters (the encoder). ``task_params``: everything else that is trained by the
+    task losses (heads) plus the method's own parameters. In representation mode, ``z`` is the encoder
+    output and ``z_in`` the detached leaf the heads were evaluated on.
+    """
+
+    def __init__(self, method: Method, shared: Sequence[nn.Parameter], heads: Sequence[nn.Parameter],
+                 jacobian_mode: str = "auto", backward: Callable[[Tensor], None] | None = None) -> None:
+        if jacobian_mode not in JACOBIAN_MODES:
+            raise ValueError(f"jacobian_mode={jacobian_mode!r} is not one of {JACOBIAN_MODES}")
+        self.method = method
+        self.shared = list(shared)
+        self.heads = list(heads)
+        self.method_params = [p for p in method.parameters() if p.requires_grad]
+        self.jacobian_mode = jacobian_mode
+        self.backward = backward or (lambda loss: loss.backward())
+        self.resolved_mode: str | None = None
+
+    @property
+    def uses_rep(self) -> bool:
+        return self.method.grad_source != "params"
+
+    def step(self, losses: Tensor, z: Tensor | None = None, z_in: Tensor | None = None) -> StepInfo:
+        """Back-propagate the (already transformed) task losses ``[T]`` as the method prescribes."""
+        method = self.method
+        if method.needs is Needs.LOSSES:
+            weights = method.loss_weights(losses.detach())
+            total = (weights.detach() * losses).sum()
+            self.backward(total)
+            return StepInfo(weights.detach(), _grad_norm(self.shared))
+        if self.uses_rep:
+            if z is None or z_in is None:
+                raise ValueError(f"{type(method).__name__} uses grad_source={method.grad_source!r}: pass z and z_in")
+            weights, direction, mode = self._combine(losses, [z_in], rep=z_in)
+            torch.autograd.backward(z, grad_tensors=direction.view_as(z))
+        else:
+            weights, direction, mode = self._combine(losses, self.shared)
+            write_grads(self.shared, direction)
+        self._backward_heads(losses, weights)
+        return StepInfo(weights, float(direction.norm()), mode)
+
+    def _combine(self, losses: Tensor, inputs: list[Tensor], rep: Tensor | None = None) -> tuple[Tensor, Tensor, str]:
+        """Per-task gradients of ``inputs`` combined by the method: (weights, direction, jacobian path)."""
+        method = self.method
+        jac, mode = jacobian(losses, inputs, self.jacobian_mode)
+        self.resolved_mode = mode
+        if method.needs is Needs.GRAMIAN:
+            solver_view = jac
+            if method.grad_source == "rep_batchsum":
+                solver_view = jac.view(len(losses), rep.shape[0], -1).sum(dim=1)
+            j64 = solver_view.double()
+            weights = method.gramian_weights(j64 @ j64.T, losses.detach().double())
+            if not torch.isfinite(weights).all():
+                raise FloatingPointError(f"{type(method).__name__} returned non-finite weights {weights.tolist()}")
+            method.last_weights = weights.detach()
+            direction = weights.to(jac.dtype) @ jac
+        else:
+            if method.grad_source == "rep_batchsum":
+                raise ValueError(f"{type(method).__name__} needs the Jacobian; rep_batchsum applies to Gramian methods")
+            direction = method.aggregate(jac, losses.detach())
+            weights = torch.ones(len(losses), dtype=losses.dtype, device=losses.device)
+        if not torch.isfinite(direction).all():
+            raise FloatingPointError(f"{type(method).__name__} produced a non-finite update direction")
+        return weights.detach(), direction, mode
+
+    def _backward_heads(self, losses: Tensor, weights: Tensor) -> None:
+        """Each head gets the gradient of its own loss (``own``) or of its weighted loss (``weighted``)."""
+        coeffs = weights.to(losses.dtype) if self.method.head_weighting == "weighted" else torch.ones_like(losses)
+        if self.heads:
+            torch.autograd.backward((coeffs * losses).sum(), inputs=self.heads, retain_graph=bool(self.method_params))
+        if self.method_params:
+            torch.autograd.backward(losses.sum(), inputs=self.method_params)
+
+
+def _grad_norm(params: Sequence[nn.Parameter]) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0

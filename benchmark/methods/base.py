@@ -1,0 +1,105 @@
+"""The method contract: what a multi-task optimization method declares and computes.
+
+A method declares in ``needs`` the cheapest object it uses, and the engine computes only that:
+
+* ``Needs.LOSSES``: the task losses; the method returns loss weights ``w`` and the engine back-propagates
+  ``sum(w * losses)`` once.
+* ``Needs.GRAMIAN``: the ``T x T`` Gramian ``M = G G^T`` of the per-task gradients (float64); the method
+  returns weights ``alpha`` and the engine writes ``alpha @ G`` into the shared gradients. The method never
+  sees ``G`` itself.
+* ``Needs.JACOBIAN``: the full ``T x P`` Jacobian; the method returns the direction.
+
+Gradient methods choose where their gradients come from with ``grad_source``: ``params`` (the shared
+parameters), ``rep_full`` (the gradient w.r.t. the shared representation ``z``, flattened over batch and
+features, as the official MGDA-UB code) or ``rep_batchsum`` (summed over the batch first, as LibMTL).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+from torch import Tensor, nn
+
+GRAD_SOURCES = ("params", "rep_full", "rep_batchsum")
+HEAD_WEIGHTINGS = ("own", "weighted")
+
+
+class Needs(enum.Enum):
+    LOSSES = "losses"
+    GRAMIAN = "gramian"
+    JACOBIAN = "jacobian"
+
+
+class Method(nn.Module):
+    """Base class of every method. Subclasses set ``needs`` and implement the matching hook.
+
+    Learnable state (e.g. IMTL-L's scales) is registered as ``nn.Parameter`` so that it is checkpointed and
+    optimised (in its own parameter group, without weight decay). Stateful methods override ``reset``.
+    """
+
+    needs: Needs = Needs.LOSSES
+    owns_step: bool = False
+
+    def __init__(self, num_tasks: int, grad_source: str = "params", head_weighting: str = "own") -> None:
+        super().__init__()
+        if not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"{type(self).__name__}: num_tasks must be a positive int, got {num_tasks!r}")
+        if grad_source not in GRAD_SOURCES:
+            raise ValueError(f"{type(self).__name__}: grad_source={grad_source!r} is not one of {GRAD_SOURCES}")
+        if head_weighting not in HEAD_WEIGHTINGS:
+            raise ValueError(
+                f"{type(self).__name__}: head_weighting={head_weighting!r} is not one of {HEAD_WEIGHTINGS}"
+            )
+        if self.needs is Needs.LOSSES and grad_source != "params":
+            raise ValueError(f"{type(self).__name__} weights losses only; grad_source={grad_source!r} is meaningless")
+        self.num_tasks = num_tasks
+        self.grad_source = grad_source
+        self.head_weighting = head_weighting
+        self.last_weights: Tensor | None = None
+
+    def transform_losses(self, losses: Tensor) -> Tensor:
+        """Map the raw task losses ``[T]`` to the losses the method optimises (identity by default)."""
+        return losses
+
+    def loss_weights(self, losses: Tensor) -> Tensor:
+        """``Needs.LOSSES``: weights ``[T]`` of the (transformed) losses."""
+        raise NotImplementedError(f"{type(self).__name__} does not weight losses")
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """``Needs.GRAMIAN``: weights ``[T]`` from the float64 Gramian ``[T, T]`` and the losses ``[T]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not work on the Gramian")
+
+    def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
+        """Pure aggregation of a ``[T, P]`` Jacobian into a direction ``[P]``.
+
+        Gramian methods get this for free: the weights are computed on ``J J^T`` in float64.
+        """
+        if self.needs is Needs.GRAMIAN:
+            if losses is None:
+                losses = torch.ones(jacobian.shape[0], dtype=jacobian.dtype, device=jacobian.device)
+            j64 = jacobian.double()
+            weights = self.gramian_weights(j64 @ j64.T, losses.detach().double())
+            return (weights.to(jacobian.dtype) @ jacobian)
+        raise NotImplementedError(f"{type(self).__name__} must implement aggregate()")
+
+    def after_step(self, losses_before: Tensor, losses_after: Tensor) -> None:
+        """Hook run after ``optimizer.step()`` with the losses re-evaluated on the same batch (FAMO)."""
+
+    @property
+    def wants_after_step(self) -> bool:
+        return type(self).after_step is not Method.after_step
+
+    def reset(self) -> None:
+        """Reset any state accumulated during training."""
+        self.last_weights = None
+
+    def stats(self) -> dict[str, float]:
+        """Scalars to log after each step, e.g. the current task weights."""
+        if self.last_weights is None:
+            return {}
+        return {f"weight_{t}": float(w) for t, w in enumerate(self.last_weights.tolist())}
+
+    def hparams(self) -> dict:
+        """The constructor arguments that define this method, recorded in every result."""
+        return {"grad_source": self.grad_source, "head_weighting": self.head_weighting}

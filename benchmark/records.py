@@ -1,0 +1,82 @@
+"""Run records: one JSON file per run, written atomically, with config, versions and git commit."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+TRACKED_PACKAGES = ("mtobench", "torch", "torchvision", "lightning", "torchmetrics", "numpy", "scipy", "timm")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, object]:
+    """The commit of the code that produced a result, and whether the tree had uncommitted changes."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status)}
+
+
+def _jsonable(value):
+    """NaN and inf become null so the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write ``payload`` to ``path`` via a temp file in the same folder and ``os.replace``: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_jsonable(payload), indent=1, sort_keys=True, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: Path) -> dict:
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"record {path}: cannot be read as JSON ({exc})") from exc
+    if record.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"record {path}: schema_version={record.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    return record
+
+
+def record_path(out_dir: Path, run_id: str) -> Path:
+    return Path(out_dir) / f"{run_id}.json"

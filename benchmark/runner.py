@@ -1,0 +1,182 @@
+"""Train a suite's grid of method x seed (plus single-task baselines) and write one record per run."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from benchmark import tasks as T
+from benchmark.config import SuiteConfig
+from benchmark.methods import create
+from benchmark.module import MTOModule
+from benchmark.names import unknown_name
+from benchmark.records import SCHEMA_VERSION, git_state, package_versions, record_path, write_json_atomic
+from datamodules import DATAMODULES
+from models import MODELS
+
+STL_METHOD = "ew"
+console = Console()
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One cell of the grid. ``stl_task`` is set for a single-task baseline run."""
+
+    method: str
+    hparams: dict
+    seed: int
+    run_id: str
+    stl_task: str | None = None
+
+
+def create_datamodule(suite: SuiteConfig):
+    if suite.dataset.name not in DATAMODULES:
+        raise unknown_name("dataset", suite.dataset.name, DATAMODULES)
+    cls = DATAMODULES[suite.dataset.name]
+    try:
+        return cls(batch_size=suite.train.batch_size, **suite.dataset.params)
+    except TypeError as exc:
+        raise ValueError(f"dataset {suite.dataset.name!r}: bad dataset.params {suite.dataset.params}: {exc}") from exc
+
+
+def create_model(suite: SuiteConfig, tasks: list) -> torch.nn.Module:
+    if suite.model.name not in MODELS:
+        raise unknown_name("model", suite.model.name, MODELS)
+    try:
+        return MODELS[suite.model.name]({t.name: T.head_channels(t) for t in tasks}, **suite.model.params)
+    except TypeError as exc:
+        raise ValueError(f"model {suite.model.name!r}: bad model.params {suite.model.params}: {exc}") from exc
+
+
+def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
+    base = f"{suite.name}/{suite.dataset.name}"
+    runs = [
+        PlannedRun(m.name, dict(m.hparams), seed, f"{base}/{m.key}/seed{seed}")
+        for m in suite.methods
+        for seed in suite.seeds
+    ]
+    if suite.stl:
+        runs += [
+            PlannedRun(STL_METHOD, {}, seed, f"{base}/stl-{task}/seed{seed}", stl_task=task)
+            for task in task_names
+            for seed in suite.seeds
+        ]
+    return runs
+
+
+def check_methods(suite: SuiteConfig, num_tasks: int) -> None:
+    """Build every method once before training, so a bad name or hyper-parameter fails before any run."""
+    for m in suite.methods:
+        try:
+            create(m.name, num_tasks, **m.hparams)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"suite {suite.name!r}: method {m.key!r}: {exc}") from exc
+
+
+class GridProgress(L.Callback):
+    """A rich progress bar over the whole grid, with one line for the steps of the current run."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress, self.label = progress, label
+        self.task = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.max_epochs * trainer.num_training_batches
+        self.task = self.progress.add_task(self.label, total=total)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.progress.advance(self.task)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.progress.remove_task(self.task)
+
+
+def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> dict:
+    """Train one run and return its record (the caller writes it)."""
+    L.seed_everything(run.seed, workers=True, verbose=False)
+    tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
+    model = create_model(suite, tasks)
+    method = create(run.method, len(tasks), **run.hparams)
+    t = suite.train
+    module = MTOModule(model, tasks, method, lr=t.lr, weight_decay=t.weight_decay, jacobian_mode=t.jacobian_mode,
+                       nan_policy=t.nan_policy, max_nan_skips=t.max_nan_skips,
+                       clip_shared_grad_norm=t.clip_shared_grad_norm)
+    trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        deterministic=True, num_sanity_val_steps=0,
+                        callbacks=[GridProgress(progress, run.run_id)])
+    if trainer.strategy.root_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=dm.train_dataloader(seed=run.seed),
+                val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
+    wall = time.perf_counter() - start
+    return make_record(suite, run, dm, tasks, module, trainer, wall)
+
+
+def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wall: float) -> dict:
+    device = trainer.strategy.root_device
+    times = torch.tensor(module.step_times[1:] or module.step_times or [float("nan")], dtype=torch.float64)
+    if device.type == "cuda":
+        memory = {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_allocated"}
+    else:
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        memory = {"peak_memory_bytes": peak_rss, "peak_memory_kind": "process_max_rss"}
+    infos = {f"{t.name}/{i.key}": {"direction": i.direction, "unit": i.unit} for t in tasks for i in T.metric_infos(t)}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run.run_id,
+        "suite": suite.name,
+        "dataset": suite.dataset.name,
+        "dataset_info": dm.describe(),
+        "method": run.method if run.stl_task is None else f"stl-{run.stl_task}",
+        "method_label": run.run_id.split("/")[-2],
+        "kind": "mtl" if run.stl_task is None else "stl",
+        "stl_task": run.stl_task,
+        "method_hparams": module.method.hparams(),
+        "seed": run.seed,
+        "config": suite.to_dict(),
+        "versions": package_versions(),
+        **git_state(),
+        "device": str(device),
+        "jacobian_mode": module.engine.resolved_mode,
+        "tasks": [{"name": t.name, "kind": t.kind, "num_classes": t.num_classes, "ignore_index": t.ignore_index}
+                  for t in tasks],
+        "metrics": infos,
+        "epochs": module.history,
+        "timing": {"step_time_mean_s": float(times.mean()), "step_time_median_s": float(times.median()),
+                   "steps": len(module.step_times), "wall_time_s": wall, **memory},
+        "nan_skips": module.nan_skips,
+        "method_stats": module.method_summary(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "status": "finished",
+    }
+
+
+def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
+    """Train every planned run whose record does not exist yet; return the record paths of the suite."""
+    dm = create_datamodule(suite)
+    dm.prepare_data()
+    dm.setup("fit")
+    check_methods(suite, len(dm.tasks))
+    runs = plan_runs(suite, [t.name for t in dm.tasks])
+    out = Path(suite.output_dir)
+    todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
+    if len(todo) < len(runs):
+        console.print(f"[dim]{len(runs) - len(todo)} of {len(runs)} runs already have records in {out}; skipped[/]")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        grid = progress.add_task(f"suite {suite.name}", total=len(todo))
+        for run in todo:
+            record = train_one(suite, run, dm, progress)
+            write_json_atomic(record_path(out, run.run_id), record)
+            progress.advance(grid)
+    return [record_path(out, r.run_id) for r in runs]

@@ -1,0 +1,28 @@
+"""The plain-data contract by which a datamodule declares its tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TASK_KINDS = ("segmentation", "depth", "normals")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a dataset, e.g. ``TaskSpec("semseg", "segmentation", num_classes=13, ignore_index=-1)``.
+
+    Target conventions (batch ``targets[name]``): segmentation ``B x H x W`` int64 with ``ignore_index``
+    on invalid pixels; depth ``B x 1 x H x W`` float with 0 invalid; normals ``B x 3 x H x W`` float unit
+    vectors with the zero vector invalid.
+    """
+
+    name: str
+    kind: str
+    num_classes: int | None = None
+    ignore_index: int = -1
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"TaskSpec {self.name!r}: kind={self.kind!r} is not one of {TASK_KINDS}")
+        if self.kind == "segmentation" and (self.num_classes is None or self.num_classes < 2):
+            raise ValueError(f"TaskSpec {self.name!r}: segmentation needs num_classes >= 2, got {self.num_classes}")

@@ -1,0 +1,79 @@
+"""A small SegNet-style encoder-decoder with a shared trunk and one head per task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class SegNetMTL(nn.Module):
+    """SegNet (Badrinarayanan et al., TPAMI 2017) trunk shared by all tasks, with light per-task heads.
+
+    ``encode`` maps the image to the shared representation ``z`` (full resolution, ``width`` channels): an
+    encoder of ``levels`` conv blocks with max pooling, and a decoder that unpools with the stored indices.
+    Each head is a 3x3 conv block followed by a 1x1 projection to that task's output channels. The shared
+    parameters are exactly those of ``encode``.
+    """
+
+    def __init__(self, head_channels: Mapping[str, int], width: int = 16, levels: int = 3, in_channels: int = 3):
+        super().__init__()
+        if width < 1 or levels < 1:
+            raise ValueError(f"SegNetMTL: width and levels must be >= 1, got width={width}, levels={levels}")
+        if not head_channels:
+            raise ValueError("SegNetMTL: head_channels is empty; at least one task is needed")
+        widths = [width * 2**i for i in range(levels)]
+        self.stem = conv_bn_relu(in_channels, widths[0])
+        self.down = nn.ModuleList(
+            nn.Sequential(conv_bn_relu(c, c), conv_bn_relu(c, widths[min(i + 1, levels - 1)]))
+            for i, c in enumerate(widths)
+        )
+        self.up = nn.ModuleList(
+            nn.Sequential(conv_bn_relu(widths[min(i + 1, levels - 1)], c), conv_bn_relu(c, c))
+            for i, c in reversed(list(enumerate(widths)))
+        )
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2)
+        self.heads = nn.ModuleDict({name: self._head(width, ch) for name, ch in head_channels.items()})
+        self.levels = levels
+
+    @staticmethod
+    def _head(width: int, out_channels: int) -> nn.Sequential:
+        return nn.Sequential(conv_bn_relu(width, width), nn.Conv2d(width, out_channels, 1))
+
+    def encode(self, x: Tensor) -> Tensor:
+        if x.shape[-1] % 2**self.levels or x.shape[-2] % 2**self.levels:
+            raise ValueError(
+                f"SegNetMTL: image size {tuple(x.shape[-2:])} must be divisible by 2**levels = {2**self.levels}"
+            )
+        h = self.stem(x)
+        indices = []
+        for block in self.down:
+            h, idx = self.pool(block(h))
+            indices.append(idx)
+        for block, idx in zip(self.up, reversed(indices), strict=True):
+            h = block(self.unpool(h, idx))
+        return h
+
+    def head(self, task: str, z: Tensor) -> Tensor:
+        return self.heads[task](z)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.encode(x)
+        return {task: head(z) for task, head in self.heads.items()}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        heads = {id(p) for p in self.heads.parameters()}
+        return [p for p in self.parameters() if id(p) not in heads]
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return list(self.heads[task].parameters())
+
+
+def count_parameters(params: list[torch.nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)
