@@ -1,0 +1,584 @@
+"""Markdown leaderboards built from run records (the JSON objects the runner writes, one per run).
+
+Records are grouped by ``(suite, dataset)``. Within a group, MTL runs are grouped by ``method_label`` (else
+``method``; split further by ``method_hparams`` if those differ), each row aggregating its seeds. The STL
+baseline of a metric is the mean, over the suite's single-task runs of that metric's task, of the selected
+metric values; Δm is computed per seed against it. Nothing is skipped silently: unfinished runs, missing STL
+tasks and short logs each produce a note in the output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark.records import SCHEMA_VERSION
+from benchmark.scoring import (
+    LAST_K,
+    SELECTION_RULES,
+    SeedStats,
+    delta_m,
+    mean_rank,
+    seed_mean,
+    seed_stats,
+    select,
+    select_with_info,
+)
+
+EW_METHOD = "ew"
+RECORD_KINDS = ("mtl", "stl")
+UNIT_DECIMALS = {"percent": 2, "degrees": 2, "metres": 4, "ratio": 4, "inverse_depth": 4, "fraction": 4}
+DEFAULT_DECIMALS = 4
+ARROWS = {"higher": "↑", "lower": "↓"}
+LEGEND = (
+    "Metrics and Δm% (vs the STL baseline, per seed): mean ± sample std over seeds; 95% CI: Student-t "
+    "half-width of the Δm mean. MR: mean over metrics of the rank among the rows above, on seed means (ties "
+    "averaged, NaN last). Step time and peak memory: ratio of seed means to EW's."
+)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    key: str
+    direction: str
+    unit: str | None
+    task: str
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """One MTL row: a method (variant) aggregated over its seeds."""
+
+    label: str
+    method: str
+    seeds: tuple[int, ...]
+    run_ids: tuple[str, ...]
+    metrics: dict[str, SeedStats]
+    delta_m: SeedStats | None
+    mean_rank: float | None
+    step_time_ratio: float | None
+    memory_ratio: float | None
+
+
+@dataclass(frozen=True)
+class StlRow:
+    task: str
+    seeds: tuple[int, ...]
+    metrics: dict[str, SeedStats]
+
+
+@dataclass
+class DatasetSummary:
+    """Everything a leaderboard shows for one ``(suite, dataset)`` group."""
+
+    suite: str
+    dataset: str
+    rule: str
+    criterion: str
+    metrics: list[MetricSpec]
+    rows: list[MethodRow]
+    stl_rows: list[StlRow]
+    baseline: dict[str, float]
+    missing_stl_tasks: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def _metric_task(key: str, spec: Mapping[str, Any]) -> str:
+    return str(spec.get("task") or key.split("/", 1)[0])
+
+
+def _check_record(record: Mapping[str, Any]) -> None:
+    run_id = record.get("run_id", "<no run_id>")
+    for key in ("run_id", "suite", "dataset", "method", "kind", "seed", "metrics", "epochs"):
+        if key not in record:
+            raise ValueError(f"run {run_id}: the record has no {key!r}")
+    if record["kind"] not in RECORD_KINDS:
+        raise ValueError(f"run {run_id}: kind {record['kind']!r} is not one of {RECORD_KINDS}")
+    if record["kind"] == "stl" and not record.get("stl_task"):
+        raise ValueError(f"run {run_id}: an STL record needs 'stl_task'")
+
+
+def _metric_specs(records: Sequence[Mapping[str, Any]]) -> list[MetricSpec]:
+    """The metrics of the MTL records (else of all records), with directions checked for consistency."""
+    specs: dict[str, MetricSpec] = {}
+    owner: dict[str, str] = {}
+    mtl = [r for r in records if r["kind"] == "mtl"]
+    for record in mtl or records:
+        for key, spec in record["metrics"].items():
+            new = MetricSpec(key, spec["direction"], spec.get("unit"), _metric_task(key, spec))
+            if key in specs and specs[key].direction != new.direction:
+                raise ValueError(
+                    f"metric {key!r} is {specs[key].direction!r} in run {owner[key]} "
+                    f"but {new.direction!r} in run {record['run_id']}"
+                )
+            specs.setdefault(key, new)
+            owner.setdefault(key, record["run_id"])
+    for record in records:
+        for key, spec in record["metrics"].items():
+            if key in specs and spec["direction"] != specs[key].direction:
+                raise ValueError(
+                    f"metric {key!r} has direction {spec['direction']!r} in run {record['run_id']}"
+                )
+    return list(specs.values())
+
+
+def _label(record: Mapping[str, Any]) -> str:
+    return str(record.get("method_label") or record["method"])
+
+
+def _variant_key(record: Mapping[str, Any]) -> tuple[str, str]:
+    return _label(record), json.dumps(record.get("method_hparams") or {}, sort_keys=True, default=str)
+
+
+def _variant_label(label: str, hparams_json: str, ambiguous: bool) -> str:
+    if not ambiguous:
+        return label
+    hparams = json.loads(hparams_json)
+    return f"{label} ({', '.join(f'{k}={v}' for k, v in hparams.items())})" if hparams else label
+
+
+def _ew_records(mtl: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The EW runs timing ratios refer to: those labelled ``ew`` if any, else every run of method ``ew``."""
+    ew = [r for r in mtl if r["method"] == EW_METHOD]
+    plain = [r for r in ew if _label(r) == EW_METHOD]
+    return plain or ew
+
+
+def _timing_mean(records: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = [(r.get("timing") or {}).get(key) for r in records]
+    if not values or any(v is None for v in values):
+        return None
+    mean = seed_mean([float(v) for v in values])
+    return None if math.isnan(mean) else mean
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or reference is None or reference == 0:
+        return None
+    return value / reference
+
+
+def _check_seeds(label: str, records: Sequence[Mapping[str, Any]]) -> None:
+    seen: dict[Any, str] = {}
+    for record in records:
+        if record["seed"] in seen:
+            raise ValueError(
+                f"{label}: seed {record['seed']} appears in runs {seen[record['seed']]} and "
+                f"{record['run_id']}; a seed must not be counted twice"
+            )
+        seen[record["seed"]] = record["run_id"]
+
+
+def _stl_baseline(
+    stl: Sequence[Mapping[str, Any]], specs: Sequence[MetricSpec], picks: Mapping[str, Mapping[str, float]]
+) -> tuple[dict[str, float], list[str], list[str]]:
+    """Baseline per metric (mean over the STL runs of its task), the tasks without STL runs, and notes."""
+    by_task: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in stl:
+        by_task[record["stl_task"]].append(record)
+    baseline: dict[str, float] = {}
+    missing_tasks: list[str] = []
+    notes: list[str] = []
+    for spec in specs:
+        runs = by_task.get(spec.task, [])
+        if not runs:
+            if spec.task not in missing_tasks:
+                missing_tasks.append(spec.task)
+            continue
+        lacking = [r["run_id"] for r in runs if spec.key not in picks[r["run_id"]]]
+        if lacking:
+            notes.append(f"STL runs {', '.join(lacking)} lack metric `{spec.key}`; it has no baseline.")
+            continue
+        baseline[spec.key] = seed_mean([picks[r["run_id"]][spec.key] for r in runs])
+    return baseline, missing_tasks, notes
+
+
+def _val_baseline(stl: Sequence[Mapping[str, Any]], specs: Sequence[MetricSpec]) -> dict[str, float] | None:
+    """STL val metrics at each STL run's best-val epoch (lowest val loss), averaged; None if incomplete."""
+    by_task: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for record in stl:
+        by_task[record["stl_task"]].append(select(record, "best-val", "val"))
+    baseline = {}
+    for spec in specs:
+        runs = by_task.get(spec.task, [])
+        if not runs or any(spec.key not in r for r in runs):
+            return None
+        baseline[spec.key] = seed_mean([r[spec.key] for r in runs])
+    return baseline
+
+
+def _rule_text(rule: str, val_criterion: str) -> str:
+    if rule == "last":
+        return "`last`: test metrics of the last epoch."
+    if rule == "last10":
+        return f"`last10`: test metrics averaged over the last {LAST_K} epochs of each run."
+    return f"`best-val`: test metrics at the epoch chosen on validation ({val_criterion})."
+
+
+def summarize(records: Sequence[Mapping[str, Any]], rule: str = "last") -> list[DatasetSummary]:
+    """Aggregate finished run records into one ``DatasetSummary`` per ``(suite, dataset)``."""
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; valid rules: {', '.join(SELECTION_RULES)}")
+    seen: dict[str, Mapping[str, Any]] = {}
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    skipped: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for record in records:
+        _check_record(record)
+        group = (str(record["suite"]), str(record["dataset"]))
+        if record.get("status", "finished") != "finished":
+            skipped[group].append(f"skipped unfinished run {record['run_id']} (status {record['status']!r}).")
+            continue
+        if record["run_id"] in seen:
+            raise ValueError(f"run {record['run_id']} appears twice; it must not be counted twice")
+        seen[record["run_id"]] = record
+        groups[group].append(record)
+    return [
+        _summarize_group(suite, dataset, groups[(suite, dataset)], rule, skipped[(suite, dataset)])
+        for suite, dataset in sorted(set(groups) | set(skipped))
+    ]
+
+
+def _short_log_note(rule: str, short: Mapping[str, int], total: int) -> str:
+    listed = ", ".join(f"{run} ({n})" for run, n in list(short.items())[:5])
+    more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+    return (
+        f"`{rule}`: {len(short)} of {total} runs have fewer than {LAST_K} epochs (as few as "
+        f"{min(short.values())}); all their epochs were averaged: {listed}{more}."
+    )
+
+
+def _val_criterion(rule: str, val_baseline: Mapping[str, float] | None) -> str:
+    if rule != "best-val":
+        return rule
+    if val_baseline is not None:
+        return "lowest Δm of the val metrics against the STL val baseline; STL runs: lowest val loss"
+    return "lowest summed val loss, since the STL val baseline is incomplete"
+
+
+def _pick(
+    records: Sequence[Mapping[str, Any]], rule: str, val_baseline: Mapping[str, float] | None
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Selected test metrics per run id, and a note when ``last10`` had fewer than 10 epochs to average."""
+    picks: dict[str, dict[str, float]] = {}
+    short: dict[str, int] = {}
+    for record in records:
+        baseline_for = val_baseline if record["kind"] == "mtl" else None
+        picks[record["run_id"]], info = select_with_info(record, rule, "test", baseline_for)
+        if info.note:
+            short[record["run_id"]] = len(info.epochs)
+    return picks, [_short_log_note(rule, short, len(records))] if short else []
+
+
+def _method_rows(
+    mtl: Sequence[Mapping[str, Any]],
+    specs: Sequence[MetricSpec],
+    picks: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, float] | None,
+) -> list[MethodRow]:
+    """One row per method variant, sorted by Δm (n/a and NaN last); ``baseline`` None means no Δm."""
+    variants: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for record in mtl:
+        absent = [s.key for s in specs if s.key not in picks[record["run_id"]]]
+        if absent:
+            raise ValueError(f"run {record['run_id']}: no test value for metrics {absent}")
+        variants[_variant_key(record)].append(record)
+    per_label: dict[str, int] = defaultdict(int)
+    for label, _ in variants:
+        per_label[label] += 1
+    ew_records = _ew_records(mtl)
+    ew_step = _timing_mean(ew_records, "step_time_mean_s") if ew_records else None
+    ew_mem = _timing_mean(ew_records, "peak_memory_bytes") if ew_records else None
+    directions = {s.key: s.direction for s in specs}
+    rows = []
+    for (base_label, hparams), runs in variants.items():
+        label = _variant_label(base_label, hparams, per_label[base_label] > 1)
+        _check_seeds(label, runs)
+        runs = sorted(runs, key=lambda r: r["seed"])
+        values = [picks[r["run_id"]] for r in runs]
+        dm = None if baseline is None else seed_stats([delta_m(v, baseline, directions) for v in values])
+        rows.append(
+            MethodRow(
+                label=label,
+                method=runs[0]["method"],
+                seeds=tuple(r["seed"] for r in runs),
+                run_ids=tuple(r["run_id"] for r in runs),
+                metrics={s.key: seed_stats([v[s.key] for v in values]) for s in specs},
+                delta_m=dm,
+                mean_rank=None,
+                step_time_ratio=_ratio(_timing_mean(runs, "step_time_mean_s"), ew_step),
+                memory_ratio=_ratio(_timing_mean(runs, "peak_memory_bytes"), ew_mem),
+            )
+        )
+    if rows and specs:
+        ranks = mean_rank({r.label: {k: s.mean for k, s in r.metrics.items()} for r in rows}, directions)
+        rows = [_with_rank(r, ranks[r.label]) for r in rows]
+    return sorted(rows, key=_row_order)
+
+
+def _stl_rows(
+    stl: Sequence[Mapping[str, Any]], specs: Sequence[MetricSpec], picks: Mapping[str, Mapping[str, float]]
+) -> list[StlRow]:
+    by_task: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in stl:
+        by_task[record["stl_task"]].append(record)
+    rows = []
+    for task in sorted(by_task):
+        runs = sorted(by_task[task], key=lambda r: r["seed"])
+        _check_seeds(f"STL {task}", runs)
+        keys = [s.key for s in specs if s.task == task and all(s.key in picks[r["run_id"]] for r in runs)]
+        metrics = {k: seed_stats([picks[r["run_id"]][k] for r in runs]) for k in keys}
+        rows.append(StlRow(task, tuple(r["seed"] for r in runs), metrics))
+    return rows
+
+
+def _summarize_group(
+    suite: str, dataset: str, records: Sequence[Mapping[str, Any]], rule: str, skipped: Sequence[str]
+) -> DatasetSummary:
+    specs = _metric_specs(records)
+    mtl = [r for r in records if r["kind"] == "mtl"]
+    stl = [r for r in records if r["kind"] == "stl"]
+    val_baseline = _val_baseline(stl, specs) if rule == "best-val" else None
+    picks, notes = _pick(records, rule, val_baseline)
+    baseline, missing_tasks, stl_notes = _stl_baseline(stl, specs, picks)
+    notes = [*skipped, *notes, *stl_notes]
+    if missing_tasks:
+        notes.append(f"No STL run for task(s) {', '.join(missing_tasks)}: Δm is n/a.")
+    complete = bool(specs) and all(s.key in baseline for s in specs)
+    rows = _method_rows(mtl, specs, picks, baseline if complete else None)
+    return DatasetSummary(
+        suite,
+        dataset,
+        rule,
+        _val_criterion(rule, val_baseline),
+        specs,
+        rows,
+        _stl_rows(stl, specs, picks),
+        baseline,
+        missing_tasks,
+        notes,
+    )
+
+
+def _with_rank(row: MethodRow, rank: float) -> MethodRow:
+    return MethodRow(**{**row.__dict__, "mean_rank": rank})
+
+
+def _row_order(row: MethodRow) -> tuple[bool, float, str]:
+    value = row.delta_m.mean if row.delta_m is not None else math.nan
+    return (math.isnan(value), 0.0 if math.isnan(value) else value, row.label)
+
+
+def _decimals(unit: str | None) -> int:
+    return UNIT_DECIMALS.get(unit or "", DEFAULT_DECIMALS)
+
+
+def _pm(stats: SeedStats | None, decimals: int) -> str:
+    if stats is None:
+        return "n/a"
+    return f"{stats.mean:.{decimals}f} ± {stats.std:.{decimals}f}"
+
+
+def _times(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}×"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _seeds_line(rows: Sequence[MethodRow]) -> str:
+    counts = {r.label: len(r.seeds) for r in rows}
+    if not counts:
+        return "Seeds per method: no MTL runs."
+    if len(set(counts.values())) == 1:
+        return f"Seeds per method: {next(iter(counts.values()))} ({', '.join(sorted(counts))})."
+    return "Seeds per method: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "."
+
+
+def _stl_line(summary: DatasetSummary) -> str:
+    runs = sum(len(r.seeds) for r in summary.stl_rows)
+    per_task = ", ".join(f"{r.task}: {len(r.seeds)}" for r in summary.stl_rows)
+    line = f"STL baseline: measured by this suite: {runs} single-task runs, mean over seeds"
+    line += f" ({per_task})" if per_task else ""
+    if summary.missing_stl_tasks:
+        line += f"; missing for task(s) {', '.join(summary.missing_stl_tasks)}"
+    return line + "."
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
+    return lines
+
+
+def _summary_markdown(summary: DatasetSummary) -> list[str]:
+    metric_heads = [f"{s.key} {ARROWS.get(s.direction, '')}".rstrip() for s in summary.metrics]
+    lines = [
+        f"## {summary.dataset} — suite `{summary.suite}`",
+        "",
+        f"Selection rule: {_rule_text(summary.rule, summary.criterion)}",
+        "",
+        _seeds_line(summary.rows),
+        "",
+        _stl_line(summary),
+        "",
+    ]
+    if summary.rows:
+        header = [
+            "method",
+            "seeds",
+            *metric_heads,
+            "Δm% ↓",
+            "Δm% 95% CI",
+            "MR ↓",
+            "step time ×EW",
+            "peak mem ×EW",
+        ]
+        body = []
+        for row in summary.rows:
+            ci = "n/a" if row.delta_m is None or math.isnan(row.delta_m.ci95) else f"±{row.delta_m.ci95:.2f}"
+            body.append(
+                [
+                    row.label,
+                    str(len(row.seeds)),
+                    *(_pm(row.metrics[s.key], _decimals(s.unit)) for s in summary.metrics),
+                    _pm(row.delta_m, 2),
+                    ci,
+                    "n/a" if row.mean_rank is None else f"{row.mean_rank:.2f}",
+                    _times(row.step_time_ratio),
+                    _times(row.memory_ratio),
+                ]
+            )
+        lines += _table(header, body)
+        lines += ["", LEGEND]
+    else:
+        lines.append("No MTL runs.")
+    lines.append("")
+    for note in summary.notes:
+        lines += [f"> Note: {note}", ""]
+    if summary.stl_rows:
+        lines += ["Single-task (STL) runs:", ""]
+        body = [
+            [
+                f"STL {row.task}",
+                str(len(row.seeds)),
+                *(
+                    _pm(row.metrics.get(s.key), _decimals(s.unit)) if s.key in row.metrics else "—"
+                    for s in summary.metrics
+                ),
+            ]
+            for row in summary.stl_rows
+        ]
+        lines += _table(["task", "seeds", *metric_heads], body) + [""]
+    return lines
+
+
+def build_leaderboard(
+    records: Sequence[Mapping[str, Any]], rule: str = "last", notes: Sequence[str] = ()
+) -> str:
+    """The Markdown leaderboard of ``records`` (finished runs), selecting epochs by ``rule``."""
+    summaries = summarize(records, rule)
+    lines = ["# mtobench leaderboard", ""]
+    lines += [line for note in notes for line in (f"> Note: {note}", "")]
+    if not summaries:
+        lines += ["No finished runs.", ""]
+    for summary in summaries:
+        lines += _summary_markdown(summary)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def load_records(records_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Finished records found (recursively) as ``*.json`` under ``records_dir``, and notes on skipped ones."""
+    root = Path(records_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"records directory {root} does not exist")
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    origin: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot parse run record {path}: {exc}") from exc
+        if not isinstance(record, dict) or "run_id" not in record:
+            raise ValueError(f"{path} is not a run record (expected a JSON object with a 'run_id')")
+        if record.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"{path}: schema_version {record.get('schema_version')!r} is not supported "
+                f"(expected {SCHEMA_VERSION})"
+            )
+        if record.get("status") != "finished":
+            notes.append(
+                f"skipped unfinished run {record['run_id']} (status {record.get('status')!r}, {path})"
+            )
+            continue
+        if record["run_id"] in origin:
+            raise ValueError(f"run {record['run_id']} appears twice: {origin[record['run_id']]} and {path}")
+        origin[record["run_id"]] = path
+        records.append(record)
+    return records, notes
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_leaderboard(
+    records_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    rule: str = "last",
+    plot: bool = False,
+) -> Path:
+    """Write the leaderboard of the records below ``records_dir`` to ``out_path``; with ``plot``, a Δm PNG."""
+    records, notes = load_records(records_dir)
+    out = Path(out_path)
+    _write_atomic(out, build_leaderboard(records, rule, notes))
+    if plot:
+        plot_leaderboard(records, out.with_suffix(".png"), rule)
+    return out
+
+
+def plot_leaderboard(
+    records: Sequence[Mapping[str, Any]], out_path: str | os.PathLike[str], rule: str = "last"
+) -> Path | None:
+    """A horizontal Δm bar chart (mean ± std over seeds), one panel per dataset; None if no Δm exists."""
+    panels = [s for s in summarize(records, rule) if any(r.delta_m is not None for r in s.rows)]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heights = [max(1.5, 0.4 * len(s.rows) + 1) for s in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, sum(heights)), squeeze=False)
+    for ax, summary in zip(axes[:, 0], panels, strict=True):
+        rows = [r for r in summary.rows if r.delta_m is not None]
+        ax.barh([r.label for r in rows], [r.delta_m.mean for r in rows], xerr=[r.delta_m.std for r in rows])
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.invert_yaxis()
+        ax.set_xlabel("Δm% vs STL (lower is better)")
+        ax.set_title(f"{summary.dataset} — {summary.suite} ({rule})")
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,21 @@
+"""Multi-task optimization methods: pure tensor maths, one file each, registered by name.
+
+Importing this package registers every built-in; plugins are found through the ``mtobench.methods``
+entry-point group.
+"""
+
+from benchmark.methods import ew, imtl_g, imtl_h, imtl_l, mgda, mgda_ub  # noqa: F401  (registration)
+from benchmark.methods.base import GRAD_SOURCES, HEAD_WEIGHTINGS, Method, Needs
+from benchmark.methods.registry import ENTRY_POINT_GROUP, available, create, get, register
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "GRAD_SOURCES",
+    "HEAD_WEIGHTINGS",
+    "Method",
+    "Needs",
+    "available",
+    "create",
+    "get",
+    "register",
+]

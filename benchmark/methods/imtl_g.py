@@ -1,0 +1,49 @@
+"""IMTL-G: impartial gradient balancing of the shared parameters."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from benchmark.methods.base import Method, Needs
+from benchmark.methods.registry import register
+
+DEGENERATE_SUM = 1e-12
+
+
+def imtl_g_weights(gramian: Tensor) -> Tensor:
+    """Weights ``alpha`` (sum 1, may be < 0) with ``d = alpha @ G`` projecting equally on each ``g_t/|g_t|``.
+
+    Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021 (OpenReview IMPnRXEWpvr): the closed-form
+    gradient balance of IMTL-G in torchjd's Gram form, ``n_t = sqrt(M_tt)``, ``v = pinv(M) n``,
+    ``alpha = v / sum(v)``. Zero gradients get weight 0 through the pseudo-inverse. When
+    ``|sum(v)| max_t n_t < 1e-12`` (all gradients zero, or exactly opposite ones whose balanced direction is
+    0) the weights are all 0: torchjd's ``|sum(v)| < 1e-12`` made invariant to the gradient scale (the two
+    agree when the largest gradient has norm 1). Float64.
+    """
+    m = gramian.double()
+    norms = m.diagonal().clamp(min=0.0).sqrt()
+    v = torch.linalg.pinv(m, hermitian=True) @ norms
+    total = v.sum()
+    ok = torch.isfinite(total) & (total.abs() * norms.max() >= DEGENERATE_SUM)
+    return torch.where(ok, v / torch.where(ok, total, torch.ones_like(total)), torch.zeros_like(v))
+
+
+@register("imtl_g")
+class IMTLG(Method):
+    """IMTL-G (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021, gradient balance):
+    ``d = sum_t alpha_t g_t`` with ``sum alpha = 1`` and ``<d, g_t/|g_t|>`` the same for every task.
+
+    Only the direction of ``d`` is invariant to rescaling a task; ``sum alpha = 1`` fixes its sign and
+    length, and can make the common projection negative (then ``d`` ascends every loss), as in the paper's
+    closed form.
+    """
+
+    needs = Needs.GRAMIAN
+
+    def __init__(self, num_tasks: int, grad_source: str = "params", head_weighting: str = "own") -> None:
+        super().__init__(num_tasks, grad_source=grad_source, head_weighting=head_weighting)
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        self.last_weights = imtl_g_weights(gramian).detach()
+        return self.last_weights

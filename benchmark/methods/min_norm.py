@@ -1,0 +1,142 @@
+"""Min-norm element of the convex hull of the task gradients, computed from their Gramian in float64.
+
+Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018, arXiv 1810.04650:
+the MGDA sub-problem (eq. 3) is ``min_{alpha in simplex} alpha^T M alpha`` with ``M = G G^T``. Eq. 4 /
+Algorithm 1 is the two-point closed form; Algorithm 2 the Frank-Wolfe solver. The projected-gradient solver is
+the one the authors' code (intel-isl/MultiObjectiveOptimization) runs. Every function takes a ``[T, T]`` array
+(numpy or CPU tensor); the solvers return ``(alpha, iterations)`` with ``alpha`` a float64 numpy array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+OFFICIAL_GAMMA_MAX = 0.999
+OFFICIAL_GAMMA_MIN = 0.001
+MIN_STEP = 1e-7
+_FLAT_RTOL = 1e-12
+
+
+def as_gramian(gramian) -> np.ndarray:
+    """``gramian`` as a finite, square float64 array divided by its largest diagonal entry.
+
+    The minimiser is invariant to a global scale, and this makes the absolute thresholds of the solvers
+    (``MIN_STEP``, ``tol``) relative. Anything but a finite square matrix raises ``ValueError``.
+    """
+    m = np.array(gramian, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
+        raise ValueError(f"min-norm solver: expected a square [T, T] Gramian, got shape {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise ValueError("min-norm solver: the Gramian has non-finite entries")
+    scale = m.diagonal().max()
+    return m / scale if scale > 0 else m
+
+
+def two_point(a: float, b: float, c: float, official_clip: bool = False) -> tuple[float, float]:
+    """``argmin_{gamma in [0,1]} |gamma x1 + (1-gamma) x2|^2`` from ``a=<x1,x1>, b=<x1,x2>, c=<x2,x2>``.
+
+    Sener & Koltun, eq. 4 / Algorithm 1: ``gamma = clip((c-b)/(a+c-2b), 0, 1)``. Returns ``(gamma, cost)``.
+    ``official_clip`` returns 0.999 / 0.001 at the ends, as the authors' code does. When ``x1 ~ x2``
+    (``a + c - 2b`` negligible against ``a + c``) the cost is flat and the cheaper end is returned.
+    """
+    if b >= a:
+        return (OFFICIAL_GAMMA_MAX if official_clip else 1.0), a
+    if b >= c:
+        return (OFFICIAL_GAMMA_MIN if official_clip else 0.0), c
+    den = (a - b) + (c - b)
+    if den <= _FLAT_RTOL * (abs(a) + abs(c)):
+        return (1.0, a) if a <= c else (0.0, c)
+    gamma = min(max((c - b) / den, 0.0), 1.0)
+    return gamma, c + gamma * (b - c)
+
+
+def project_simplex(y) -> np.ndarray:
+    """Euclidean projection onto the probability simplex by sorting (Held, Wolfe & Crowder 1974)."""
+    y = np.asarray(y, dtype=np.float64)
+    u = np.sort(y)[::-1]
+    excess = np.cumsum(u) - 1.0
+    k = np.arange(1, y.size + 1)
+    rho = np.flatnonzero(u - excess / k > 0)[-1]
+    return np.maximum(y - excess[rho] / (rho + 1), 0.0)
+
+
+def pair_init(m: np.ndarray, official_clip: bool = False) -> np.ndarray:
+    """The best two-point solution over all pairs ``i < j`` (the authors' initialisation)."""
+    t = m.shape[0]
+    alpha = np.zeros(t)
+    if t == 1:
+        alpha[0] = 1.0
+        return alpha
+    best_cost, best = np.inf, (0, 1, 1.0)
+    for i in range(t):
+        for j in range(i + 1, t):
+            gamma, cost = two_point(m[i, i], m[i, j], m[j, j], official_clip)
+            if cost < best_cost:
+                best_cost, best = cost, (i, j, gamma)
+    i, j, gamma = best
+    alpha[i], alpha[j] = gamma, 1.0 - gamma
+    return alpha
+
+
+def boundary_step(alpha: np.ndarray, p: np.ndarray) -> float:
+    """Smallest step along ``p`` at which a coordinate of ``alpha`` reaches 0 or 1 (steps <= 1e-7 ignored)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steps = np.where(p < 0, -alpha / p, (1.0 - alpha) / p)
+    steps = steps[(p != 0) & np.isfinite(steps) & (steps > MIN_STEP)]
+    return float(steps.min()) if steps.size else 1.0
+
+
+def min_norm_pgd(gramian, max_iter: int = 250, tol: float = 1e-5, official_clip: bool = False):
+    """Projected gradient with exact line search, as ``find_min_norm_element`` in the authors' code.
+
+    Each iteration steps along the tangent-projected ``-M alpha`` to the simplex boundary, projects onto the
+    simplex and line-searches with :func:`two_point`; it stops when ``|delta alpha|_1 < tol`` or after
+    ``max_iter`` iterations. Returns ``(alpha, iterations)``.
+    """
+    m = as_gramian(gramian)
+    alpha = pair_init(m, official_clip)
+    if m.shape[0] <= 2:
+        return alpha, 0
+    for it in range(1, max_iter + 1):
+        m_alpha = m @ alpha
+        p = m_alpha.mean() - m_alpha
+        cand = project_simplex(alpha + boundary_step(alpha, p) * p)
+        m_cand = m @ cand
+        gamma, _ = two_point(alpha @ m_alpha, alpha @ m_cand, cand @ m_cand, official_clip)
+        new = gamma * alpha + (1.0 - gamma) * cand
+        done = np.abs(new - alpha).sum() < tol
+        alpha = new
+        if done:
+            return alpha, it
+    return alpha, max_iter
+
+
+def min_norm_frank_wolfe(gramian, max_iter: int = 250, tol: float = 1e-5, official_clip: bool = False):
+    """Frank-Wolfe (Sener & Koltun, Algorithm 2) from the pair initialisation of the authors' code.
+
+    Each iteration moves towards the vertex ``e_k``, ``k = argmin_k (M alpha)_k``, with the two-point line
+    search; same stopping rule and cap as :func:`min_norm_pgd`. Returns ``(alpha, iterations)``.
+    """
+    m = as_gramian(gramian)
+    alpha = pair_init(m, official_clip)
+    if m.shape[0] <= 2:
+        return alpha, 0
+    for it in range(1, max_iter + 1):
+        m_alpha = m @ alpha
+        k = int(np.argmin(m_alpha))
+        gamma, _ = two_point(alpha @ m_alpha, m_alpha[k], m[k, k], official_clip)
+        new = gamma * alpha
+        new[k] += 1.0 - gamma
+        done = np.abs(new - alpha).sum() < tol
+        alpha = new
+        if done:
+            return alpha, it
+    return alpha, max_iter
+
+
+SOLVERS: dict[str, Callable[..., tuple[np.ndarray, int]]] = {
+    "pgd": min_norm_pgd,
+    "frank_wolfe": min_norm_frank_wolfe,
+}

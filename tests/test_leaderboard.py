@@ -1,0 +1,252 @@
+"""Leaderboards built from synthetic run records; expected numbers are computed here independently."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from benchmark.leaderboard import build_leaderboard, load_records, summarize, write_leaderboard
+
+METRICS = {
+    "semseg/miou": {"direction": "higher", "unit": "percent"},
+    "depth/abs_err": {"direction": "lower", "unit": "metres"},
+    "normal/mean": {"direction": "lower", "unit": "degrees"},
+}
+TASKS = {"semseg": ["semseg/miou"], "depth": ["depth/abs_err"], "normal": ["normal/mean"]}
+MTL = {
+    ("ew", 0): {"semseg/miou": 38.0, "depth/abs_err": 0.62, "normal/mean": 27.0},
+    ("ew", 1): {"semseg/miou": 39.0, "depth/abs_err": 0.60, "normal/mean": 26.0},
+    ("pcgrad", 0): {"semseg/miou": 40.0, "depth/abs_err": 0.58, "normal/mean": 25.5},
+    ("pcgrad", 1): {"semseg/miou": 42.0, "depth/abs_err": 0.57, "normal/mean": 25.0},
+    ("mgda_ub", 0): {"semseg/miou": 43.0, "depth/abs_err": 0.55, "normal/mean": 24.0},
+    ("mgda_ub", 1): {"semseg/miou": 44.0, "depth/abs_err": 0.52, "normal/mean": 23.5},
+}
+STL = {"semseg": {"semseg/miou": 41.0}, "depth": {"depth/abs_err": 0.60}, "normal": {"normal/mean": 25.0}}
+STEP_TIME = {"ew": 0.05, "pcgrad": 0.1, "mgda_ub": 0.2, "stl": 0.04}
+
+
+def _worse(values, factor):
+    return {k: v / factor if METRICS[k]["direction"] == "higher" else v * factor for k, v in values.items()}
+
+
+def _epochs(final, n=3, overfit=False):
+    """``n`` epochs ending on the ``final`` test metrics (earlier ones worse; val tracks test).
+
+    With ``overfit``, one more epoch follows whose val metrics, val loss and test metrics are all worse.
+    """
+    out = []
+    for e in range(n):
+        test = dict(final) if e == n - 1 else _worse(final, 2.0)
+        out.append(
+            {"epoch": e, "step": 8 * (e + 1), "val": dict(test), "val_loss": float(n - e), "test": test}
+        )
+    if overfit:
+        test = _worse(final, 1.5)
+        out.append({"epoch": n, "step": 8 * (n + 1), "val": dict(test), "val_loss": 9.0, "test": test})
+    return out
+
+
+def make_record(method, seed, final, kind="mtl", stl_task=None, suite="default", n_epochs=3, overfit=False):
+    keys = list(final)
+    run = f"stl-{stl_task}" if kind == "stl" else method
+    return {
+        "schema_version": 1,
+        "run_id": f"{suite}/toy/{run}/seed{seed}",
+        "suite": suite,
+        "dataset": "toy",
+        "method": f"stl-{stl_task}" if kind == "stl" else method,
+        "method_label": run,
+        "kind": kind,
+        "stl_task": stl_task,
+        "method_hparams": {},
+        "seed": seed,
+        "tasks": [{"name": t} for t in TASKS if kind == "mtl" or t == stl_task],
+        "metrics": {k: METRICS[k] for k in keys},
+        "epochs": _epochs(final, n_epochs, overfit),
+        "timing": {
+            "step_time_mean_s": STEP_TIME["stl" if kind == "stl" else method],
+            "peak_memory_bytes": 1000,
+        },
+        "status": "finished",
+    }
+
+
+def make_records(stl_tasks=tuple(TASKS), n_epochs=3, overfit=False):
+    """Two seeds of ew, pcgrad and mgda_ub (``overfit``: with a worse last epoch) and one STL run per task."""
+    records = [make_record(m, s, v, n_epochs=n_epochs, overfit=overfit) for (m, s), v in MTL.items()]
+    records += [make_record("ew", 0, STL[t], kind="stl", stl_task=t, n_epochs=n_epochs) for t in stl_tasks]
+    return records
+
+
+def _independent_delta_m(values):
+    baseline = {k: v for t in STL.values() for k, v in t.items()}
+    terms = []
+    for key, spec in METRICS.items():
+        sign = -1.0 if spec["direction"] == "higher" else 1.0
+        terms.append(sign * (values[key] - baseline[key]) / baseline[key])
+    return 100.0 * sum(terms) / len(terms)
+
+
+def _row(markdown, label):
+    return next(line for line in markdown.splitlines() if line.startswith(f"| {label} |"))
+
+
+def _cells(line):
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_mean_std_and_delta_m_per_method():
+    md = build_leaderboard(make_records())
+    for method in ("ew", "pcgrad", "mgda_ub"):
+        seeds = [MTL[(method, s)] for s in (0, 1)]
+        cells = _cells(_row(md, method))
+        miou = [v["semseg/miou"] for v in seeds]
+        assert cells[2] == f"{statistics.mean(miou):.2f} ± {statistics.stdev(miou):.2f}"
+        abs_err = [v["depth/abs_err"] for v in seeds]
+        assert cells[3] == f"{statistics.mean(abs_err):.4f} ± {statistics.stdev(abs_err):.4f}"
+        dm = [_independent_delta_m(v) for v in seeds]
+        assert cells[5] == f"{statistics.mean(dm):.2f} ± {statistics.stdev(dm):.2f}"
+        assert cells[1] == "2"
+
+
+def test_header_rule_seeds_and_stl_source():
+    md = build_leaderboard(make_records())
+    assert "Selection rule: `last`" in md
+    assert "Seeds per method: 2" in md
+    assert "measured by this suite: 3 single-task runs, mean over seeds" in md
+    assert "semseg/miou ↑" in md and "depth/abs_err ↓" in md
+    assert "| STL depth | 1 |" in md
+
+
+def test_rows_sorted_by_delta_m_with_ranks_and_ew_ratios():
+    md = build_leaderboard(make_records())
+    order = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "±" in line]
+    assert order[:3] == ["mgda_ub", "pcgrad", "ew"]
+    ew, pcgrad, mgda = (_cells(_row(md, m)) for m in ("ew", "pcgrad", "mgda_ub"))
+    assert ew[-2] == "1.00×" and pcgrad[-2] == "2.00×" and mgda[-2] == "4.00×"
+    assert mgda[7] == "1.00" and pcgrad[7] == "2.00" and ew[7] == "3.00"
+
+
+def test_no_ew_gives_na_ratio():
+    records = [r for r in make_records() if not (r["kind"] == "mtl" and r["method"] == "ew")]
+    assert _cells(_row(build_leaderboard(records), "pcgrad"))[-2] == "n/a"
+
+
+def test_missing_stl_task_gives_na_and_a_note():
+    md = build_leaderboard(make_records(stl_tasks=("semseg", "normal")))
+    assert _cells(_row(md, "pcgrad"))[5] == "n/a"
+    note = next(line for line in md.splitlines() if line.startswith("> Note:") and "STL" in line)
+    assert "depth" in note
+
+
+def test_duplicated_run_id_raises():
+    records = make_records()
+    with pytest.raises(ValueError, match="default/toy/pcgrad/seed0"):
+        build_leaderboard([*records, records[2]])
+
+
+def test_duplicated_seed_under_another_run_id_raises():
+    extra = make_record("pcgrad", 0, MTL[("pcgrad", 0)])
+    extra["run_id"] += "-rerun"
+    with pytest.raises(ValueError, match="seed 0"):
+        build_leaderboard([*make_records(), extra])
+
+
+def test_suites_are_separate_tables():
+    records = make_records() + [make_record("ew", 0, MTL[("ew", 0)], suite="other")]
+    summaries = summarize(records)
+    assert [(s.suite, s.dataset) for s in summaries] == [("default", "toy"), ("other", "toy")]
+    assert summaries[1].rows[0].delta_m is None
+
+
+def test_last10_note_and_best_val_rule_line():
+    md = build_leaderboard(make_records(n_epochs=3), rule="last10")
+    assert "fewer than 10 epochs" in md
+    records = make_records(overfit=True)
+    md = build_leaderboard(records, rule="best-val")
+    assert "Selection rule: `best-val`" in md and "Δm of the val metrics" in md
+    dm = statistics.mean(_independent_delta_m(MTL[("pcgrad", s)]) for s in (0, 1))
+    assert _cells(_row(md, "pcgrad"))[5].startswith(f"{dm:.2f} ±")
+    assert not _cells(_row(build_leaderboard(records, rule="last"), "pcgrad"))[5].startswith(f"{dm:.2f} ±")
+
+
+def _write(tmp_path, records):
+    for i, record in enumerate(records):
+        path = tmp_path / "runs" / f"d{i % 3}" / f"r{i}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    return tmp_path / "runs"
+
+
+def test_write_leaderboard_skips_unfinished_and_writes_atomically(tmp_path):
+    records = make_records()
+    records[0]["status"] = "running"
+    out = write_leaderboard(_write(tmp_path, records), tmp_path / "out" / "leaderboard.md", plot=True)
+    md = out.read_text()
+    assert "skipped unfinished run default/toy/ew/seed0" in md
+    assert "Seeds per method: ew 1, mgda_ub 2, pcgrad 2" in md
+    assert sorted(p.name for p in out.parent.iterdir()) == ["leaderboard.md", "leaderboard.png"]
+
+
+def test_write_leaderboard_duplicate_run_id_names_both_files(tmp_path):
+    records = make_records()
+    root = _write(tmp_path, [*records, records[1]])
+    with pytest.raises(ValueError) as err:
+        load_records(root)
+    assert "r1.json" in str(err.value) and f"r{len(records)}.json" in str(err.value)
+
+
+def test_unparsable_record_names_the_file(tmp_path):
+    root = _write(tmp_path, make_records())
+    (root / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        write_leaderboard(root, tmp_path / "lb.md")
+    assert not (tmp_path / "lb.md").exists()
+
+
+def test_unfinished_records_are_skipped_with_a_note():
+    records = make_records()
+    records[0]["status"] = "failed"
+    md = build_leaderboard(records)
+    assert "skipped unfinished run default/toy/ew/seed0" in md
+    assert "Seeds per method: ew 1, mgda_ub 2, pcgrad 2" in md
+
+
+def test_stl_baseline_is_the_mean_over_stl_seeds():
+    records = make_records()
+    stl_semseg = next(r for r in records if r.get("stl_task") == "semseg")
+    records.remove(stl_semseg)
+    low, high = STL["semseg"]["semseg/miou"] - 3.0, STL["semseg"]["semseg/miou"] + 3.0
+    records += [
+        make_record("ew", s, {"semseg/miou": v}, kind="stl", stl_task="semseg")
+        for s, v in ((0, low), (1, high))
+    ]
+    md = build_leaderboard(records)
+    assert "measured by this suite: 4 single-task runs, mean over seeds" in md
+    dm = [_independent_delta_m(MTL[("pcgrad", s)]) for s in (0, 1)]
+    assert _cells(_row(md, "pcgrad"))[5] == f"{statistics.mean(dm):.2f} ± {statistics.stdev(dm):.2f}"
+    assert (
+        _cells(_row(md, "STL semseg"))[2]
+        == f"{statistics.mean([low, high]):.2f} ± {statistics.stdev([low, high]):.2f}"
+    )
+
+
+def test_rows_follow_method_label_and_null_metrics_are_nan():
+    records = make_records()
+    extra = [make_record("ew", s, MTL[("ew", s)]) for s in (0, 1)]
+    for record in extra:
+        record["method_label"] = "ew-big"
+        record["run_id"] = record["run_id"].replace("/ew/", "/ew-big/")
+        record["epochs"][-1]["test"]["normal/mean"] = None
+        record["timing"]["step_time_mean_s"] = None
+    md = build_leaderboard(records + extra)
+    assert _cells(_row(md, "ew"))[-2] == "1.00×"
+    big = _cells(_row(md, "ew-big"))
+    assert big[4] == "nan ± nan" and big[5] == "nan ± nan" and big[-2] == "n/a"
+    assert (
+        big[7] == f"{(3.5 + 3.5 + 4) / 3:.2f}" and _cells(_row(md, "ew"))[7] == f"{(3.5 + 3.5 + 3) / 3:.2f}"
+    )
+    order = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "±" in line]
+    assert order[:4] == ["mgda_ub", "pcgrad", "ew", "ew-big"]
