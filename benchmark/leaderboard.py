@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.records import SCHEMA_VERSION
+from benchmark.records import SCHEMA_VERSION, write_text_atomic
 from benchmark.scoring import (
     LAST_K,
     SELECTION_RULES,
@@ -196,7 +195,11 @@ def _stl_baseline(
         if lacking:
             notes.append(f"STL runs {', '.join(lacking)} lack metric `{spec.key}`; it has no baseline.")
             continue
-        baseline[spec.key] = seed_mean([picks[r["run_id"]][spec.key] for r in runs])
+        value = seed_mean([picks[r["run_id"]][spec.key] for r in runs])
+        if value == 0 or math.isnan(value):
+            notes.append(f"The STL baseline of `{spec.key}` is {value}: its relative change is undefined, Δm is n/a.")
+            continue
+        baseline[spec.key] = value
     return baseline, missing_tasks, notes
 
 
@@ -526,20 +529,6 @@ def load_records(records_dir: str | os.PathLike[str]) -> tuple[list[dict[str, An
     return records, notes
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_leaderboard(
     records_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -549,7 +538,7 @@ def write_leaderboard(
     """Write the leaderboard of the records below ``records_dir`` to ``out_path``; with ``plot``, a Δm PNG."""
     records, notes = load_records(records_dir)
     out = Path(out_path)
-    _write_atomic(out, build_leaderboard(records, rule, notes))
+    write_text_atomic(out, build_leaderboard(records, rule, notes))
     if plot:
         plot_leaderboard(records, out.with_suffix(".png"), rule)
     return out

@@ -81,8 +81,9 @@ class MTOModule(L.LightningModule):
         if self.method.wants_after_step:
             self.method.after_step(raw_losses.detach(), self._losses_without_bn_update(batch))
         self.step_times.append(_sync_time(self.device) - start)
-        self._track({**{f"loss_{t.name}": float(v) for t, v in zip(self.tasks, raw_losses)},
-                     **{f"weight_{t.name}": float(w) for t, w in zip(self.tasks, info.weights)},
+        names = [t.name for t in self.tasks]
+        self._track({**{f"loss_{n}": v for n, v in zip(names, raw_losses.detach().tolist())},
+                     **{f"weight_{n}": w for n, w in zip(names, info.weights.tolist())},
                      "update_norm": info.update_norm, **self.method.stats()})
 
     def _non_finite(self, raw_losses: Tensor) -> None:

@@ -52,13 +52,16 @@ def _jsonable(value):
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` via a temp file in the same folder and ``os.replace``: never half-written."""
+    write_text_atomic(path, json.dumps(_jsonable(payload), indent=1, sort_keys=True, allow_nan=False))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(payload), indent=1, sort_keys=True, allow_nan=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

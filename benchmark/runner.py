@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from models import MODELS
 
 STL_METHOD = "ew"
 console = Console()
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 @dataclass(frozen=True)

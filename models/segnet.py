@@ -6,17 +6,33 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+def pool_with_mask(x: Tensor) -> tuple[Tensor, Tensor]:
+    """2x2 max pooling that also returns where each maximum was, as a 0/1 mask of the input's size."""
+    pooled = F.max_pool2d(x, 2)
+    return pooled, (x == F.interpolate(pooled, scale_factor=2.0, mode="nearest")).to(x.dtype)
+
+
+def unpool_with_mask(x: Tensor, mask: Tensor) -> Tensor:
+    """SegNet's max-unpooling: each value goes back to the position of its maximum, zeros elsewhere.
+
+    Written as nearest upsampling times the argmax mask, which is deterministic on every device (unlike
+    ``max_unpool2d``); positions that tied for the maximum all receive the (equal) value.
+    """
+    return F.interpolate(x, scale_factor=2.0, mode="nearest") * mask
+
+
 class SegNetMTL(nn.Module):
     """SegNet (Badrinarayanan et al., TPAMI 2017) trunk shared by all tasks, with light per-task heads.
 
     ``encode`` maps the image to the shared representation ``z`` (full resolution, ``width`` channels): an
-    encoder of ``levels`` conv blocks with max pooling, and a decoder that unpools with the stored indices.
+    encoder of ``levels`` conv blocks with max pooling, and a decoder that unpools to the stored argmax positions.
     Each head is a 3x3 conv block followed by a 1x1 projection to that task's output channels. The shared
     parameters are exactly those of ``encode``.
     """
@@ -37,8 +53,6 @@ class SegNetMTL(nn.Module):
             nn.Sequential(conv_bn_relu(widths[min(i + 1, levels - 1)], c), conv_bn_relu(c, c))
             for i, c in reversed(list(enumerate(widths)))
         )
-        self.pool = nn.MaxPool2d(2, return_indices=True)
-        self.unpool = nn.MaxUnpool2d(2)
         self.heads = nn.ModuleDict({name: self._head(width, ch) for name, ch in head_channels.items()})
         self.levels = levels
 
@@ -52,12 +66,12 @@ class SegNetMTL(nn.Module):
                 f"SegNetMTL: image size {tuple(x.shape[-2:])} must be divisible by 2**levels = {2**self.levels}"
             )
         h = self.stem(x)
-        indices = []
+        masks = []
         for block in self.down:
-            h, idx = self.pool(block(h))
-            indices.append(idx)
-        for block, idx in zip(self.up, reversed(indices), strict=True):
-            h = block(self.unpool(h, idx))
+            h, mask = pool_with_mask(block(h))
+            masks.append(mask)
+        for block, mask in zip(self.up, reversed(masks), strict=True):
+            h = block(unpool_with_mask(h, mask))
         return h
 
     def head(self, task: str, z: Tensor) -> Tensor:

@@ -1,0 +1,71 @@
+"""Suite files: typed parsing, and errors that name the file, the field and the value."""
+
+import pytest
+
+from benchmark.config import load_suite
+from benchmark.runner import check_methods, plan_runs
+
+GOOD = """
+name: tiny
+dataset: {name: synthetic_scenes, params: {height: 16, width: 24}}
+methods: [{name: ew}, {name: mgda, hparams: {normalization: l2}, label: mgda-l2}]
+seeds: [0, 1]
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_suite_parses():
+    suite = load_suite("configs/suites/default.yaml")
+    assert [m.name for m in suite.methods] == ["ew", "mgda_ub", "imtl_h"]
+    assert suite.stl and len(suite.seeds) == 2
+
+
+def test_overrides_and_plan(tmp_path):
+    suite = load_suite(write(tmp_path, GOOD), ["--suite.train.epochs", "2"])
+    assert suite.train.epochs == 2
+    runs = plan_runs(suite, ["semseg", "depth"])
+    ids = [r.run_id for r in runs]
+    assert len(ids) == len(set(ids)) == 2 * 2 + 2 * 2
+    assert "tiny/synthetic_scenes/mgda-l2/seed1" in ids
+    assert "tiny/synthetic_scenes/stl-depth/seed0" in ids
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (GOOD + "trian: {epochs: 2}\n", "trian"),
+        (GOOD + "train: {epochs: two}\n", "two"),
+        (GOOD + "train: {epochs: 0}\n", "train.epochs=0"),
+        (GOOD + "train: {lr: -1.0}\n", "train.lr=-1.0"),
+        (GOOD + "train: {jacobian_mode: fastest}\n", "fastest"),
+        (GOOD + "selection: best-test\n", "selection='best-test'"),
+        (GOOD.replace("seeds: [0, 1]", "seeds: [1, 1]"), "seeds=[1, 1]"),
+        (GOOD.replace("label: mgda-l2", "label: ew"), "duplicate"),
+    ],
+)
+def test_bad_suites_name_the_field(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError) as err:
+        load_suite(path)
+    assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_missing_suite_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_suite(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("methods", "needle"),
+    [("[{name: mgdaub}]", "did you mean 'mgda_ub'"), ("[{name: mgda, hparams: {normalisation: l2}}]", "normalisation"),
+     ("[{name: mgda, hparams: {normalization: l3}}]", "l3")],
+)
+def test_bad_methods_fail_before_training(tmp_path, methods, needle):
+    suite = load_suite(write(tmp_path, GOOD.replace(GOOD.splitlines()[3], f"methods: {methods}")))
+    with pytest.raises(ValueError, match=needle):
+        check_methods(suite, 3)
