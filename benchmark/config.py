@@ -29,6 +29,7 @@ class TrainConfig:
     epochs: int = 4
     batch_size: int = 16
     lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
     jacobian_mode: Literal["auto", "loop", "batched"] = "auto"
     nan_policy: Literal["error", "skip"] = "error"

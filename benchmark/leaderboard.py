@@ -39,7 +39,8 @@ ARROWS = {"higher": "↑", "lower": "↓"}
 LEGEND = (
     "Metrics and Δm% (vs the STL baseline, per seed): mean ± sample std over seeds; 95% CI: Student-t "
     "half-width of the Δm mean. MR: mean over metrics of the rank among the rows above, on seed means (ties "
-    "averaged, NaN last). Step time and peak memory: ratio of seed means to EW's."
+    "averaged, NaN last). Step time and peak memory: ratio of seed means to EW's; peak memory is compared only "
+    "for CUDA runs (a CPU run records the process-wide max RSS, which is not per run)."
 )
 
 
@@ -156,6 +157,13 @@ def _timing_mean(records: Sequence[Mapping[str, Any]], key: str) -> float | None
         return None
     mean = seed_mean([float(v) for v in values])
     return None if math.isnan(mean) else mean
+
+
+def _memory_mean(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """Peak memory is comparable only as per-run CUDA peaks; a CPU record holds the process-wide max RSS."""
+    if any((r.get("timing") or {}).get("peak_memory_kind") != "cuda_allocated" for r in records):
+        return None
+    return _timing_mean(records, "peak_memory_bytes")
 
 
 def _ratio(value: float | None, reference: float | None) -> float | None:
@@ -297,7 +305,7 @@ def _method_rows(
         per_label[label] += 1
     ew_records = _ew_records(mtl)
     ew_step = _timing_mean(ew_records, "step_time_mean_s") if ew_records else None
-    ew_mem = _timing_mean(ew_records, "peak_memory_bytes") if ew_records else None
+    ew_mem = _memory_mean(ew_records) if ew_records else None
     directions = {s.key: s.direction for s in specs}
     rows = []
     for (base_label, hparams), runs in variants.items():
@@ -316,7 +324,7 @@ def _method_rows(
                 delta_m=dm,
                 mean_rank=None,
                 step_time_ratio=_ratio(_timing_mean(runs, "step_time_mean_s"), ew_step),
-                memory_ratio=_ratio(_timing_mean(runs, "peak_memory_bytes"), ew_mem),
+                memory_ratio=_ratio(_memory_mean(runs), ew_mem),
             )
         )
     if rows and specs:

@@ -12,10 +12,11 @@ from torch import Tensor, nn
 
 from benchmark import tasks as T
 from benchmark.engine import Engine
-from benchmark.methods.base import Method
+from benchmark.methods.base import Method, StepContext
 from datamodules.task_spec import TaskSpec
 
 NAN_POLICIES = ("error", "skip")
+LR_SCHEDULES = ("constant", "cosine")
 SPLITS = ("val", "test")
 
 
@@ -28,15 +29,18 @@ class MTOModule(L.LightningModule):
 
     def __init__(self, model: nn.Module, tasks: Sequence[TaskSpec], method: Method, lr: float = 1e-3,
                  weight_decay: float = 0.0, jacobian_mode: str = "auto", nan_policy: str = "error",
-                 max_nan_skips: int = 10, clip_shared_grad_norm: float | None = None) -> None:
+                 max_nan_skips: int = 10, clip_shared_grad_norm: float | None = None,
+                 lr_schedule: str = "constant") -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={nan_policy!r} is not one of {NAN_POLICIES}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={lr_schedule!r} is not one of {LR_SCHEDULES}")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.automatic_optimization = False
         self.model, self.tasks, self.method = model, list(tasks), method
-        self.lr, self.weight_decay = lr, weight_decay
+        self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
         self.nan_policy, self.max_nan_skips = nan_policy, max_nan_skips
         self.clip_shared_grad_norm = clip_shared_grad_norm
         heads = [p for t in self.tasks for p in model.task_parameters(t.name)]
@@ -52,12 +56,16 @@ class MTOModule(L.LightningModule):
         self._val_loss = torch.zeros(())
         self._val_batches = 0
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         groups = [{"params": list(self.model.parameters()), "weight_decay": self.weight_decay}]
         method_params = [p for p in self.method.parameters() if p.requires_grad]
         if method_params:
             groups.append({"params": method_params, "weight_decay": 0.0})
-        return torch.optim.Adam(groups, lr=self.lr)
+        optimizer = torch.optim.Adam(groups, lr=self.lr)
+        if self.lr_schedule == "constant":
+            return optimizer
+        steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)}
 
     def task_losses(self, batch: dict, z: Tensor) -> Tensor:
         targets = batch["targets"]
@@ -68,6 +76,13 @@ class MTOModule(L.LightningModule):
         start = _sync_time(self.device)
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
+        ctx = StepContext(self.model, [t.name for t in self.tasks], batch, opt,
+                          lambda task=None: self.task_losses(batch, self.model.encode(batch["image"])),
+                          self.manual_backward)
+        if self.method.own_step(ctx):
+            self.step_times.append(_sync_time(self.device) - start)
+            self._track(self.method.stats())
+            return
         z = self.model.encode(batch["image"])
         z_in = z.detach().requires_grad_() if self.engine.uses_rep else z
         raw_losses = self.task_losses(batch, z_in)
@@ -78,6 +93,8 @@ class MTOModule(L.LightningModule):
         if self.clip_shared_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.shared_parameters(), self.clip_shared_grad_norm)
         opt.step()
+        if self.lr_schedule != "constant":
+            self.lr_schedulers().step()
         if self.method.wants_after_step:
             self.method.after_step(raw_losses.detach(), self._losses_without_bn_update(batch))
         self.step_times.append(_sync_time(self.device) - start)
@@ -87,7 +104,7 @@ class MTOModule(L.LightningModule):
                      "update_norm": info.update_norm, **self.method.stats()})
 
     def _non_finite(self, raw_losses: Tensor) -> None:
-        bad = {t.name: float(v) for t, v in zip(self.tasks, raw_losses) if not torch.isfinite(v)}
+        bad = {t.name: float(v) for t, v in zip(self.tasks, raw_losses.detach()) if not torch.isfinite(v)}
         where = f"epoch {self.current_epoch}, step {self.global_step}"
         if self.nan_policy == "error":
             raise FloatingPointError(f"non-finite task loss at {where}: {bad} (nan_policy: skip would skip the step)")

@@ -17,7 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def package_versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
+    import torch
+
+    found = {"python": platform.python_version(), "torch_build": torch.__version__, "cuda": str(torch.version.cuda)}
     for name in TRACKED_PACKAGES:
         try:
             found[name] = version(name)

@@ -111,7 +111,7 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> di
     t = suite.train
     module = MTOModule(model, tasks, method, lr=t.lr, weight_decay=t.weight_decay, jacobian_mode=t.jacobian_mode,
                        nan_policy=t.nan_policy, max_nan_skips=t.max_nan_skips,
-                       clip_shared_grad_norm=t.clip_shared_grad_norm)
+                       clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule)
     trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         deterministic=True, num_sanity_val_steps=0,

@@ -250,3 +250,14 @@ def test_rows_follow_method_label_and_null_metrics_are_nan():
     )
     order = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "±" in line]
     assert order[:4] == ["mgda_ub", "pcgrad", "ew", "ew-big"]
+
+
+def test_memory_ratio_only_for_cuda_peaks():
+    records = make_records()
+    rows = {r.label: r for r in summarize(records)[0].rows}
+    assert all(r.memory_ratio is None for r in rows.values())
+    for r in records:
+        peak = 3000 if r["method"] == "mgda_ub" else 1000
+        r["timing"].update(peak_memory_kind="cuda_allocated", peak_memory_bytes=peak)
+    rows = {r.label: r for r in summarize(records)[0].rows}
+    assert rows["mgda_ub"].memory_ratio == pytest.approx(3.0) and rows["ew"].memory_ratio == pytest.approx(1.0)

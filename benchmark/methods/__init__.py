@@ -5,7 +5,7 @@ entry-point group.
 """
 
 from benchmark.methods import ew, imtl_g, imtl_h, imtl_l, mgda, mgda_ub  # noqa: F401  (registration)
-from benchmark.methods.base import GRAD_SOURCES, HEAD_WEIGHTINGS, Method, Needs
+from benchmark.methods.base import GRAD_SOURCES, HEAD_WEIGHTINGS, Method, Needs, StepContext
 from benchmark.methods.registry import ENTRY_POINT_GROUP, available, create, get, register
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "HEAD_WEIGHTINGS",
     "Method",
     "Needs",
+    "StepContext",
     "available",
     "create",
     "get",

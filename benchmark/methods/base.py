@@ -17,6 +17,9 @@ features, as the official MGDA-UB code) or ``rep_batchsum`` (summed over the bat
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +34,23 @@ class Needs(enum.Enum):
     JACOBIAN = "jacobian"
 
 
+@dataclass
+class StepContext:
+    """What a method that drives its own step (``Method.own_step``) may use.
+
+    ``losses(task=None)`` runs a fresh forward pass on the batch and returns the raw task losses ``[T]`` (with
+    ``task`` set, the model may condition on it); ``backward(loss)`` back-propagates through Lightning's
+    precision hooks; ``optimizer`` is the training optimizer.
+    """
+
+    model: nn.Module
+    task_names: list[str]
+    batch: Any
+    optimizer: Any
+    losses: Callable[..., Tensor]
+    backward: Callable[[Tensor], None]
+
+
 class Method(nn.Module):
     """Base class of every method. Subclasses set ``needs`` and implement the matching hook.
 
@@ -39,7 +59,6 @@ class Method(nn.Module):
     """
 
     needs: Needs = Needs.LOSSES
-    owns_step: bool = False
 
     def __init__(self, num_tasks: int, grad_source: str = "params", head_weighting: str = "own") -> None:
         super().__init__()
@@ -82,6 +101,11 @@ class Method(nn.Module):
             weights = self.gramian_weights(j64 @ j64.T, losses.detach().double())
             return (weights.to(jacobian.dtype) @ jacobian)
         raise NotImplementedError(f"{type(self).__name__} must implement aggregate()")
+
+    def own_step(self, ctx: StepContext) -> bool:
+        """Take the whole training step (e.g. CSO's Phase 1: one optimizer step per task) and return True, or
+        return False to let the engine take the usual step. Called before the engine on every step."""
+        return False
 
     def after_step(self, losses_before: Tensor, losses_after: Tensor) -> None:
         """Hook run after ``optimizer.step()`` with the losses re-evaluated on the same batch (FAMO)."""

@@ -1,0 +1,189 @@
+"""End to end: a tiny suite through the CLI, records, skipping, determinism, and failures that leave no record."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.config import load_suite
+from benchmark.methods.base import Method, Needs
+from benchmark.methods.registry import _BUILTINS, register
+from benchmark.records import read_record
+from benchmark.runner import create_datamodule, run_suite
+
+SUITE = """
+name: tiny
+dataset:
+  name: synthetic_scenes
+  params: {{height: 16, width: 24, n_train: 16, n_val: 8, n_test: 8, supersample: 1, generate_workers: 1,
+            data_dir: {data}}}
+model: {{name: segnet, params: {{width: 4, levels: 2}}}}
+train: {{epochs: 2, batch_size: 8, jacobian_mode: loop}}
+methods: {methods}
+seeds: [0, 1]
+output_dir: {out}
+leaderboard: {out}/leaderboard.md
+"""
+
+
+def write_suite(tmp_path: Path, methods: str = "[{name: ew}, {name: mgda_ub}, {name: imtl_h}]") -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(SUITE.format(data=tmp_path / "data", out=tmp_path / "runs", methods=methods))
+    return path
+
+
+def records(tmp_path: Path) -> dict[str, dict]:
+    return {r["run_id"]: r for r in map(read_record, sorted((tmp_path / "runs").rglob("*.json")))}
+
+
+def test_suite_runs_end_to_end_and_skips_finished_runs(tmp_path, capsys):
+    suite_file = write_suite(tmp_path)
+    assert main(["run", str(suite_file)]) == 0
+    found = records(tmp_path)
+    assert len(found) == 3 * 2 + 3 * 2
+    rec = found["tiny/synthetic_scenes/mgda_ub/seed1"]
+    assert rec["status"] == "finished" and rec["seed"] == 1 and rec["kind"] == "mtl"
+    assert rec["method_hparams"]["grad_source"] == "rep_full"
+    assert len(rec["epochs"]) == 2 and rec["epochs"][-1]["step"] == 4
+    assert set(rec["epochs"][0]["test"]) == set(rec["metrics"]) and len(rec["metrics"]) == 10
+    assert rec["versions"]["torch_build"] == torch.__version__ and "git_commit" in rec
+    assert rec["config"]["name"] == "tiny" and rec["dataset_info"]["height"] == 16
+    assert rec["timing"]["steps"] == 4 and rec["timing"]["step_time_mean_s"] > 0
+    stl = found["tiny/synthetic_scenes/stl-depth/seed0"]
+    assert stl["kind"] == "stl" and set(stl["metrics"]) == {"depth/abs_err", "depth/rel_err", "depth/rmse"}
+    board = (tmp_path / "runs" / "leaderboard.md").read_text()
+    for label in ("ew", "mgda_ub", "imtl_h", "Selection rule", "STL"):
+        assert label in board
+
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.json")}
+    capsys.readouterr()
+    assert main(["run", str(suite_file)]) == 0
+    assert "12 of 12 runs already have records" in capsys.readouterr().out.replace("\n", " ")
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.json")}
+    assert main(["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "lb.md")]) == 0
+    assert (tmp_path / "lb.md").read_text().count("| ew |") == 1
+
+
+def test_same_seed_gives_identical_records(tmp_path):
+    suite_file = write_suite(tmp_path, "[{name: mgda}, {name: imtl_h}]")
+    suite = load_suite(suite_file, ["--suite.stl", "false", "--suite.seeds", "[3]"])
+    run_suite(suite)
+    first = records(tmp_path)
+    run_suite(suite, force=True)
+    second = records(tmp_path)
+    for run_id, rec in first.items():
+        assert rec["epochs"] == second[run_id]["epochs"], run_id
+        assert rec["method_stats"] == second[run_id]["method_stats"], run_id
+
+
+class Exploding(Method):
+    needs = Needs.LOSSES
+
+    def __init__(self, num_tasks: int, after: int = 2) -> None:
+        super().__init__(num_tasks)
+        self.after, self.calls = after, 0
+
+    def loss_weights(self, losses):
+        self.calls += 1
+        if self.calls > self.after:
+            raise RuntimeError("boom")
+        return torch.ones_like(losses)
+
+
+class NanLoss(Method):
+    needs = Needs.LOSSES
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
+
+    def transform_losses(self, losses):
+        return losses
+
+    def loss_weights(self, losses):
+        return torch.ones_like(losses)
+
+
+class PerTaskSteps(Method):
+    """Owns its step: one optimizer step per task on a fresh forward pass (the shape of CSO's Phase 1)."""
+
+    needs = Needs.LOSSES
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
+        self.optimizer_steps = 0
+
+    def own_step(self, ctx):
+        for k in range(len(ctx.task_names)):
+            ctx.optimizer.zero_grad(set_to_none=True)
+            ctx.backward(ctx.losses()[k])
+            ctx.optimizer.step()
+            self.optimizer_steps += 1
+        return True
+
+    def stats(self):
+        return {"optimizer_steps": float(self.optimizer_steps)}
+
+
+@pytest.fixture
+def test_methods():
+    register("test_exploding")(Exploding)
+    register("test_per_task_steps")(PerTaskSteps)
+    yield
+    _BUILTINS.pop("test_exploding", None)
+    _BUILTINS.pop("test_per_task_steps", None)
+
+
+def test_method_can_own_the_step(tmp_path, test_methods):
+    suite = load_suite(write_suite(tmp_path, "[{name: test_per_task_steps}]"),
+                       ["--suite.stl", "false", "--suite.seeds", "[0]"])
+    run_suite(suite)
+    (rec,) = records(tmp_path).values()
+    assert rec["timing"]["steps"] == 4
+    assert rec["method_stats"]["optimizer_steps"]["last"] == 3 * 4
+    assert rec["epochs"][-1]["step"] == 3 * 4
+
+
+def test_failed_run_leaves_no_record(tmp_path, test_methods):
+    suite = load_suite(write_suite(tmp_path, "[{name: ew}, {name: test_exploding}]"), ["--suite.stl", "false"])
+    with pytest.raises(RuntimeError, match="boom"):
+        run_suite(suite)
+    names = sorted(p.name for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    assert names == ["seed0.json", "seed1.json"]
+    assert all(json.loads(p.read_text())["method"] == "ew" for p in (tmp_path / "runs").rglob("*.json"))
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_nan_loss_is_never_applied(tmp_path, monkeypatch, policy):
+    suite = load_suite(write_suite(tmp_path, "[{name: ew}]"),
+                       ["--suite.stl", "false", "--suite.seeds", "[0]", "--suite.train.nan_policy", policy,
+                        "--suite.train.max_nan_skips", "100"])
+    import benchmark.tasks as tasks
+
+    real = tasks.task_loss
+
+    def nan_depth(spec, raw, target):
+        loss = real(spec, raw, target)
+        return loss * float("nan") if spec.name == "depth" else loss
+
+    monkeypatch.setattr(tasks, "task_loss", nan_depth)
+    if policy == "error":
+        with pytest.raises(FloatingPointError, match="'depth': nan"):
+            run_suite(suite)
+        assert not list((tmp_path / "runs").rglob("*.json"))
+    else:
+        run_suite(suite)
+        (rec,) = records(tmp_path).values()
+        assert rec["nan_skips"] == 4 and rec["timing"]["steps"] == 0
+
+
+def test_unknown_dataset_and_cli_errors(tmp_path, capsys):
+    suite = load_suite(write_suite(tmp_path), ["--suite.dataset.name", "synthetic_scene"])
+    with pytest.raises(KeyError, match="did you mean 'synthetic_scenes'"):
+        create_datamodule(suite)
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 1
+    assert "missing.yaml" in capsys.readouterr().out
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("ew", "mgda", "mgda_ub", "imtl_g", "imtl_l", "imtl_h"))
