@@ -44,6 +44,8 @@ class MethodConfig:
     name: str
     hparams: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    """Overrides of ``model.params`` for this method's runs, e.g. ``{task_bn: true}`` for CSO."""
 
     @property
     def key(self) -> str:

@@ -134,7 +134,10 @@ def _label(record: Mapping[str, Any]) -> str:
 
 
 def _variant_key(record: Mapping[str, Any]) -> tuple[str, str]:
-    return _label(record), json.dumps(record.get("method_hparams") or {}, sort_keys=True, default=str)
+    """Runs of one label differ as variants if their hyper-parameters or model overrides (e.g. task_bn) differ."""
+    overrides = (record.get("model") or {}).get("overrides") or {}
+    hparams = {**(record.get("method_hparams") or {}), **{f"model.{k}": v for k, v in overrides.items()}}
+    return _label(record), json.dumps(hparams, sort_keys=True, default=str)
 
 
 def _variant_label(label: str, hparams_json: str, ambiguous: bool) -> str:

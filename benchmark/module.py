@@ -43,8 +43,13 @@ class MTOModule(L.LightningModule):
         self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
         self.nan_policy, self.max_nan_skips = nan_policy, max_nan_skips
         self.clip_shared_grad_norm = clip_shared_grad_norm
+        self.conditioned = bool(getattr(model, "task_bn", False))
+        method.check_model(model)
         heads = [p for t in self.tasks for p in model.task_parameters(t.name)]
         self.engine = Engine(method, model.shared_parameters(), heads, jacobian_mode, backward=self.manual_backward)
+        if self.conditioned and self.engine.uses_rep:
+            raise ValueError(f"{type(method).__name__}: grad_source={method.grad_source!r} needs one shared "
+                             "representation, but a task_bn model computes one per task; use grad_source='params'")
         self.metrics = nn.ModuleDict(
             {split: nn.ModuleDict({t.name: T.make_metric(t) for t in self.tasks}) for split in SPLITS}
         )
@@ -52,7 +57,9 @@ class MTOModule(L.LightningModule):
         self.step_times: list[float] = []
         self.nan_skips = 0
         self.stat_sums: dict[str, float] = defaultdict(float)
+        self.stat_counts: dict[str, int] = defaultdict(int)
         self.stat_last: dict[str, float] = {}
+        self.epoch_stats: dict[str, list[float]] = defaultdict(list)
         self._val_loss = torch.zeros(())
         self._val_batches = 0
 
@@ -67,41 +74,72 @@ class MTOModule(L.LightningModule):
         steps = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)}
 
-    def task_losses(self, batch: dict, z: Tensor) -> Tensor:
-        targets = batch["targets"]
-        return torch.stack([T.task_loss(t, self.model.head(t.name, z), targets[t.name]) for t in self.tasks])
+    def encode(self, batch: dict, task: str | None = None) -> Tensor:
+        return self.model.encode(batch["image"], task) if self.conditioned else self.model.encode(batch["image"])
+
+    def task_loss(self, batch: dict, task: TaskSpec, z: Tensor | None = None) -> Tensor:
+        """One task's raw loss; a fresh (task-conditioned, if the model is) forward pass unless ``z`` is given."""
+        z = self.encode(batch, task.name) if z is None else z
+        return T.task_loss(task, self.model.head(task.name, z), batch["targets"][task.name])
+
+    def task_losses(self, batch: dict, z: Tensor | None = None) -> Tensor:
+        """The raw task losses ``[T]``, from ``z`` or from one fresh forward pass (one per task if conditioned)."""
+        if z is None and not self.conditioned:
+            z = self.encode(batch)
+        return torch.stack([self.task_loss(batch, t, z) for t in self.tasks])
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         T.validate_batch(self.tasks, batch)
         start = _sync_time(self.device)
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        ctx = StepContext(self.model, [t.name for t in self.tasks], batch, opt,
-                          lambda task=None: self.task_losses(batch, self.model.encode(batch["image"])),
-                          self.manual_backward)
-        if self.method.own_step(ctx):
-            self.step_times.append(_sync_time(self.device) - start)
-            self._track(self.method.stats())
+        if self.method.own_step(self._step_context(batch, opt)):
+            self._end_step(start, self.method.stats())
             return
-        z = self.model.encode(batch["image"])
+        z = None if self.conditioned else self.encode(batch)
         z_in = z.detach().requires_grad_() if self.engine.uses_rep else z
         raw_losses = self.task_losses(batch, z_in)
-        if not torch.isfinite(raw_losses).all():
-            self._non_finite(raw_losses)
+        if not self._finite(raw_losses):
+            self._end_step(None, {})
             return
         info = self.engine.step(self.method.transform_losses(raw_losses), z, z_in)
         if self.clip_shared_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.shared_parameters(), self.clip_shared_grad_norm)
         opt.step()
-        if self.lr_schedule != "constant":
-            self.lr_schedulers().step()
         if self.method.wants_after_step:
             self.method.after_step(raw_losses.detach(), self._losses_without_bn_update(batch))
-        self.step_times.append(_sync_time(self.device) - start)
         names = [t.name for t in self.tasks]
-        self._track({**{f"loss_{n}": v for n, v in zip(names, raw_losses.detach().tolist())},
-                     **{f"weight_{n}": w for n, w in zip(names, info.weights.tolist())},
-                     "update_norm": info.update_norm, **self.method.stats()})
+        self._end_step(start, {**{f"loss_{n}": v for n, v in zip(names, raw_losses.detach().tolist())},
+                               **{f"weight_{n}": w for n, w in zip(names, info.weights.tolist())},
+                               "update_norm": info.update_norm, **self.method.stats()})
+
+    def _step_context(self, batch: dict, opt) -> StepContext:
+        by_name = {t.name: t for t in self.tasks}
+        return StepContext(model=self.model, task_names=list(by_name), batch=batch, optimizer=opt,
+                           losses=lambda: self.task_losses(batch),
+                           task_loss=lambda name: self.task_loss(batch, by_name[name]),
+                           backward=self.manual_backward, finite=self._finite,
+                           epoch=self.current_epoch, epochs=self.trainer.max_epochs)
+
+    def _end_step(self, start: float | None, stats: dict[str, float]) -> None:
+        """Once per batch, whatever the method did: step the LR schedule, time the step (unless it was skipped,
+        ``start=None``), record its stats."""
+        if self.lr_schedule != "constant":
+            self.lr_schedulers().step()
+        if start is not None:
+            self.step_times.append(_sync_time(self.device) - start)
+        for key, value in stats.items():
+            self.stat_sums[key] += value
+            self.stat_counts[key] += 1
+            self.stat_last[key] = value
+            self.epoch_stats[key].append(value)
+
+    def _finite(self, raw_losses: Tensor) -> bool:
+        """True if every loss is finite; otherwise raise or count a skipped step, as ``nan_policy`` says."""
+        if torch.isfinite(raw_losses.detach()).all():
+            return True
+        self._non_finite(raw_losses)
+        return False
 
     def _non_finite(self, raw_losses: Tensor) -> None:
         bad = {t.name: float(v) for t, v in zip(self.tasks, raw_losses.detach()) if not torch.isfinite(v)}
@@ -120,22 +158,17 @@ class MTOModule(L.LightningModule):
         for m in bns:
             m.momentum = 0.0
         try:
-            return self.task_losses(batch, self.model.encode(batch["image"]))
+            return self.task_losses(batch)
         finally:
             for m, (momentum, tracked) in zip(bns, saved):
                 m.momentum = momentum
                 m.num_batches_tracked.copy_(tracked)
 
-    def _track(self, stats: dict[str, float]) -> None:
-        for key, value in stats.items():
-            self.stat_sums[key] += value
-            self.stat_last[key] = value
-
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         split = SPLITS[dataloader_idx]
-        z = self.model.encode(batch["image"])
+        z = None if self.conditioned else self.encode(batch)
         for t in self.tasks:
-            raw = self.model.head(t.name, z)
+            raw = self.model.head(t.name, self.encode(batch, t.name) if self.conditioned else z)
             target = batch["targets"][t.name]
             self.metrics[split][t.name].update(raw, target)
             if split == "val":
@@ -152,12 +185,14 @@ class MTOModule(L.LightningModule):
                 metric.reset()
         entry["val_loss"] = float(self._val_loss) / max(self._val_batches, 1)
         self._val_loss, self._val_batches = torch.zeros(()), 0
+        entry["method_stats"] = {k: sum(v) / len(v) for k, v in self.epoch_stats.items() if v}
+        self.epoch_stats.clear()
         if not self.trainer.sanity_checking:
             self.history.append(entry)
 
     def method_summary(self) -> dict[str, dict[str, float]]:
-        steps = max(len(self.step_times), 1)
-        return {k: {"mean": s / steps, "last": self.stat_last[k]} for k, s in self.stat_sums.items()}
+        """Per statistic: its mean over the steps that reported it, and its last value."""
+        return {k: {"mean": s / self.stat_counts[k], "last": self.stat_last[k]} for k, s in self.stat_sums.items()}
 
 
 def _sync_time(device: torch.device) -> float:

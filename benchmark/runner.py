@@ -6,7 +6,7 @@ import logging
 import resource
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -38,6 +38,7 @@ class PlannedRun:
     seed: int
     run_id: str
     stl_task: str | None = None
+    model_overrides: dict = field(default_factory=dict)
 
 
 def create_datamodule(suite: SuiteConfig):
@@ -50,19 +51,24 @@ def create_datamodule(suite: SuiteConfig):
         raise ValueError(f"dataset {suite.dataset.name!r}: bad dataset.params {suite.dataset.params}: {exc}") from exc
 
 
-def create_model(suite: SuiteConfig, tasks: list) -> torch.nn.Module:
+def model_params(suite: SuiteConfig, overrides: dict | None = None) -> dict:
+    return {**suite.model.params, **(overrides or {})}
+
+
+def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None) -> torch.nn.Module:
     if suite.model.name not in MODELS:
         raise unknown_name("model", suite.model.name, MODELS)
+    params = model_params(suite, overrides)
     try:
-        return MODELS[suite.model.name]({t.name: T.head_channels(t) for t in tasks}, **suite.model.params)
+        return MODELS[suite.model.name]({t.name: T.head_channels(t) for t in tasks}, **params)
     except TypeError as exc:
-        raise ValueError(f"model {suite.model.name!r}: bad model.params {suite.model.params}: {exc}") from exc
+        raise ValueError(f"model {suite.model.name!r}: bad model params {params}: {exc}") from exc
 
 
 def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
     base = f"{suite.name}/{suite.dataset.name}"
     runs = [
-        PlannedRun(m.name, dict(m.hparams), seed, f"{base}/{m.key}/seed{seed}")
+        PlannedRun(m.name, dict(m.hparams), seed, f"{base}/{m.key}/seed{seed}", model_overrides=dict(m.model))
         for m in suite.methods
         for seed in suite.seeds
     ]
@@ -75,11 +81,13 @@ def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
     return runs
 
 
-def check_methods(suite: SuiteConfig, num_tasks: int) -> None:
-    """Build every method once before training, so a bad name or hyper-parameter fails before any run."""
+def check_methods(suite: SuiteConfig, tasks: list) -> None:
+    """Build every method and its model once before training, so a bad name, hyper-parameter or model override
+    fails before any run."""
     for m in suite.methods:
         try:
-            create(m.name, num_tasks, **m.hparams)
+            method = create(m.name, len(tasks), **m.hparams)
+            method.check_model(create_model(suite, tasks, m.model))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"suite {suite.name!r}: method {m.key!r}: {exc}") from exc
 
@@ -106,7 +114,7 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> di
     """Train one run and return its record (the caller writes it)."""
     L.seed_everything(run.seed, workers=True, verbose=False)
     tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
-    model = create_model(suite, tasks)
+    model = create_model(suite, tasks, run.model_overrides)
     method = create(run.method, len(tasks), **run.hparams)
     t = suite.train
     module = MTOModule(model, tasks, method, lr=t.lr, weight_decay=t.weight_decay, jacobian_mode=t.jacobian_mode,
@@ -145,6 +153,8 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "kind": "mtl" if run.stl_task is None else "stl",
         "stl_task": run.stl_task,
         "method_hparams": module.method.hparams(),
+        "model": {"name": suite.model.name, "params": model_params(suite, run.model_overrides),
+                  "overrides": run.model_overrides},
         "seed": run.seed,
         "config": suite.to_dict(),
         "versions": package_versions(),
@@ -169,7 +179,7 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
     dm = create_datamodule(suite)
     dm.prepare_data()
     dm.setup("fit")
-    check_methods(suite, len(dm.tasks))
+    check_methods(suite, dm.tasks)
     runs = plan_runs(suite, [t.name for t in dm.tasks])
     out = Path(suite.output_dir)
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from models.task_norm import Connection, TaskBatchNorm2d, conditioned_on
 
-def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+def conv_bn_relu(c_in: int, c_out: int, tasks: Sequence[str] | None = None) -> nn.Sequential:
+    """3x3 conv, BatchNorm (one per task when ``tasks`` is given), ReLU."""
+    norm = TaskBatchNorm2d(c_out, tasks) if tasks else nn.BatchNorm2d(c_out)
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm, nn.ReLU(inplace=True))
 
 
 def pool_with_mask(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,33 +38,57 @@ class SegNetMTL(nn.Module):
     ``encode`` maps the image to the shared representation ``z`` (full resolution, ``width`` channels): an
     encoder of ``levels`` conv blocks with max pooling, and a decoder that unpools to the stored argmax positions.
     Each head is a 3x3 conv block followed by a 1x1 projection to that task's output channels. The shared
-    parameters are exactly those of ``encode``.
+    parameters are those of ``encode``.
+
+    With ``task_bn=True`` every trunk conv is followed by one BatchNorm per task (as CSO requires, Jeong & Yoon,
+    CVPR 2024, §4.2): ``encode(x, task)`` then runs the trunk with that task's BNs, the per-task BN parameters
+    count as that task's parameters, and ``connections()`` lists the conv-to-BN pairs.
     """
 
-    def __init__(self, head_channels: Mapping[str, int], width: int = 16, levels: int = 3, in_channels: int = 3):
+    def __init__(self, head_channels: Mapping[str, int], width: int = 16, levels: int = 3, in_channels: int = 3,
+                 task_bn: bool = False):
         super().__init__()
         if width < 1 or levels < 1:
             raise ValueError(f"SegNetMTL: width and levels must be >= 1, got width={width}, levels={levels}")
         if not head_channels:
             raise ValueError("SegNetMTL: head_channels is empty; at least one task is needed")
         widths = [width * 2**i for i in range(levels)]
-        self.stem = conv_bn_relu(in_channels, widths[0])
+        tasks = list(head_channels) if task_bn else None
+        self.task_bn = task_bn
+        self.stem = conv_bn_relu(in_channels, widths[0], tasks)
         self.down = nn.ModuleList(
-            nn.Sequential(conv_bn_relu(c, c), conv_bn_relu(c, widths[min(i + 1, levels - 1)]))
+            nn.Sequential(conv_bn_relu(c, c, tasks), conv_bn_relu(c, widths[min(i + 1, levels - 1)], tasks))
             for i, c in enumerate(widths)
         )
         self.up = nn.ModuleList(
-            nn.Sequential(conv_bn_relu(widths[min(i + 1, levels - 1)], c), conv_bn_relu(c, c))
+            nn.Sequential(conv_bn_relu(widths[min(i + 1, levels - 1)], c, tasks), conv_bn_relu(c, c, tasks))
             for i, c in reversed(list(enumerate(widths)))
         )
         self.heads = nn.ModuleDict({name: self._head(width, ch) for name, ch in head_channels.items()})
         self.levels = levels
+        blocks = {"stem": self.stem}
+        blocks.update({f"down{i}.{j}": b for i, pair in enumerate(self.down) for j, b in enumerate(pair)})
+        blocks.update({f"up{i}.{j}": b for i, pair in enumerate(self.up) for j, b in enumerate(pair)})
+        self._connections = [Connection(name, b[0], b[1]) for name, b in blocks.items() if task_bn]
+
+    def connections(self) -> list[Connection]:
+        """The shared convs each followed by per-task BatchNorm, in forward order (empty without ``task_bn``)."""
+        return list(self._connections)
 
     @staticmethod
     def _head(width: int, out_channels: int) -> nn.Sequential:
         return nn.Sequential(conv_bn_relu(width, width), nn.Conv2d(width, out_channels, 1))
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, task: str | None = None) -> Tensor:
+        """The shared representation; with ``task_bn`` it is task-conditioned and ``task`` is required."""
+        if self.task_bn:
+            if task is None:
+                raise ValueError(f"SegNetMTL(task_bn=True).encode needs a task, one of {list(self.heads)}")
+            with conditioned_on(self, task):
+                return self._encode(x)
+        return self._encode(x)
+
+    def _encode(self, x: Tensor) -> Tensor:
         if x.shape[-1] % 2**self.levels or x.shape[-2] % 2**self.levels:
             raise ValueError(
                 f"SegNetMTL: image size {tuple(x.shape[-2:])} must be divisible by 2**levels = {2**self.levels}"
@@ -78,15 +106,18 @@ class SegNetMTL(nn.Module):
         return self.heads[task](z)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self.task_bn:
+            return {task: head(self.encode(x, task)) for task, head in self.heads.items()}
         z = self.encode(x)
         return {task: head(z) for task, head in self.heads.items()}
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        heads = {id(p) for p in self.heads.parameters()}
-        return [p for p in self.parameters() if id(p) not in heads]
+        own = {id(p) for t in self.heads for p in self.task_parameters(t)}
+        return [p for p in self.parameters() if id(p) not in own]
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        return list(self.heads[task].parameters())
+        norms = [p for c in self._connections for p in c.norm.norms[task].parameters()]
+        return list(self.heads[task].parameters()) + norms
 
 
 def count_parameters(params: list[torch.nn.Parameter]) -> int:

@@ -4,6 +4,7 @@ import pytest
 
 from benchmark.config import load_suite
 from benchmark.runner import check_methods, plan_runs
+from datamodules.task_spec import TaskSpec
 
 GOOD = """
 name: tiny
@@ -60,12 +61,17 @@ def test_missing_suite_file(tmp_path):
         load_suite(tmp_path / "nope.yaml")
 
 
+TASKS = [TaskSpec("semseg", "segmentation", num_classes=4, ignore_index=-1), TaskSpec("depth", "depth"),
+         TaskSpec("normals", "normals")]
+
+
 @pytest.mark.parametrize(
     ("methods", "needle"),
     [("[{name: mgdaub}]", "did you mean 'mgda_ub'"), ("[{name: mgda, hparams: {normalisation: l2}}]", "normalisation"),
-     ("[{name: mgda, hparams: {normalization: l3}}]", "l3")],
+     ("[{name: mgda, hparams: {normalization: l3}}]", "l3"),
+     ("[{name: cso}]", "task_bn: true"), ("[{name: ew, model: {task_norm: true}}]", "task_norm")],
 )
 def test_bad_methods_fail_before_training(tmp_path, methods, needle):
     suite = load_suite(write(tmp_path, GOOD.replace(GOOD.splitlines()[3], f"methods: {methods}")))
     with pytest.raises(ValueError, match=needle):
-        check_methods(suite, 3)
+        check_methods(suite, TASKS)

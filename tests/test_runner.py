@@ -187,3 +187,30 @@ def test_unknown_dataset_and_cli_errors(tmp_path, capsys):
     assert main(["methods"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("ew", "mgda", "mgda_ub", "imtl_g", "imtl_l", "imtl_h"))
+
+
+def test_cso_and_a_task_bn_baseline_run_end_to_end(tmp_path):
+    methods = ("[{name: cso, model: {task_bn: true}}, {name: ew, label: ew-taskbn, model: {task_bn: true}},"
+               " {name: ew}]")
+    suite = load_suite(write_suite(tmp_path, methods), ["--suite.stl", "false", "--suite.seeds", "[0]"])
+    run_suite(suite)
+    found = records(tmp_path)
+    cso = found["tiny/synthetic_scenes/cso/seed0"]
+    assert cso["model"]["params"]["task_bn"] is True and cso["method_hparams"]["mode"] == "mixed"
+    assert found["tiny/synthetic_scenes/ew-taskbn/seed0"]["model"]["overrides"] == {"task_bn": True}
+    assert found["tiny/synthetic_scenes/ew/seed0"]["model"]["overrides"] == {}
+    stats = cso["method_stats"]
+    assert stats["phase1"]["mean"] in (0.5, 0.75, 1.0)  # epoch 0 is all Phase 1; 2 steps per epoch
+    shares = [stats[f"priority/{t}"]["last"] for t in ("semseg", "depth", "normal")]
+    assert abs(sum(shares) - 1) < 1e-6
+    first = cso["epochs"][0]["method_stats"]
+    assert first["phase1"] == 1.0 and "priority/stem/depth" in first
+    # Phase 1 steps K times per batch: 2 epochs x 2 batches, epoch 0 all Phase 1
+    assert cso["epochs"][-1]["step"] >= 2 * 3 + 2
+
+
+def test_rep_mode_cannot_use_a_task_bn_model(tmp_path):
+    suite = load_suite(write_suite(tmp_path, "[{name: mgda_ub, model: {task_bn: true}}]"),
+                       ["--suite.stl", "false", "--suite.seeds", "[0]"])
+    with pytest.raises(ValueError, match="grad_source='params'"):
+        run_suite(suite)

@@ -38,17 +38,23 @@ class Needs(enum.Enum):
 class StepContext:
     """What a method that drives its own step (``Method.own_step``) may use.
 
-    ``losses(task=None)`` runs a fresh forward pass on the batch and returns the raw task losses ``[T]`` (with
-    ``task`` set, the model may condition on it); ``backward(loss)`` back-propagates through Lightning's
-    precision hooks; ``optimizer`` is the training optimizer.
+    ``losses()`` runs a fresh forward pass on the batch and returns the raw task losses ``[T]``;
+    ``task_loss(name)`` runs a fresh forward pass for one task (conditioned on it if the model has per-task
+    BatchNorm) and returns its raw loss; ``backward(loss)`` back-propagates through Lightning's precision hooks;
+    ``finite(losses)`` is False if a loss is NaN/inf (after raising or counting a skip, per ``nan_policy``: the
+    method must then abandon the step); ``epoch`` counts from 0 up to ``epochs - 1``.
     """
 
     model: nn.Module
     task_names: list[str]
     batch: Any
     optimizer: Any
-    losses: Callable[..., Tensor]
+    losses: Callable[[], Tensor]
+    task_loss: Callable[[str], Tensor]
     backward: Callable[[Tensor], None]
+    finite: Callable[[Tensor], bool]
+    epoch: int
+    epochs: int
 
 
 class Method(nn.Module):
@@ -101,6 +107,9 @@ class Method(nn.Module):
             weights = self.gramian_weights(j64 @ j64.T, losses.detach().double())
             return (weights.to(jacobian.dtype) @ jacobian)
         raise NotImplementedError(f"{type(self).__name__} must implement aggregate()")
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise if the method cannot train ``model`` (e.g. CSO without per-task BatchNorm)."""
 
     def own_step(self, ctx: StepContext) -> bool:
         """Take the whole training step (e.g. CSO's Phase 1: one optimizer step per task) and return True, or
