@@ -21,8 +21,8 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     suite = load_suite(args.suite_file, overrides)
     run_suite(suite, force=args.force)
     out = Path(suite.leaderboard)
-    write_leaderboard(Path(suite.output_dir) / suite.name, out, suite.selection)
-    console.print(f"[green]leaderboard written to {out}[/]")
+    write_leaderboard(Path(suite.output_dir) / suite.name, out, suite.selection, plot=True)
+    console.print(f"[green]leaderboard written to {out} (plots beside it)[/]")
     return 0
 
 

@@ -32,6 +32,13 @@ from benchmark.scoring import (
 )
 
 EW_METHOD = "ew"
+DIAGNOSTICS = {
+    "phase1": ("Phase-1 steps", "run"),
+    "projection_rate": ("projections fired", "run"),
+    "priority/": ("priority", "last_epoch"),
+}
+"""Method statistics shown per row (``run``: mean over the run's steps; ``last_epoch``: mean over the last epoch).
+A key ending in ``/`` stands for one column per task (e.g. CSO's share of channels each task owns)."""
 RECORD_KINDS = ("mtl", "stl")
 UNIT_DECIMALS = {"percent": 2, "degrees": 2, "metres": 4, "ratio": 4, "inverse_depth": 4, "fraction": 4}
 DEFAULT_DECIMALS = 4
@@ -65,6 +72,7 @@ class MethodRow:
     mean_rank: float | None
     step_time_ratio: float | None
     memory_ratio: float | None
+    diagnostics: dict[str, SeedStats] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -328,12 +336,43 @@ def _method_rows(
                 mean_rank=None,
                 step_time_ratio=_ratio(_timing_mean(runs, "step_time_mean_s"), ew_step),
                 memory_ratio=_ratio(_memory_mean(runs), ew_mem),
+                diagnostics=_diagnostics(runs),
             )
         )
     if rows and specs:
         ranks = mean_rank({r.label: {k: s.mean for k, s in r.metrics.items()} for r in rows}, directions)
         rows = [_with_rank(r, ranks[r.label]) for r in rows]
     return sorted(rows, key=_row_order)
+
+
+def _diagnostics(runs: Sequence[Mapping[str, Any]]) -> dict[str, SeedStats]:
+    """The :data:`DIAGNOSTICS` statistics every run of a row reported, as seed statistics."""
+    tasks = [t["name"] for t in runs[0].get("tasks", [])]
+    out = {}
+    for key, (_, scope) in DIAGNOSTICS.items():
+        for stat in [key + t for t in tasks] if key.endswith("/") else [key]:
+            if scope == "run":
+                values = [((r.get("method_stats") or {}).get(stat) or {}).get("mean") for r in runs]
+            else:
+                values = [((r.get("epochs") or [{}])[-1].get("method_stats") or {}).get(stat) for r in runs]
+            if all(v is not None for v in values):
+                out[stat] = seed_stats([float(v) for v in values])
+    return out
+
+
+def _diagnostics_markdown(rows: Sequence[MethodRow]) -> list[str]:
+    keys = list(dict.fromkeys(k for r in rows for k in r.diagnostics))
+    shown = [r for r in rows if r.diagnostics]
+    if not shown:
+        return []
+    def head(key: str) -> str:
+        base = next(b for b in DIAGNOSTICS if key == b or (b.endswith("/") and key.startswith(b)))
+        return DIAGNOSTICS[base][0] + (f" {key[len(base):]}" if base.endswith("/") else "")
+    body = [[r.label, *(_pm(r.diagnostics.get(k), 2) if k in r.diagnostics else "—" for k in keys)] for r in shown]
+    legend = ("Method diagnostics (mean ± std over seeds): Phase-1 steps and projections fired are fractions over "
+              "the run (projections: of the owner/other-task pairs tested in Phase-2 steps); priority is the share of "
+              "paired conv channels whose top-priority task is that task, averaged over the last epoch.")
+    return ["", *_table(["method", *map(head, keys)], body), "", legend]
 
 
 def _stl_rows(
@@ -472,6 +511,7 @@ def _summary_markdown(summary: DatasetSummary) -> list[str]:
             )
         lines += _table(header, body)
         lines += ["", LEGEND]
+        lines += _diagnostics_markdown(summary.rows)
     else:
         lines.append("No MTL runs.")
     lines.append("")
@@ -552,6 +592,7 @@ def write_leaderboard(
     write_text_atomic(out, build_leaderboard(records, rule, notes))
     if plot:
         plot_leaderboard(records, out.with_suffix(".png"), rule)
+        plot_priorities(records, out.with_name(f"{out.stem}_priority.png"))
     return out
 
 
@@ -580,5 +621,41 @@ def plot_leaderboard(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_priorities(records: Sequence[Mapping[str, Any]], out_path: str | os.PathLike[str]) -> Path | None:
+    """How the share of channels owned by each task evolves per epoch (CSO's priority map; seed means), one
+    panel per method variant that logs it; None if no run does."""
+    curves: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        tasks = [t["name"] for t in r.get("tasks", [])]
+        epochs = [e.get("method_stats") or {} for e in r.get("epochs", [])]
+        for t in tasks:
+            series = [e.get(f"priority/{t}") for e in epochs]
+            if series and all(v is not None for v in series):
+                curves[f"{r['suite']}/{r['dataset']}: {_label(r)}"][t].append(series)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(curves), 1, figsize=(6, 2.6 * len(curves)), squeeze=False)
+    for ax, (title, per_task) in zip(axes[:, 0], sorted(curves.items()), strict=True):
+        for task, runs in per_task.items():
+            length = min(map(len, runs))
+            mean = [sum(run[e] for run in runs) / len(runs) for e in range(length)]
+            ax.plot(range(length), mean, marker="o", label=task)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("share of channels")
+        ax.legend()
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -20,10 +20,20 @@ def write(tmp_path, text):
     return path
 
 
-def test_default_suite_parses():
+TASKS = [TaskSpec("semseg", "segmentation", num_classes=4, ignore_index=-1), TaskSpec("depth", "depth"),
+         TaskSpec("normals", "normals")]
+
+
+def test_shipped_suites_parse_and_build():
     suite = load_suite("configs/suites/default.yaml")
-    assert [m.name for m in suite.methods] == ["ew", "mgda_ub", "imtl_h"]
+    assert [m.name for m in suite.methods] == ["ew", "mgda_ub", "imtl_h", "cso"]
+    assert suite.methods[-1].model == {"task_bn": True}
     assert suite.stl and len(suite.seeds) == 2
+    check_methods(suite, TASKS)
+    ablation = load_suite("configs/suites/cso_ablation.yaml")
+    modes = [m.hparams.get("mode") for m in ablation.methods if m.name == "cso"]
+    assert sorted(modes) == ["mixed", "phase1", "phase2", "sequential"] and len(ablation.seeds) == 2
+    check_methods(ablation, TASKS)
 
 
 def test_overrides_and_plan(tmp_path):
@@ -59,10 +69,6 @@ def test_bad_suites_name_the_field(tmp_path, text, needle):
 def test_missing_suite_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_suite(tmp_path / "nope.yaml")
-
-
-TASKS = [TaskSpec("semseg", "segmentation", num_classes=4, ignore_index=-1), TaskSpec("depth", "depth"),
-         TaskSpec("normals", "normals")]
 
 
 @pytest.mark.parametrize(

@@ -207,6 +207,13 @@ def test_cso_and_a_task_bn_baseline_run_end_to_end(tmp_path):
     assert first["phase1"] == 1.0 and "priority/stem/depth" in first
     # Phase 1 steps K times per batch: 2 epochs x 2 batches, epoch 0 all Phase 1
     assert cso["epochs"][-1]["step"] >= 2 * 3 + 2
+    from benchmark.leaderboard import write_leaderboard
+    text = write_leaderboard(tmp_path / "runs", tmp_path / "board.md", plot=True).read_text()
+    diagnostics = text.split("Method diagnostics")[0].split("| method | Phase-1 steps")[1]
+    assert "priority normal" in diagnostics
+    rows = [line for line in diagnostics.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows] == ["cso"] and "—" not in rows[0]
+    assert (tmp_path / "board_priority.png").stat().st_size > 0
 
 
 def test_rep_mode_cannot_use_a_task_bn_model(tmp_path):
