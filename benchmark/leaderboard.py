@@ -617,6 +617,12 @@ def plot_leaderboard(
         ax.invert_yaxis()
         ax.set_xlabel("Δm% vs STL (lower is better)")
         ax.set_title(f"{summary.dataset} — {summary.suite} ({rule})")
+    return _save(fig, out_path)
+
+
+def _save(fig, out_path: str | os.PathLike[str]) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -653,9 +659,4 @@ def plot_priorities(records: Sequence[Mapping[str, Any]], out_path: str | os.Pat
         ax.set_xlabel("epoch")
         ax.set_ylabel("share of channels")
         ax.legend()
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out_path)

@@ -302,3 +302,14 @@ def test_shuffled_order_still_steps_every_task_once():
         assert sorted(moved) == TASKS
         orders.add(moved)
     assert len(orders) > 1, "shuffle never changed the order"
+
+
+def test_phase_draws_resume_from_the_state_dict():
+    torch.manual_seed(3)
+    method = create("cso", 3)
+    first = [method.use_phase1(1, 4) for _ in range(5)]
+    saved = copy.deepcopy(method.state_dict())
+    expected = [method.use_phase1(1, 4) for _ in range(40)]
+    resumed = create("cso", 3)
+    resumed.load_state_dict(saved)
+    assert [resumed.use_phase1(1, 4) for _ in range(40)] == expected and len(set(first + expected)) == 2

@@ -56,6 +56,7 @@ class MGDA(Method):
     """
 
     needs = Needs.GRAMIAN
+    default_grad_source = "params"
 
     def __init__(
         self,
@@ -65,9 +66,10 @@ class MGDA(Method):
         max_iter: int = 250,
         tol: float = 1e-5,
         official_two_point_clip: bool = False,
-        grad_source: str = "params",
+        grad_source: str | None = None,
         head_weighting: str = "own",
     ) -> None:
+        grad_source = self.default_grad_source if grad_source is None else grad_source
         super().__init__(num_tasks, grad_source=grad_source, head_weighting=head_weighting)
         name = type(self).__name__
         if normalization not in NORMALIZATIONS:

@@ -15,24 +15,4 @@ class MGDAUB(MGDA):
     code); ``rep_batchsum`` gives LibMTL's batch-summed variant.
     """
 
-    def __init__(
-        self,
-        num_tasks: int,
-        normalization: str = "none",
-        solver: str = "pgd",
-        max_iter: int = 250,
-        tol: float = 1e-5,
-        official_two_point_clip: bool = False,
-        grad_source: str = "rep_full",
-        head_weighting: str = "own",
-    ) -> None:
-        super().__init__(
-            num_tasks,
-            normalization=normalization,
-            solver=solver,
-            max_iter=max_iter,
-            tol=tol,
-            official_two_point_clip=official_two_point_clip,
-            grad_source=grad_source,
-            head_weighting=head_weighting,
-        )
+    default_grad_source = "rep_full"
