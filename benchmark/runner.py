@@ -59,6 +59,9 @@ def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None)
     if suite.model.name not in MODELS:
         raise unknown_name("model", suite.model.name, MODELS)
     params = model_params(suite, overrides)
+    biases = {t.name: t.output_bias for t in tasks if t.output_bias}
+    if biases:
+        params["head_bias"] = biases
     try:
         return MODELS[suite.model.name]({t.name: T.head_channels(t) for t in tasks}, **params)
     except TypeError as exc:
@@ -161,7 +164,8 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         **git_state(),
         "device": str(device),
         "jacobian_mode": module.engine.resolved_mode,
-        "tasks": [{"name": t.name, "kind": t.kind, "num_classes": t.num_classes, "ignore_index": t.ignore_index}
+        "tasks": [{"name": t.name, "kind": t.kind, "num_classes": t.num_classes, "ignore_index": t.ignore_index,
+                   "output_bias": t.output_bias}
                   for t in tasks],
         "metrics": infos,
         "epochs": module.history,

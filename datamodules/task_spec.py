@@ -14,12 +14,16 @@ class TaskSpec:
     Target conventions (batch ``targets[name]``): segmentation ``B x H x W`` int64 with ``ignore_index``
     on invalid pixels; depth ``B x 1 x H x W`` float with 0 invalid; normals ``B x 3 x H x W`` float unit
     vectors with the zero vector invalid.
+
+    ``output_bias`` is where the head's output bias starts (depth: a typical depth of the dataset), so that a
+    short run does not spend its budget learning the mean; 0 leaves the model's own initialisation.
     """
 
     name: str
     kind: str
     num_classes: int | None = None
     ignore_index: int = -1
+    output_bias: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:

@@ -38,7 +38,7 @@ class SegNetMTL(nn.Module):
     ``encode`` maps the image to the shared representation ``z`` (full resolution, ``width`` channels): an
     encoder of ``levels`` conv blocks with max pooling, and a decoder that unpools to the stored argmax positions.
     Each head is a 3x3 conv block followed by a 1x1 projection to that task's output channels. The shared
-    parameters are those of ``encode``.
+    parameters are those of ``encode``. ``head_bias`` sets the initial output bias of the named heads.
 
     With ``task_bn=True`` every trunk conv is followed by one BatchNorm per task (as CSO requires, Jeong & Yoon,
     CVPR 2024, §4.2): ``encode(x, task)`` then runs the trunk with that task's BNs, the per-task BN parameters
@@ -46,7 +46,7 @@ class SegNetMTL(nn.Module):
     """
 
     def __init__(self, head_channels: Mapping[str, int], width: int = 16, levels: int = 3, in_channels: int = 3,
-                 task_bn: bool = False):
+                 task_bn: bool = False, head_bias: Mapping[str, float] | None = None):
         super().__init__()
         if width < 1 or levels < 1:
             raise ValueError(f"SegNetMTL: width and levels must be >= 1, got width={width}, levels={levels}")
@@ -65,6 +65,10 @@ class SegNetMTL(nn.Module):
             for i, c in reversed(list(enumerate(widths)))
         )
         self.heads = nn.ModuleDict({name: self._head(width, ch) for name, ch in head_channels.items()})
+        for name, bias in (head_bias or {}).items():
+            if name not in self.heads:
+                raise ValueError(f"SegNetMTL: head_bias names task {name!r}; tasks are {list(self.heads)}")
+            nn.init.constant_(self.heads[name][-1].bias, bias)
         self.levels = levels
         blocks = {"stem": self.stem}
         blocks.update({f"down{i}.{j}": b for i, pair in enumerate(self.down) for j, b in enumerate(pair)})

@@ -1,0 +1,49 @@
+"""SegNetMTL: shapes, the mask unpooling, shared vs task parameters, and head bias initialisation."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from benchmark.config import SuiteConfig
+from benchmark.runner import create_model
+from datamodules.synthetic_scenes import TYPICAL_DEPTH
+from datamodules.task_spec import TaskSpec
+from models.segnet import SegNetMTL, pool_with_mask, unpool_with_mask
+
+HEADS = {"semseg": 5, "depth": 1, "normal": 3}
+
+
+@pytest.mark.parametrize("task_bn", [False, True])
+def test_output_shapes_and_parameter_split(task_bn):
+    model = SegNetMTL(HEADS, width=4, levels=2, task_bn=task_bn)
+    out = model(torch.randn(2, 3, 16, 24))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (2, c, 16, 24) for k, c in HEADS.items()}
+    shared = {id(p) for p in model.shared_parameters()}
+    per_task = [{id(p) for p in model.task_parameters(t)} for t in HEADS]
+    assert sum(map(len, per_task)) + len(shared) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="divisible"):
+        model(torch.randn(1, 3, 10, 24))
+
+
+def test_mask_unpooling_puts_each_maximum_back_in_place():
+    x = torch.randn(2, 3, 8, 8)
+    pooled, mask = pool_with_mask(x)
+    reference_pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(pooled, reference_pooled)
+    assert torch.equal(unpool_with_mask(pooled, mask), F.max_unpool2d(pooled, indices, 2))
+
+
+def test_head_bias_starts_the_named_heads_there():
+    model = SegNetMTL(HEADS, width=4, levels=2, head_bias={"depth": 2.5})
+    assert torch.all(model.heads["depth"][-1].bias == 2.5)
+    with pytest.raises(ValueError, match="'dept'"):
+        SegNetMTL(HEADS, width=4, levels=2, head_bias={"dept": 1.0})
+
+
+def test_runner_applies_the_task_output_bias():
+    tasks = [TaskSpec("semseg", "segmentation", num_classes=5), TaskSpec("depth", "depth", output_bias=TYPICAL_DEPTH)]
+    suite = SuiteConfig(name="t", methods=[])
+    suite.model.params = {"width": 4, "levels": 2}
+    model = create_model(suite, tasks)
+    assert torch.all(model.heads["depth"][-1].bias == TYPICAL_DEPTH)
+    assert not torch.all(model.heads["semseg"][-1].bias == TYPICAL_DEPTH)
