@@ -67,7 +67,8 @@ class MTOModule(L.LightningModule):
         groups = [{"params": list(self.model.parameters()), "weight_decay": self.weight_decay}]
         method_params = [p for p in self.method.parameters() if p.requires_grad]
         if method_params:
-            groups.append({"params": method_params, "weight_decay": 0.0})
+            lr = {} if self.method.param_lr is None else {"lr": self.method.param_lr}
+            groups.append({"params": method_params, "weight_decay": 0.0, **lr})
         optimizer = torch.optim.Adam(groups, lr=self.lr)
         if self.lr_schedule == "constant":
             return optimizer
@@ -107,7 +108,7 @@ class MTOModule(L.LightningModule):
             torch.nn.utils.clip_grad_norm_(self.model.shared_parameters(), self.clip_shared_grad_norm)
         opt.step()
         if self.method.wants_after_step:
-            self.method.after_step(raw_losses.detach(), self._losses_without_bn_update(batch))
+            self.method.after_step(raw_losses.detach(), self._losses_after_step(batch))
         names = [t.name for t in self.tasks]
         self._end_step(start, {**{f"loss_{n}": v for n, v in zip(names, raw_losses.detach().tolist())},
                                **{f"weight_{n}": w for n, w in zip(names, info.weights.tolist())},
@@ -149,6 +150,15 @@ class MTOModule(L.LightningModule):
         self.nan_skips += 1
         if self.nan_skips > self.max_nan_skips:
             raise FloatingPointError(f"over max_nan_skips={self.max_nan_skips} bad steps; last at {where}: {bad}")
+
+    @torch.no_grad()
+    def _losses_after_step(self, batch: dict) -> Tensor:
+        """The losses for ``after_step``: BatchNorm statistics untouched unless the method asks (FAMO's
+        ``bn_update``, methods.md §0.6)."""
+        return self.task_losses(batch) if self.method.after_step_updates_bn else self._losses_without_bn_update(batch)
+
+    def on_train_epoch_end(self) -> None:
+        self.method.on_train_epoch_end()
 
     @torch.no_grad()
     def _losses_without_bn_update(self, batch: dict) -> Tensor:

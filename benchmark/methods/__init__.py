@@ -4,7 +4,23 @@ Importing this package registers every built-in; plugins are found through the `
 entry-point group.
 """
 
-from benchmark.methods import cso, ew, imtl_g, imtl_h, imtl_l, mgda, mgda_ub  # noqa: F401  (registration)
+from benchmark.methods import (  # noqa: F401  (registration)
+    cagrad,
+    cso,
+    dwa,
+    ew,
+    famo,
+    imtl_g,
+    imtl_h,
+    imtl_l,
+    mgda,
+    mgda_ub,
+    pcgrad,
+    rlw,
+    si,
+    upgrad,
+    uw,
+)
 from benchmark.methods.base import GRAD_SOURCES, HEAD_WEIGHTINGS, Method, Needs, StepContext
 from benchmark.methods.registry import ENTRY_POINT_GROUP, available, create, get, register
 

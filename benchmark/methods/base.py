@@ -61,10 +61,15 @@ class Method(nn.Module):
     """Base class of every method. Subclasses set ``needs`` and implement the matching hook.
 
     Learnable state (e.g. IMTL-L's scales) is registered as ``nn.Parameter`` so that it is checkpointed and
-    optimised (in its own parameter group, without weight decay). Stateful methods override ``reset``.
+    optimised (in its own parameter group, without weight decay, at the learning rate ``param_lr``, or the
+    model's when ``None``). Stateful methods override ``reset``.
     """
 
     needs: Needs = Needs.LOSSES
+    param_lr: float | None = None
+    """Learning rate of the method's own parameter group (e.g. UW's 0.025, methods.md §3); None: the model's."""
+    after_step_updates_bn: bool = False
+    """Whether the re-evaluation before ``after_step`` updates BatchNorm running statistics (methods.md §0.6)."""
 
     def __init__(self, num_tasks: int, grad_source: str = "params", head_weighting: str = "own") -> None:
         super().__init__()
@@ -122,6 +127,9 @@ class Method(nn.Module):
     @property
     def wants_after_step(self) -> bool:
         return type(self).after_step is not Method.after_step
+
+    def on_train_epoch_end(self) -> None:
+        """Hook run at the end of every training epoch (DWA's epoch-average losses)."""
 
     def reset(self) -> None:
         """Reset any state accumulated during training."""

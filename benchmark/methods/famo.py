@@ -1,0 +1,137 @@
+"""FAMO: fast adaptive multitask optimization (methods.md §15)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from benchmark.methods.base import Method, Needs
+from benchmark.methods.registry import register
+
+OPTIMIZERS = ("adam", "sgd")
+EPS = 1e-8
+"""The offset in ``D_t = L_t - l*_t + EPS`` (the official code's)."""
+
+
+def famo_gaps(losses: Tensor, min_losses: Tensor) -> Tensor:
+    """``D_t = L_t - l*_t + 1e-8``; raises if one is not positive (its log is undefined)."""
+    gaps = losses - min_losses.to(losses) + EPS
+    if not (torch.isfinite(gaps) & (gaps > 0)).all():
+        raise ValueError(f"FAMO: needs every loss above its minimum l*, got losses={losses.tolist()}, "
+                         f"l*={min_losses.tolist()}")
+    return gaps
+
+
+def famo_weights(logits: Tensor, losses: Tensor, min_losses: Tensor | None = None) -> Tensor:
+    """Effective weights ``z_t / (c D_t)`` of the raw losses, with ``z = softmax(logits)`` and
+    ``c = sum_t z_t / D_t``: the gradient of ``sum_t z_t log D_t / c`` (c detached). Positive, summing to 1."""
+    min_losses = torch.zeros_like(logits) if min_losses is None else min_losses
+    ratio = torch.softmax(logits.detach(), dim=0).to(losses) / famo_gaps(losses.detach(), min_losses)
+    return ratio / ratio.sum()
+
+
+def famo_logit_grad(logits: Tensor, before: Tensor, after: Tensor, min_losses: Tensor | None = None) -> Tensor:
+    """The gradient of the logits: ``J_softmax(logits)^T delta`` with ``delta_t = log D_t(before) - log D_t(after)``,
+    i.e. ``z * (delta - z . delta)``; zero when every log-loss decreased by the same amount."""
+    min_losses = torch.zeros_like(logits) if min_losses is None else min_losses
+    delta = famo_gaps(before, min_losses).log() - famo_gaps(after, min_losses).log()
+    z = torch.softmax(logits, dim=0)
+    delta = delta.to(z)
+    return z * (delta - z @ delta)
+
+
+def adam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, lr: float,
+              weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """One in-place ``torch.optim.Adam`` step (L2 weight decay added to the gradient); ``step`` counts from 1.
+
+    On the first step each coordinate moves by ``lr * g / (|g| + eps)``, about ``lr * sign(g)``.
+    """
+    grad = grad + weight_decay * param
+    exp_avg.mul_(betas[0]).add_(grad, alpha=1 - betas[0])
+    exp_avg_sq.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
+    denom = exp_avg_sq.sqrt() / math.sqrt(1 - betas[1] ** step) + eps
+    param.addcdiv_(exp_avg, denom, value=-lr / (1 - betas[0] ** step))
+
+
+@register("famo")
+class FAMO(Method):
+    """FAMO (Liu, Feng, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023, arXiv 2306.03792,
+    Algorithm 1 in the official code's form).
+
+    * Model step: the loss ``sum_t z_t log D_t / c`` with ``z = softmax(xi)``, ``D_t = L_t - l*_t + 1e-8`` and
+      ``c = sum_t z_t / D_t`` detached, i.e. the engine back-propagates ``sum_t w_t L_t`` with the effective
+      weights ``w_t = z_t / (c D_t)`` (:func:`famo_weights`, summing to 1; the heads are weighted).
+    * Weight step (:meth:`after_step`, after ``optimizer.step()`` on the same batch): ``grad_xi`` from
+      :func:`famo_logit_grad`, then ``optimizer="adam"`` (the code: Adam, lr ``lr``, L2 weight decay ``gamma``)
+      or ``"sgd"`` (the paper: ``xi <- xi - lr (grad + gamma xi)``).
+    * ``xi`` and the Adam state are buffers (checkpointed; the model's optimizer never sees them).
+    * ``min_losses``: ``l*`` (default 0, as in every dense benchmark). ``bn_update``: the after-step forward pass
+      updates BatchNorm running statistics, as the FAMO repo (methods.md §0.6; off by default).
+    """
+
+    needs = Needs.LOSSES
+
+    def __init__(self, num_tasks: int, lr: float = 0.025, gamma: float = 1e-3, optimizer: str = "adam",
+                 min_losses: Sequence[float] | None = None, bn_update: bool = False) -> None:
+        super().__init__(num_tasks)
+        for name, value in (("lr", lr), ("gamma", gamma)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"FAMO: {name} must be a finite number, got {value!r}")
+        if lr <= 0:
+            raise ValueError(f"FAMO: lr must be > 0, got {lr!r}")
+        if gamma < 0:
+            raise ValueError(f"FAMO: gamma must be >= 0, got {gamma!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"FAMO: optimizer={optimizer!r} is not one of {OPTIMIZERS}")
+        if min_losses is not None and (len(min_losses) != num_tasks
+                                       or not all(math.isfinite(float(v)) for v in min_losses)):
+            raise ValueError(f"FAMO: min_losses={list(min_losses)} must be {num_tasks} finite numbers")
+        if not isinstance(bn_update, bool):
+            raise ValueError(f"FAMO: bn_update must be a bool, got {bn_update!r}")
+        self.lr, self.gamma, self.optimizer = float(lr), float(gamma), optimizer
+        self.min_losses = None if min_losses is None else [float(v) for v in min_losses]
+        self.after_step_updates_bn = bn_update
+        self.register_buffer("logits", torch.zeros(num_tasks))
+        self.register_buffer("exp_avg", torch.zeros(num_tasks))
+        self.register_buffer("exp_avg_sq", torch.zeros(num_tasks))
+        self.register_buffer("adam_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("offsets", torch.tensor(self.min_losses or [0.0] * num_tasks))
+        self.after_step_skips = 0
+
+    def loss_weights(self, losses: Tensor) -> Tensor:
+        self.last_weights = famo_weights(self.logits, losses, self.offsets)
+        return self.last_weights
+
+    def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
+        if losses is None:
+            raise ValueError("FAMO: aggregate needs the task losses")
+        return famo_weights(self.logits, losses, self.offsets).to(jacobian) @ jacobian
+
+    @torch.no_grad()
+    def after_step(self, losses_before: Tensor, losses_after: Tensor) -> None:
+        if not torch.isfinite(losses_after).all():
+            self.after_step_skips += 1
+            return
+        grad = famo_logit_grad(self.logits, losses_before, losses_after, self.offsets)
+        if self.optimizer == "sgd":
+            self.logits.sub_(self.lr * (grad + self.gamma * self.logits))
+            return
+        self.adam_steps += 1
+        adam_step(self.logits, grad, self.exp_avg, self.exp_avg_sq, int(self.adam_steps), self.lr, self.gamma)
+
+    def reset(self) -> None:
+        super().reset()
+        for buffer in (self.logits, self.exp_avg, self.exp_avg_sq, self.adam_steps):
+            buffer.zero_()
+        self.after_step_skips = 0
+
+    def stats(self) -> dict[str, float]:
+        return {**super().stats(), **{f"logit_{t}": float(x) for t, x in enumerate(self.logits.tolist())},
+                "after_step_skips": float(self.after_step_skips)}
+
+    def hparams(self) -> dict:
+        return {"lr": self.lr, "gamma": self.gamma, "optimizer": self.optimizer, "min_losses": self.min_losses,
+                "bn_update": self.after_step_updates_bn}

@@ -1,0 +1,124 @@
+"""PCGrad: project each task gradient off the gradients it conflicts with, in Gram form."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from benchmark.methods.base import Method, Needs
+from benchmark.methods.registry import register
+
+REDUCTIONS = ("sum", "mean")
+
+
+def pcgrad_coefficients(
+    gramian: Tensor, permutations: Sequence[Sequence[int]], eps: float = 1e-8, include_self: bool = False
+) -> Tensor:
+    """The ``[T, T]`` coefficients ``C`` with ``g_i^PC = C[i] @ G`` (Yu et al., "Gradient Surgery for Multi-Task
+    Learning", NeurIPS 2020, Algorithm 1 / eq. 1), computed from the Gramian ``M = G G^T`` alone.
+
+    ``g_i^PC`` starts at ``g_i``; for each ``j`` in ``permutations[i]`` (``j = i`` skipped unless
+    ``include_self``, as LibMTL), if ``<g_i^PC, g_j> < 0`` then
+    ``g_i^PC <- g_i^PC - <g_i^PC, g_j> / (|g_j|^2 + eps) g_j``, a projection onto the *original* ``g_j``.
+    With ``g_i^PC = c @ G``, ``<g_i^PC, g_j> = (c @ M)_j`` and the projection only changes ``c_j``. ``eps`` is
+    an absolute guard on ``|g_j|^2`` (LibMTL's 1e-8): it under-projects gradients with ``|g_j|^2`` near
+    ``eps``; ``eps = 0`` is exact, and a zero ``g_j`` is then never projected on (its dot product is 0).
+    Float64, on the CPU (one transfer).
+    """
+    m = gramian.detach().double().cpu().numpy()
+    t = m.shape[0]
+    if len(permutations) != t:
+        raise ValueError(f"PCGrad: expected {t} permutations, got {len(permutations)}")
+    coeffs = np.eye(t)
+    for i, order in enumerate(permutations):
+        c = coeffs[i]
+        for j in order:
+            j = int(j)
+            if j == i and not include_self:
+                continue
+            dot = c @ m[:, j]
+            denom = m[j, j] + eps
+            if dot < 0 and denom > 0:
+                c[j] -= dot / denom
+    return torch.from_numpy(coeffs).to(gramian.device)
+
+
+def pcgrad_weights(
+    gramian: Tensor, permutations: Sequence[Sequence[int]], eps: float = 1e-8, include_self: bool = False
+) -> Tensor:
+    """Weights ``w`` with ``w @ G = sum_i g_i^PC``: the column sums of :func:`pcgrad_coefficients`."""
+    return pcgrad_coefficients(gramian, permutations, eps, include_self).sum(dim=0)
+
+
+@register("pcgrad")
+class PCGrad(Method):
+    """PCGrad (Yu, Kumar, Gupta, Levine, Hausman & Finn, "Gradient Surgery for Multi-Task Learning", NeurIPS
+    2020, arXiv 2001.06782, Algorithm 1 / eq. 1): ``d = sum_i g_i^PC`` (``reduction="mean"`` divides by T).
+
+    research/methods.md §9 Recommended: ``j = i`` excluded (``include_self=True`` reproduces LibMTL), projection
+    onto the original ``g_j``, ``eps = 1e-8``, sum reduction, heads get their own gradient, and one permutation
+    per task and per step from the method's own RNG (seeded once from the global one and saved with the module,
+    so a resumed run draws the same permutations).
+    """
+
+    needs = Needs.GRAMIAN
+
+    def __init__(
+        self,
+        num_tasks: int,
+        eps: float = 1e-8,
+        include_self: bool = False,
+        reduction: str = "sum",
+        grad_source: str = "params",
+        head_weighting: str = "own",
+    ) -> None:
+        super().__init__(num_tasks, grad_source=grad_source, head_weighting=head_weighting)
+        name = type(self).__name__
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"{name}: eps must be a non-negative finite number, got {eps!r}")
+        if not isinstance(include_self, bool):
+            raise ValueError(f"{name}: include_self must be a bool, got {include_self!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{name}: reduction={reduction!r} is not one of {REDUCTIONS}")
+        self.eps = float(eps)
+        self.include_self = include_self
+        self.reduction = reduction
+        self._rng: torch.Generator | None = None
+
+    def _generator(self) -> torch.Generator:
+        if self._rng is None:
+            self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        return self._rng
+
+    def permutations(self) -> list[list[int]]:
+        """One random order of all T tasks per task, drawn from the method's RNG."""
+        rng = self._generator()
+        return [torch.randperm(self.num_tasks, generator=rng).tolist() for _ in range(self.num_tasks)]
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        weights = pcgrad_weights(gramian, self.permutations(), self.eps, self.include_self)
+        if self.reduction == "mean":
+            weights = weights / self.num_tasks
+        self.last_weights = weights.detach()
+        return self.last_weights
+
+    def get_extra_state(self) -> dict:
+        return {"rng": None if self._rng is None else self._rng.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._rng = None
+        if state["rng"] is not None:
+            self._rng = torch.Generator()
+            self._rng.set_state(state["rng"])
+
+    def reset(self) -> None:
+        super().reset()
+        self._rng = None
+
+    def hparams(self) -> dict:
+        return {"eps": self.eps, "include_self": self.include_self, "reduction": self.reduction,
+                **super().hparams()}
