@@ -13,7 +13,7 @@ from benchmark.config import load_suite
 from benchmark.engine import Engine
 from benchmark.methods import Needs, available, create
 from benchmark.methods.dwa import DWA, dwa_weights
-from benchmark.methods.famo import FAMO, adam_step, famo_logit_grad, famo_weights
+from benchmark.methods.famo import FAMO, famo_logit_grad, famo_weights
 from benchmark.methods.rlw import RLW, rlw_weights
 from benchmark.methods.si import SI, si_weights
 from benchmark.methods.uw import UW, uw_loss
@@ -302,14 +302,22 @@ def test_famo_adam_matches_torch_adam_and_first_step_is_lr_sign():
         if step == 0:
             torch.testing.assert_close(method.logits, -0.025 * torch.sign(param.grad), atol=1e-6, rtol=0)
         torch.testing.assert_close(method.logits, param.detach(), atol=1e-6, rtol=1e-5)
-    assert int(method.adam_steps) == 6
+    inner = method.inner_optimizer()
+    assert isinstance(inner, torch.optim.Adam) and inner.param_groups[0]["params"][0] is method.logits
+    assert float(inner.state_dict()["state"][0]["step"]) == 6 and method.logits.grad is None
+    assert inner.param_groups[0]["lr"] == 0.025 and inner.param_groups[0]["weight_decay"] == 1e-3
 
 
-def test_adam_step_first_step_closed_form():
-    param, grad = torch.tensor([0.0, 1.0]), torch.tensor([3.0, -1e-3])
-    exp_avg, exp_avg_sq = torch.zeros(2), torch.zeros(2)
-    adam_step(param, grad, exp_avg, exp_avg_sq, step=1, lr=0.1)
-    torch.testing.assert_close(param, torch.tensor([0.0, 1.0]) - 0.1 * grad / (grad.abs() + 1e-8))
+def test_famo_inner_optimizer_is_lazy_and_follows_the_logits():
+    method = FAMO(2, optimizer="sgd", lr=0.1, gamma=0.5)
+    assert method._inner is None and method.get_extra_state() == {"optimizer": None}
+    method.after_step(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 1.5]))
+    assert isinstance(method.inner_optimizer(), torch.optim.SGD)
+    moved = method.double()  # replaces the logits buffer: the next step must update the new tensor
+    before = moved.logits.clone()
+    moved.after_step(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 1.5]))
+    assert moved.logits.dtype == torch.float64 and not torch.equal(moved.logits, before)
+    assert moved.inner_optimizer().param_groups[0]["params"][0] is moved.logits
 
 
 def test_famo_state_round_trip_restores_logits_and_adam_state():
@@ -319,17 +327,21 @@ def test_famo_state_round_trip_restores_logits_and_adam_state():
     for b, a in pairs[:3]:
         first.after_step(b, a)
     resumed, fresh = FAMO(3), FAMO(3)
-    resumed.load_state_dict(first.state_dict())
+    state = first.state_dict()
+    resumed.load_state_dict(state)
     fresh.logits.copy_(first.logits)
     for b, a in pairs[3:]:
         for m in (first, resumed, fresh):
             m.after_step(b, a)
     assert torch.equal(first.logits, resumed.logits)
+    # the saved optimizer state is a copy: the steps taken since did not change it
+    assert float(state["_extra_state"]["optimizer"]["state"][0]["step"]) == 3
+    assert float(first.get_extra_state()["optimizer"]["state"][0]["step"]) == 6
     assert not torch.allclose(first.logits, fresh.logits, atol=1e-6)
     loss = torch.tensor([1.0, 2.0, 3.0])
     assert torch.equal(first.loss_weights(loss), resumed.loss_weights(loss))
     first.reset()
-    assert first.logits.abs().max() == 0 and int(first.adam_steps) == 0
+    assert first.logits.abs().max() == 0 and first.get_extra_state() == {"optimizer": None}
 
 
 def test_famo_skips_non_finite_after_losses_and_keeps_logits_out_of_the_optimizer():

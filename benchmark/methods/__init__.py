@@ -5,16 +5,23 @@ entry-point group.
 """
 
 from benchmark.methods import (  # noqa: F401  (registration)
+    aligned_mtl,
     cagrad,
     cso,
+    db_mtl,
     dwa,
     ew,
+    fairgrad,
     famo,
+    graddrop,
+    gradnorm,
+    gradvac,
     imtl_g,
     imtl_h,
     imtl_l,
     mgda,
     mgda_ub,
+    nash_mtl,
     pcgrad,
     rlw,
     si,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -43,19 +44,6 @@ def famo_logit_grad(logits: Tensor, before: Tensor, after: Tensor, min_losses: T
     return z * (delta - z @ delta)
 
 
-def adam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, lr: float,
-              weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-    """One in-place ``torch.optim.Adam`` step (L2 weight decay added to the gradient); ``step`` counts from 1.
-
-    On the first step each coordinate moves by ``lr * g / (|g| + eps)``, about ``lr * sign(g)``.
-    """
-    grad = grad + weight_decay * param
-    exp_avg.mul_(betas[0]).add_(grad, alpha=1 - betas[0])
-    exp_avg_sq.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
-    denom = exp_avg_sq.sqrt() / math.sqrt(1 - betas[1] ** step) + eps
-    param.addcdiv_(exp_avg, denom, value=-lr / (1 - betas[0] ** step))
-
-
 @register("famo")
 class FAMO(Method):
     """FAMO (Liu, Feng, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023, arXiv 2306.03792,
@@ -65,9 +53,12 @@ class FAMO(Method):
       ``c = sum_t z_t / D_t`` detached, i.e. the engine back-propagates ``sum_t w_t L_t`` with the effective
       weights ``w_t = z_t / (c D_t)`` (:func:`famo_weights`, summing to 1; the heads are weighted).
     * Weight step (:meth:`after_step`, after ``optimizer.step()`` on the same batch): ``grad_xi`` from
-      :func:`famo_logit_grad`, then ``optimizer="adam"`` (the code: Adam, lr ``lr``, L2 weight decay ``gamma``)
-      or ``"sgd"`` (the paper: ``xi <- xi - lr (grad + gamma xi)``).
-    * ``xi`` and the Adam state are buffers (checkpointed; the model's optimizer never sees them).
+      :func:`famo_logit_grad` is written into ``xi.grad`` and the method's own optimizer steps: ``"adam"``
+      (the code: ``torch.optim.Adam``, lr ``lr``, L2 weight decay ``gamma``) or ``"sgd"`` (the paper:
+      ``torch.optim.SGD``, ``xi <- xi - lr (grad + gamma xi)``).
+    * ``xi`` is a buffer (a leaf that does not require grad: the model's optimizer never sees it); the inner
+      optimizer is created at the first weight step (and again if ``xi`` is replaced, e.g. by ``.to()``), and
+      its ``state_dict()`` is saved with the module (``get_extra_state``), so a restored FAMO resumes exactly.
     * ``min_losses``: ``l*`` (default 0, as in every dense benchmark). ``bn_update``: the after-step forward pass
       updates BatchNorm running statistics, as the FAMO repo (methods.md §0.6; off by default).
     """
@@ -95,9 +86,8 @@ class FAMO(Method):
         self.min_losses = None if min_losses is None else [float(v) for v in min_losses]
         self.after_step_updates_bn = bn_update
         self.register_buffer("logits", torch.zeros(num_tasks))
-        self.register_buffer("exp_avg", torch.zeros(num_tasks))
-        self.register_buffer("exp_avg_sq", torch.zeros(num_tasks))
-        self.register_buffer("adam_steps", torch.zeros((), dtype=torch.long))
+        self._inner: torch.optim.Optimizer | None = None
+        self._inner_state: dict | None = None
         self.register_buffer("offsets", torch.tensor(self.min_losses or [0.0] * num_tasks))
         self.after_step_skips = 0
 
@@ -115,17 +105,33 @@ class FAMO(Method):
         if not torch.isfinite(losses_after).all():
             self.after_step_skips += 1
             return
-        grad = famo_logit_grad(self.logits, losses_before, losses_after, self.offsets)
-        if self.optimizer == "sgd":
-            self.logits.sub_(self.lr * (grad + self.gamma * self.logits))
-            return
-        self.adam_steps += 1
-        adam_step(self.logits, grad, self.exp_avg, self.exp_avg_sq, int(self.adam_steps), self.lr, self.gamma)
+        self.logits.grad = famo_logit_grad(self.logits, losses_before, losses_after, self.offsets).to(self.logits)
+        self.inner_optimizer().step()
+        self.logits.grad = None
+
+    def inner_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of ``xi`` (Adam or SGD, weight decay ``gamma``), created lazily on the current ``xi``
+        and loaded with the saved state, if any."""
+        if self._inner is None or self._inner.param_groups[0]["params"][0] is not self.logits:
+            state = self._inner_state if self._inner is None else self._inner.state_dict()
+            cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD
+            self._inner = cls([self.logits], lr=self.lr, weight_decay=self.gamma)
+            if state is not None:
+                self._inner.load_state_dict(copy.deepcopy(state))
+            self._inner_state = None
+        return self._inner
+
+    def get_extra_state(self) -> dict:
+        state = self._inner_state if self._inner is None else self._inner.state_dict()
+        return {"optimizer": copy.deepcopy(state)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._inner, self._inner_state = None, copy.deepcopy(state["optimizer"])
 
     def reset(self) -> None:
         super().reset()
-        for buffer in (self.logits, self.exp_avg, self.exp_avg_sq, self.adam_steps):
-            buffer.zero_()
+        self.logits.zero_()
+        self._inner, self._inner_state = None, None
         self.after_step_skips = 0
 
     def stats(self) -> dict[str, float]:
