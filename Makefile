@@ -28,6 +28,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+perf: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[compare]'
+	$(BIN)/python -m benchmark.perf.step_time --out perf.md
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
