@@ -361,13 +361,18 @@ def _diagnostics(runs: Sequence[Mapping[str, Any]]) -> dict[str, SeedStats]:
 
 
 def _diagnostics_markdown(rows: Sequence[MethodRow]) -> list[str]:
-    keys = list(dict.fromkeys(k for r in rows for k in r.diagnostics))
     shown = [r for r in rows if r.diagnostics]
     if not shown:
         return []
+
+    def base(key: str) -> str:
+        return next(b for b in DIAGNOSTICS if key == b or (b.endswith("/") and key.startswith(b)))
+
     def head(key: str) -> str:
-        base = next(b for b in DIAGNOSTICS if key == b or (b.endswith("/") and key.startswith(b)))
-        return DIAGNOSTICS[base][0] + (f" {key[len(base):]}" if base.endswith("/") else "")
+        return DIAGNOSTICS[base(key)][0] + (f" {key[len(base(key)):]}" if base(key).endswith("/") else "")
+
+    found = list(dict.fromkeys(k for r in rows for k in r.diagnostics))
+    keys = sorted(found, key=lambda k: (list(DIAGNOSTICS).index(base(k)), found.index(k)))
     body = [[r.label, *(_pm(r.diagnostics.get(k), 2) if k in r.diagnostics else "—" for k in keys)] for r in shown]
     legend = ("Method diagnostics (mean ± std over seeds): Phase-1 steps and projections fired are fractions over "
               "the run (projections: of the owner/other-task pairs tested in Phase-2 steps); priority is the share of "
@@ -539,13 +544,25 @@ def build_leaderboard(
 ) -> str:
     """The Markdown leaderboard of ``records`` (finished runs), selecting epochs by ``rule``."""
     summaries = summarize(records, rule)
-    lines = ["# mtobench leaderboard", ""]
+    lines = ["# mtobench leaderboard", "", _provenance(records), ""]
     lines += [line for note in notes for line in (f"> Note: {note}", "")]
     if not summaries:
         lines += ["No finished runs.", ""]
     for summary in summaries:
         lines += _summary_markdown(summary)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _provenance(records: Sequence[Mapping[str, Any]]) -> str:
+    """One line naming what the table was built from: run count, git commits, torch builds and devices."""
+
+    def distinct(values) -> str:
+        return ", ".join(f"`{v}`" for v in sorted({str(v) for v in values})) or "none"
+
+    commits = distinct(f"{str(r.get('git_commit'))[:10]}{' (dirty)' if r.get('git_dirty') else ''}" for r in records)
+    torch_builds = distinct((r.get("versions") or {}).get("torch_build") for r in records)
+    devices = distinct(r.get("device") for r in records)
+    return f"Built from {len(records)} run records; git commit {commits}; torch {torch_builds}; device {devices}."
 
 
 def load_records(records_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:

@@ -118,6 +118,7 @@ def test_header_rule_seeds_and_stl_source():
     assert "measured by this suite: 3 single-task runs, mean over seeds" in md
     assert "semseg/miou ↑" in md and "depth/abs_err ↓" in md
     assert "| STL depth | 1 |" in md
+    assert f"Built from {len(make_records())} run records; git commit" in md
 
 
 def test_rows_sorted_by_delta_m_with_ranks_and_ew_ratios():

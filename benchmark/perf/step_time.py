@@ -73,9 +73,9 @@ def losses_of(p: Problem, z: torch.Tensor | None = None, task: str | None = None
     return torch.stack([T.task_loss(t, p.model.head(t.name, z), targets[t.name]) for t in TASKS])
 
 
-def method_stepper(name: str, size: dict, jacobian_mode: str) -> Callable[[], None]:
+def method_stepper(name: str, size: dict, jacobian_mode: str, **hparams) -> Callable[[], None]:
     """One training step of ``name`` as ``MTOModule.training_step`` takes it (without Lightning)."""
-    method = create(name, len(TASKS))
+    method = create(name, len(TASKS), **hparams)
     p = make_problem(size, task_bn=name == "cso")
     method.check_model(p.model)
     heads = [q for t in TASKS for q in p.model.task_parameters(t.name)]
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     methods = args.methods or available()
     needs = {m: create(m, len(TASKS)).needs.value for m in methods}
+    needs.update({"cso-phase1": "own step", "cso-phase2": "own step"})
     lines = ["# mtobench step-time benchmark", "",
              f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
              f"torch {torch.__version__}; jacobian_mode {args.jacobian_mode}; {args.rounds} rounds, median; "
@@ -172,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
              "Ratios are of medians measured round-robin in one process. `fwd+T·bwd` is one forward and T "
              "backward passes of the trunk (the floor for per-task parameter gradients); `torchjd:*` rows run "
              "TorchJD's `mtl_backward` + `jac_to_grad` on the same model and batch (absent without the "
-             "`compare` extra). CSO runs on the per-task-BN SegNet, the others on the standard one.", ""]
+             "`compare` extra). CSO runs on the per-task-BN SegNet, the others on the standard one; its mixed "
+             "mode costs a blend of its two phase rows.", ""]
     for size_name in args.sizes:
         size = SIZES[size_name]
-        steppers = {m: method_stepper(m, size, args.jacobian_mode) for m in methods}
+        steppers = {m: method_stepper(m, size, args.jacobian_mode) for m in methods if m != "cso"}
+        if "cso" in methods:
+            for mode in ("phase1", "phase2"):
+                steppers[f"cso-{mode}"] = method_stepper("cso", size, args.jacobian_mode, mode=mode)
         steppers["fwd+T·bwd"] = forward_t_backward(size)
         for ours, theirs in TORCHJD_AGGREGATORS.items():
             jd = torchjd_stepper(theirs, size) if ours in methods else None
