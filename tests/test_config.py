@@ -34,6 +34,11 @@ def test_shipped_suites_parse_and_build():
     modes = [m.hparams.get("mode") for m in ablation.methods if m.name == "cso"]
     assert sorted(modes) == ["mixed", "phase1", "phase2", "sequential"] and len(ablation.seeds) == 2
     check_methods(ablation, TASKS)
+    from benchmark.methods.registry import _BUILTINS
+
+    zoo = load_suite("configs/suites/zoo.yaml")
+    assert sorted(m.name for m in zoo.methods) == sorted(_BUILTINS)
+    check_methods(zoo, TASKS)
 
 
 def test_overrides_and_plan(tmp_path):

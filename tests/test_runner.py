@@ -221,3 +221,22 @@ def test_rep_mode_cannot_use_a_task_bn_model(tmp_path):
                        ["--suite.stl", "false", "--suite.seeds", "[0]"])
     with pytest.raises(ValueError, match="grad_source='params'"):
         run_suite(suite)
+
+
+def test_every_builtin_method_trains_two_epochs_without_nan(tmp_path, capsys):
+    from benchmark.methods.registry import _BUILTINS
+
+    names = sorted(_BUILTINS)
+    entries = ", ".join(f"{{name: {n}, model: {{task_bn: true}}}}" if n == "cso" else f"{{name: {n}}}" for n in names)
+    suite = load_suite(write_suite(tmp_path, f"[{entries}]"), ["--suite.stl", "false", "--suite.seeds", "[0]"])
+    run_suite(suite)
+    found = records(tmp_path)
+    assert sorted(r["method"] for r in found.values()) == names
+    for rec in found.values():
+        assert len(rec["epochs"]) == 2 and rec["nan_skips"] == 0, rec["run_id"]
+        values = [v for e in rec["epochs"] for v in e["test"].values()]
+        assert all(v == v for v in values), f"{rec['run_id']}: NaN metric"
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    for name in names:
+        assert name in listing
