@@ -308,17 +308,23 @@ def select(
     return select_with_info(record, rule, split, val_baseline)[0]
 
 
-def default_reference_path() -> Path:
-    """``$MTOBENCH_SHARED/research/reference_tables.yaml`` (or the YAML file it names), else the default.
+BUNDLED_REFERENCE_TABLES = Path(__file__).resolve().parent / "reference_tables.yaml"
+"""A copy of ``shared/research/reference_tables.yaml`` shipped with the package (a test keeps it in sync)."""
 
-    The default is ``<repo root>/../shared/research/reference_tables.yaml``, the repo root being the parent
-    of the ``benchmark`` package.
-    """
+
+def shared_reference_path() -> Path:
+    """``$MTOBENCH_SHARED/research/reference_tables.yaml`` (or the YAML file it names), else
+    ``<repo root>/../shared/research/reference_tables.yaml``; the file may not exist."""
     env = os.environ.get(SHARED_ENV)
     if env:
         path = Path(env).expanduser()
         return path if path.suffix in (".yaml", ".yml") else path / REFERENCE_TABLES_RELPATH
     return Path(__file__).resolve().parent.parent.parent / "shared" / REFERENCE_TABLES_RELPATH
+
+
+def default_reference_path() -> Path:
+    """The shared reference tables when ``$MTOBENCH_SHARED`` is set, else the bundled copy."""
+    return shared_reference_path() if os.environ.get(SHARED_ENV) else BUNDLED_REFERENCE_TABLES
 
 
 def load_reference_tables(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from benchmark.scoring import (
+    BUNDLED_REFERENCE_TABLES,
     SELECTION_RULES,
     SHARED_ENV,
     aggregate_seeds,
@@ -22,6 +23,7 @@ from benchmark.scoring import (
     seed_std,
     select,
     select_with_info,
+    shared_reference_path,
 )
 
 TOL_DELTA = 0.02
@@ -31,10 +33,15 @@ NASH_TABLES = ("nashmtl_nyuv2_segnet", "nashmtl_cityscapes_segnet")
 
 @pytest.fixture(scope="module")
 def tables():
-    path = default_reference_path()
-    if not path.is_file():
-        pytest.skip(f"shared reference tables absent: {path} (set {SHARED_ENV})")
-    return load_reference_tables(path)
+    return load_reference_tables(default_reference_path())
+
+
+def test_bundled_reference_tables_match_the_shared_ones():
+    shared = shared_reference_path()
+    if not shared.is_file():
+        pytest.skip(f"no shared research folder at {shared}; the bundled copy is used alone")
+    assert BUNDLED_REFERENCE_TABLES.read_bytes() == shared.read_bytes(), (
+        f"{BUNDLED_REFERENCE_TABLES} differs from {shared}: copy the shared file over it")
 
 
 def _directions(table):
