@@ -46,6 +46,8 @@ class MethodConfig:
     label: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     """Overrides of ``model.params`` for this method's runs, e.g. ``{task_bn: true}`` for CSO."""
+    update_every: int = 1
+    """Recompute a Gramian method's weights every this many steps; in between, reuse them with one backward."""
 
     @property
     def key(self) -> str:

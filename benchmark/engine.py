@@ -101,9 +101,17 @@ class Engine:
     """
 
     def __init__(self, method: Method, shared: Sequence[nn.Parameter], heads: Sequence[nn.Parameter],
-                 jacobian_mode: str = "auto", backward: Callable[[Tensor], None] | None = None) -> None:
+                 jacobian_mode: str = "auto", backward: Callable[[Tensor], None] | None = None,
+                 update_every: int = 1) -> None:
         if jacobian_mode not in JACOBIAN_MODES:
             raise ValueError(f"jacobian_mode={jacobian_mode!r} is not one of {JACOBIAN_MODES}")
+        if not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every must be an int >= 1, got {update_every!r}")
+        if update_every > 1 and method.needs is not Needs.GRAMIAN:
+            raise ValueError(f"update_every={update_every} amortises Gramian methods only; "
+                             f"{type(method).__name__} needs {method.needs.value}")
+        self.update_every = update_every
+        self.steps = 0
         self.method = method
         self.shared = list(shared)
         self.heads = list(heads)
@@ -124,9 +132,13 @@ class Engine:
             total = (weights.detach() * losses).sum()
             self.backward(total)
             return StepInfo(weights.detach(), _grad_norm(self.shared))
+        if self.uses_rep and (z is None or z_in is None):
+            raise ValueError(f"{type(method).__name__} uses grad_source={method.grad_source!r}: pass z and z_in")
+        reuse = self.steps % self.update_every != 0 and method.last_weights is not None
+        self.steps += 1
+        if reuse:
+            return self._reuse_weights(losses, z, z_in)
         if self.uses_rep:
-            if z is None or z_in is None:
-                raise ValueError(f"{type(method).__name__} uses grad_source={method.grad_source!r}: pass z and z_in")
             weights, direction, mode = self._combine(losses, [z_in], rep=z_in)
             torch.autograd.backward(z, grad_tensors=direction.view_as(z))
         else:
@@ -134,6 +146,21 @@ class Engine:
             write_grads(self.shared, direction)
         self._backward_heads(losses, weights)
         return StepInfo(weights, float(direction.norm()), mode)
+
+    def _reuse_weights(self, losses: Tensor, z: Tensor | None, z_in: Tensor | None) -> StepInfo:
+        """An amortised step (``update_every > 1``): the last weights, one backward pass, no Jacobian.
+
+        The method is not consulted, so its state does not advance on these steps (as in Nash-MTL's paper).
+        """
+        weights = self.method.last_weights.to(losses)
+        total = (weights * losses).sum()
+        if self.uses_rep:
+            (grad_z,) = torch.autograd.grad(total, z_in, retain_graph=True)
+            torch.autograd.backward(z, grad_tensors=grad_z)
+        else:
+            torch.autograd.backward(total, inputs=self.shared, retain_graph=True)
+        self._backward_heads(losses, weights)
+        return StepInfo(weights.detach(), _grad_norm(self.shared), "reused")
 
     def _combine(self, losses: Tensor, inputs: list[Tensor], rep: Tensor | None = None) -> tuple[Tensor, Tensor, str]:
         """Per-task gradients of ``inputs`` combined by the method: (weights, direction, jacobian path)."""

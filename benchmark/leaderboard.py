@@ -145,6 +145,8 @@ def _variant_key(record: Mapping[str, Any]) -> tuple[str, str]:
     """Runs of one label differ as variants if their hyper-parameters or model overrides (e.g. task_bn) differ."""
     overrides = (record.get("model") or {}).get("overrides") or {}
     hparams = {**(record.get("method_hparams") or {}), **{f"model.{k}": v for k, v in overrides.items()}}
+    if record.get("update_every", 1) != 1:
+        hparams["update_every"] = record["update_every"]
     return _label(record), json.dumps(hparams, sort_keys=True, default=str)
 
 

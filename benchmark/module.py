@@ -30,7 +30,7 @@ class MTOModule(L.LightningModule):
     def __init__(self, model: nn.Module, tasks: Sequence[TaskSpec], method: Method, lr: float = 1e-3,
                  weight_decay: float = 0.0, jacobian_mode: str = "auto", nan_policy: str = "error",
                  max_nan_skips: int = 10, clip_shared_grad_norm: float | None = None,
-                 lr_schedule: str = "constant") -> None:
+                 lr_schedule: str = "constant", update_every: int = 1) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={nan_policy!r} is not one of {NAN_POLICIES}")
@@ -46,7 +46,8 @@ class MTOModule(L.LightningModule):
         self.conditioned = bool(getattr(model, "task_bn", False))
         method.check_model(model)
         heads = [p for t in self.tasks for p in model.task_parameters(t.name)]
-        self.engine = Engine(method, model.shared_parameters(), heads, jacobian_mode, backward=self.manual_backward)
+        self.engine = Engine(method, model.shared_parameters(), heads, jacobian_mode, backward=self.manual_backward,
+                             update_every=update_every)
         if self.conditioned and self.engine.uses_rep:
             raise ValueError(f"{type(method).__name__}: grad_source={method.grad_source!r} needs one shared "
                              "representation, but a task_bn model computes one per task; use grad_source='params'")

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmark import tasks as T
 from benchmark.config import SuiteConfig
-from benchmark.methods import create
+from benchmark.methods import Needs, create
 from benchmark.module import MTOModule
 from benchmark.names import unknown_name
 from benchmark.records import SCHEMA_VERSION, git_state, package_versions, record_path, write_json_atomic
@@ -39,6 +39,7 @@ class PlannedRun:
     run_id: str
     stl_task: str | None = None
     model_overrides: dict = field(default_factory=dict)
+    update_every: int = 1
 
 
 def create_datamodule(suite: SuiteConfig):
@@ -71,7 +72,8 @@ def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None)
 def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
     base = f"{suite.name}/{suite.dataset.name}"
     runs = [
-        PlannedRun(m.name, dict(m.hparams), seed, f"{base}/{m.key}/seed{seed}", model_overrides=dict(m.model))
+        PlannedRun(m.name, dict(m.hparams), seed, f"{base}/{m.key}/seed{seed}", model_overrides=dict(m.model),
+                   update_every=m.update_every)
         for m in suite.methods
         for seed in suite.seeds
     ]
@@ -91,6 +93,9 @@ def check_methods(suite: SuiteConfig, tasks: list) -> None:
         try:
             method = create(m.name, len(tasks), **m.hparams)
             method.check_model(create_model(suite, tasks, m.model))
+            if m.update_every != 1 and (m.update_every < 1 or method.needs is not Needs.GRAMIAN):
+                raise ValueError(f"update_every={m.update_every} must be >= 1, and > 1 only for Gramian methods "
+                                 f"({m.name} needs {method.needs.value})")
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"suite {suite.name!r}: method {m.key!r}: {exc}") from exc
 
@@ -122,7 +127,8 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> di
     t = suite.train
     module = MTOModule(model, tasks, method, lr=t.lr, weight_decay=t.weight_decay, jacobian_mode=t.jacobian_mode,
                        nan_policy=t.nan_policy, max_nan_skips=t.max_nan_skips,
-                       clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule)
+                       clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule,
+                       update_every=run.update_every)
     trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         deterministic=True, num_sanity_val_steps=0,
@@ -156,6 +162,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "kind": "mtl" if run.stl_task is None else "stl",
         "stl_task": run.stl_task,
         "method_hparams": module.method.hparams(),
+        "update_every": run.update_every,
         "model": {"name": suite.model.name, "params": model_params(suite, run.model_overrides),
                   "overrides": run.model_overrides},
         "seed": run.seed,

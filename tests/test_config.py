@@ -80,7 +80,8 @@ def test_missing_suite_file(tmp_path):
     ("methods", "needle"),
     [("[{name: mgdaub}]", "did you mean 'mgda_ub'"), ("[{name: mgda, hparams: {normalisation: l2}}]", "normalisation"),
      ("[{name: mgda, hparams: {normalization: l3}}]", "l3"),
-     ("[{name: cso}]", "task_bn: true"), ("[{name: ew, model: {task_norm: true}}]", "task_norm")],
+     ("[{name: cso}]", "task_bn: true"), ("[{name: ew, model: {task_norm: true}}]", "task_norm"),
+     ("[{name: ew, update_every: 2}]", "update_every=2"), ("[{name: upgrad, update_every: 0}]", "update_every=0")],
 )
 def test_bad_methods_fail_before_training(tmp_path, methods, needle):
     suite = load_suite(write(tmp_path, GOOD.replace(GOOD.splitlines()[3], f"methods: {methods}")))

@@ -150,3 +150,45 @@ def test_non_finite_weights_raise():
 def test_unknown_jacobian_mode_is_named():
     with pytest.raises(ValueError, match="jacobian_mode='fast'"):
         Engine(create("ew", 2), [], [], jacobian_mode="fast")
+
+
+class CountingWeights(Method):
+    """Gramian weights that change on every call, so a reused step is distinguishable from a fresh one."""
+
+    needs = Needs.GRAMIAN
+
+    def __init__(self, num_tasks, grad_source="params"):
+        super().__init__(num_tasks, grad_source=grad_source)
+        self.calls = 0
+
+    def gramian_weights(self, gramian, losses):
+        self.calls += 1
+        return torch.arange(1, len(losses) + 1, dtype=torch.float64) * self.calls
+
+
+@pytest.mark.parametrize("grad_source", ["params", "rep_full"])
+def test_update_every_reuses_the_last_weights_with_one_backward(grad_source):
+    model, x, shared, heads = setup()
+    method = CountingWeights(3, grad_source=grad_source)
+    engine = Engine(method, shared, heads, "loop", update_every=3)
+    expected_calls = [1, 1, 1, 2, 2]
+    for step, calls in enumerate(expected_calls):
+        for p in model.parameters():
+            p.grad = None
+        z = model.enc(x)
+        z_in = z.detach().requires_grad_() if grad_source != "params" else z
+        info = engine.step(model.losses(x, z_in), z, z_in)
+        assert method.calls == calls, step
+        weights = torch.arange(1.0, 4.0) * calls
+        enc, head = reference_grads(model, x, weights, torch.ones(3))
+        for p, g in zip(shared + heads, enc + head):
+            torch.testing.assert_close(p.grad, g)
+        assert (info.jacobian_mode == "reused") == (step % 3 != 0)
+
+
+def test_update_every_is_refused_for_non_gramian_methods():
+    model, x, shared, heads = setup()
+    with pytest.raises(ValueError, match="Gramian methods only"):
+        Engine(SumJacobian(3), shared, heads, "loop", update_every=2)
+    with pytest.raises(ValueError, match="update_every"):
+        Engine(FixedWeights(3, [1, 1, 1]), shared, heads, "loop", update_every=0)

@@ -240,3 +240,14 @@ def test_every_builtin_method_trains_two_epochs_without_nan(tmp_path, capsys):
     listing = capsys.readouterr().out
     for name in names:
         assert name in listing
+
+
+def test_amortised_gramian_method_records_its_update_every(tmp_path):
+    suite = load_suite(write_suite(tmp_path, "[{name: upgrad}, {name: upgrad, label: upgrad-x2, update_every: 2}]"),
+                       ["--suite.stl", "false", "--suite.seeds", "[0]"])
+    run_suite(suite)
+    found = records(tmp_path)
+    assert found["tiny/synthetic_scenes/upgrad-x2/seed0"]["update_every"] == 2
+    assert found["tiny/synthetic_scenes/upgrad/seed0"]["update_every"] == 1
+    last = {k: found[f"tiny/synthetic_scenes/{k}/seed0"]["epochs"][-1]["test"] for k in ("upgrad", "upgrad-x2")}
+    assert last["upgrad"] != last["upgrad-x2"]
