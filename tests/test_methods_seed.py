@@ -13,9 +13,11 @@ from benchmark.methods import Needs, available, create, get, min_norm
 from benchmark.methods.imtl_g import IMTLG, imtl_g_weights
 from benchmark.methods.mgda import MGDA
 from benchmark.methods.min_norm import (
+    ITERATIVE_SOLVERS,
     SOLVERS,
     min_norm_frank_wolfe,
     min_norm_pgd,
+    min_norm_qp,
     project_simplex,
     two_point,
 )
@@ -34,7 +36,7 @@ from tests.method_properties import (
 SEED_METHODS = ("mgda", "mgda_ub", "imtl_g", "imtl_l", "imtl_h")
 TASK_COUNTS = (2, 3, 5)
 # Accuracy relative to max_t M_tt: the official PGD reaches ~3e-6, Frank-Wolfe at 250 iterations ~2e-3.
-SOLVER_TOL = {"pgd": 1e-4, "frank_wolfe": 1e-2}
+SOLVER_TOL = {"pgd": 1e-4, "frank_wolfe": 1e-2, "qp": 1e-9}
 
 
 def gram(g: np.ndarray) -> np.ndarray:
@@ -155,7 +157,7 @@ def test_grid_search_confirms_three_task_solution():
         assert best - 1e-3 * m.diagonal().max() <= alpha @ m @ alpha <= best + 1e-12
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", ITERATIVE_SOLVERS)
 def test_iteration_cap_is_honoured(solver, monkeypatch):
     m = gram(jacobian("conflicting", 5, seed=5))
     _, uncapped = SOLVERS[solver](m)
@@ -466,3 +468,18 @@ def test_registry():
 def test_bad_values_name_the_parameter(name, hparams, named):
     with pytest.raises(ValueError, match=named):
         create(name, 3, **hparams)
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("num_tasks", [3, 5])
+def test_qp_solver_meets_kkt_where_pgd_stops_early(seed, num_tasks):
+    """Badly scaled Gramians (row norms 1e-4..1e2): the exact QP gives a common descent direction every time."""
+    g = jacobian("badly_scaled", num_tasks, seed=100 + seed)
+    m = gram(g)
+    alpha, _ = min_norm_qp(m)
+    assert_on_simplex(alpha)
+    assert_min_norm_kkt(m, alpha, 1e-9)
+    d = alpha @ g
+    assert np.all(g @ d >= d @ d * (1 - 1e-6) - 1e-12 * m.diagonal().max())
+    best = brute_force_min_norm(m)
+    assert alpha @ m @ alpha <= best @ m @ best * (1 + 1e-9) + 1e-15

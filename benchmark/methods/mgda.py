@@ -51,8 +51,9 @@ class MGDA(Method):
     ``alpha = argmin_{alpha in simplex} alpha^T M~ alpha`` on the (optionally normalised) Gramian ``M~``,
     solved in float64 by :mod:`benchmark.methods.min_norm`; the update is ``alpha @ G`` on the *un-normalised*
     gradients (native scale, ``sum alpha = 1``). With ``normalization="none"``, ``<d, g_t> >= |d|^2`` for
-    every task: ``d`` is a common descent direction, or 0 at a Pareto-stationary point. ``stats()`` adds the
-    solver iterations of the last step.
+    every task: ``d`` is a common descent direction, or 0 at a Pareto-stationary point. ``solver``: ``pgd``
+    (the authors' code, the default), ``frank_wolfe`` (Algorithm 2) or ``qp`` (exact; the others can stop short
+    of the KKT point on badly scaled Gramians). ``stats()`` adds the solver iterations of the last step.
     """
 
     needs = Needs.GRAMIAN
