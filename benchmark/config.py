@@ -48,6 +48,9 @@ class MethodConfig:
     """Overrides of ``model.params`` for this method's runs, e.g. ``{task_bn: true}`` for CSO."""
     update_every: int = 1
     """Recompute a Gramian method's weights every this many steps; in between, reuse them with one backward."""
+    preset: str | None = None
+    """Reproduction preset (``nashmtl``, ``libmtl``, ``cagrad``, ``official``; benchmark/methods/presets.py) whose
+    hyper-parameters this method starts from; explicit ``hparams`` win. None inherits the suite's ``preset``."""
 
     @property
     def key(self) -> str:
@@ -66,6 +69,8 @@ class SuiteConfig:
     selection: str = "last"
     output_dir: str = "runs"
     leaderboard: str = "leaderboard.md"
+    preset: str | None = None
+    """Default reproduction preset for every method that sets none (see ``MethodConfig.preset``)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

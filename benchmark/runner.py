@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from benchmark import tasks as T
-from benchmark.config import SuiteConfig
+from benchmark.config import MethodConfig, SuiteConfig
 from benchmark.methods import Needs, create
+from benchmark.methods.presets import resolve
 from benchmark.module import MTOModule
 from benchmark.names import unknown_name
 from benchmark.records import SCHEMA_VERSION, git_state, package_versions, record_path, write_json_atomic
@@ -40,6 +41,17 @@ class PlannedRun:
     stl_task: str | None = None
     model_overrides: dict = field(default_factory=dict)
     update_every: int = 1
+    preset: str | None = None
+
+
+def method_preset(suite: SuiteConfig, m: MethodConfig) -> str | None:
+    """The method's own preset, else the suite's default."""
+    return m.preset if m.preset is not None else suite.preset
+
+
+def resolved_hparams(suite: SuiteConfig, m: MethodConfig) -> dict:
+    """The constructor arguments of ``m``: its preset's entry overridden by its explicit ``hparams``."""
+    return resolve(method_preset(suite, m), m.name, m.hparams)
 
 
 def create_datamodule(suite: SuiteConfig):
@@ -72,8 +84,8 @@ def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None)
 def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
     base = f"{suite.name}/{suite.dataset.name}"
     runs = [
-        PlannedRun(m.name, dict(m.hparams), seed, f"{base}/{m.key}/seed{seed}", model_overrides=dict(m.model),
-                   update_every=m.update_every)
+        PlannedRun(m.name, resolved_hparams(suite, m), seed, f"{base}/{m.key}/seed{seed}",
+                   model_overrides=dict(m.model), update_every=m.update_every, preset=method_preset(suite, m))
         for m in suite.methods
         for seed in suite.seeds
     ]
@@ -91,7 +103,7 @@ def check_methods(suite: SuiteConfig, tasks: list) -> None:
     fails before any run."""
     for m in suite.methods:
         try:
-            method = create(m.name, len(tasks), **m.hparams)
+            method = create(m.name, len(tasks), **resolved_hparams(suite, m))
             method.check_model(create_model(suite, tasks, m.model))
             if m.update_every != 1 and (m.update_every < 1 or method.needs is not Needs.GRAMIAN):
                 raise ValueError(f"update_every={m.update_every} must be >= 1, and > 1 only for Gramian methods "
@@ -162,6 +174,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "kind": "mtl" if run.stl_task is None else "stl",
         "stl_task": run.stl_task,
         "method_hparams": module.method.hparams(),
+        "preset": run.preset,
         "update_every": run.update_every,
         "model": {"name": suite.model.name, "params": model_params(suite, run.model_overrides),
                   "overrides": run.model_overrides},

@@ -251,3 +251,13 @@ def test_amortised_gramian_method_records_its_update_every(tmp_path):
     assert found["tiny/synthetic_scenes/upgrad/seed0"]["update_every"] == 1
     last = {k: found[f"tiny/synthetic_scenes/{k}/seed0"]["epochs"][-1]["test"] for k in ("upgrad", "upgrad-x2")}
     assert last["upgrad"] != last["upgrad-x2"]
+
+
+def test_preset_is_resolved_and_recorded(tmp_path):
+    suite = load_suite(write_suite(tmp_path, "[{name: mgda_ub, preset: libmtl}, {name: ew}]"),
+                       ["--suite.stl", "false", "--suite.seeds", "[0]"])
+    run_suite(suite)
+    found = records(tmp_path)
+    mgda = found["tiny/synthetic_scenes/mgda_ub/seed0"]
+    assert mgda["preset"] == "libmtl" and mgda["method_hparams"]["grad_source"] == "rep_batchsum"
+    assert found["tiny/synthetic_scenes/ew/seed0"]["preset"] is None
