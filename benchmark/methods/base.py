@@ -87,6 +87,7 @@ class Method(nn.Module):
         self.grad_source = grad_source
         self.head_weighting = head_weighting
         self.last_weights: Tensor | None = None
+        self._rng: torch.Generator | None = None
 
     def transform_losses(self, losses: Tensor) -> Tensor:
         """Map the raw task losses ``[T]`` to the losses the method optimises (identity by default)."""
@@ -131,9 +132,26 @@ class Method(nn.Module):
     def on_train_epoch_end(self) -> None:
         """Hook run at the end of every training epoch (DWA's epoch-average losses)."""
 
+    def generator(self) -> torch.Generator:
+        """The method's own RNG (PCGrad's permutations, RLW's draws, ...): seeded once from the global RNG at first
+        use and saved in the state dict (``get_extra_state``), so a resumed run draws the same numbers."""
+        if self._rng is None:
+            self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        return self._rng
+
+    def get_extra_state(self) -> dict:
+        return {"rng": None if self._rng is None else self._rng.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._rng = None
+        if state.get("rng") is not None:
+            self._rng = torch.Generator()
+            self._rng.set_state(state["rng"])
+
     def reset(self) -> None:
         """Reset any state accumulated during training."""
         self.last_weights = None
+        self._rng = None
 
     def stats(self) -> dict[str, float]:
         """Scalars to log after each step, e.g. the current task weights."""

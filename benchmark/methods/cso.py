@@ -105,7 +105,6 @@ class CSO(Method):
         self.mode, self.draw, self.order, self.degenerate, self.eps = mode, draw, order, degenerate, eps
         self.weights = [1.0] * num_tasks if weights is None else [float(w) for w in weights]
         self._epoch_draw: tuple[int, float] | None = None
-        self._rng: torch.Generator | None = None
         self._stats: dict[str, float] = {}
 
     def check_model(self, model: nn.Module) -> None:
@@ -128,24 +127,14 @@ class CSO(Method):
             return phase1_mixed(self._epoch_draw[1], epoch, epochs)
         return phase1_mixed(self._uniform(), epoch, epochs)
 
-    def _generator(self) -> torch.Generator:
-        """CSO's own RNG (phase draws, shuffled order), seeded once from the global one and saved in the
-        module's state dict, so that a resumed run draws the same phases."""
-        if self._rng is None:
-            self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-        return self._rng
-
     def _uniform(self) -> float:
-        return float(torch.rand((), generator=self._generator()))
+        return float(torch.rand((), generator=self.generator()))
 
     def get_extra_state(self) -> dict:
-        return {"rng": None if self._rng is None else self._rng.get_state(), "epoch_draw": self._epoch_draw}
+        return {**super().get_extra_state(), "epoch_draw": self._epoch_draw}
 
     def set_extra_state(self, state: dict) -> None:
-        self._rng = None
-        if state["rng"] is not None:
-            self._rng = torch.Generator()
-            self._rng.set_state(state["rng"])
+        super().set_extra_state(state)
         self._epoch_draw = state["epoch_draw"]
 
     def priorities(self, model: nn.Module, task_names: Sequence[str]) -> dict[str, Tensor]:
@@ -172,7 +161,7 @@ class CSO(Method):
         if self.order == "fixed":
             order = range(self.num_tasks)
         else:
-            order = torch.randperm(self.num_tasks, generator=self._generator()).tolist()
+            order = torch.randperm(self.num_tasks, generator=self.generator()).tolist()
         for k in order:
             ctx.optimizer.zero_grad(set_to_none=True)
             loss = ctx.task_loss(ctx.task_names[k])
@@ -230,7 +219,6 @@ class CSO(Method):
     def reset(self) -> None:
         super().reset()
         self._epoch_draw = None
-        self._rng = None
         self._stats = {}
 
 

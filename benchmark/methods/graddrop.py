@@ -84,17 +84,11 @@ class GradDrop(Method):
         if eps < 0:
             raise ValueError(f"GradDrop: eps must be >= 0, got {eps!r}")
         self.leak, self.eps = float(leak), float(eps)
-        self._rng: torch.Generator | None = None
         self._stats: dict[str, float] = {}
-
-    def _generator(self) -> torch.Generator:
-        if self._rng is None:
-            self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-        return self._rng
 
     def uniform(self, size: int, device: torch.device | str = "cpu") -> Tensor:
         """``size`` float64 uniforms in ``[0, 1)`` on ``device``, from a generator seeded by the method's RNG."""
-        seed = int(torch.randint(0, 2**62, (), generator=self._generator()))
+        seed = int(torch.randint(0, 2**62, (), generator=self.generator()))
         local = torch.Generator(device=device).manual_seed(seed)
         return torch.rand(size, generator=local, dtype=torch.float64, device=device)
 
@@ -104,18 +98,8 @@ class GradDrop(Method):
         self._stats = {"sign_conflict_fraction": float(mixed.double().mean()) if mixed.numel() else 0.0}
         return direction
 
-    def get_extra_state(self) -> dict:
-        return {"rng": None if self._rng is None else self._rng.get_state()}
-
-    def set_extra_state(self, state: dict) -> None:
-        self._rng = None
-        if state["rng"] is not None:
-            self._rng = torch.Generator()
-            self._rng.set_state(state["rng"])
-
     def reset(self) -> None:
         super().reset()
-        self._rng = None
         self._stats = {}
 
     def stats(self) -> dict[str, float]:

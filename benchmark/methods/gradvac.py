@@ -84,16 +84,10 @@ class GradVac(Method):
             raise ValueError(f"GradVac: eps must be >= 0, got {eps!r}")
         self.beta, self.eps = float(beta), float(eps)
         self.register_buffer("targets", torch.zeros(num_tasks, num_tasks, dtype=torch.float64))
-        self._rng: torch.Generator | None = None
-
-    def _generator(self) -> torch.Generator:
-        if self._rng is None:
-            self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-        return self._rng
 
     def orders(self) -> list[list[int]]:
         """For every task ``i``, a random order of the other tasks, drawn from the method's RNG."""
-        rng = self._generator()
+        rng = self.generator()
         return [[j for j in torch.randperm(self.num_tasks, generator=rng).tolist() if j != i]
                 for i in range(self.num_tasks)]
 
@@ -103,19 +97,9 @@ class GradVac(Method):
         self.last_weights = coeffs.sum(dim=0).detach()
         return self.last_weights
 
-    def get_extra_state(self) -> dict:
-        return {"rng": None if self._rng is None else self._rng.get_state()}
-
-    def set_extra_state(self, state: dict) -> None:
-        self._rng = None
-        if state["rng"] is not None:
-            self._rng = torch.Generator()
-            self._rng.set_state(state["rng"])
-
     def reset(self) -> None:
         super().reset()
         self.targets.zero_()
-        self._rng = None
 
     def hparams(self) -> dict:
         return {"beta": self.beta, "eps": self.eps, **super().hparams()}

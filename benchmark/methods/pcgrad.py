@@ -87,16 +87,10 @@ class PCGrad(Method):
         self.eps = float(eps)
         self.include_self = include_self
         self.reduction = reduction
-        self._rng: torch.Generator | None = None
-
-    def _generator(self) -> torch.Generator:
-        if self._rng is None:
-            self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-        return self._rng
 
     def permutations(self) -> list[list[int]]:
         """One random order of all T tasks per task, drawn from the method's RNG."""
-        rng = self._generator()
+        rng = self.generator()
         return [torch.randperm(self.num_tasks, generator=rng).tolist() for _ in range(self.num_tasks)]
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
@@ -106,18 +100,8 @@ class PCGrad(Method):
         self.last_weights = weights.detach()
         return self.last_weights
 
-    def get_extra_state(self) -> dict:
-        return {"rng": None if self._rng is None else self._rng.get_state()}
-
-    def set_extra_state(self, state: dict) -> None:
-        self._rng = None
-        if state["rng"] is not None:
-            self._rng = torch.Generator()
-            self._rng.set_state(state["rng"])
-
     def reset(self) -> None:
         super().reset()
-        self._rng = None
 
     def hparams(self) -> dict:
         return {"eps": self.eps, "include_self": self.include_self, "reduction": self.reduction,

@@ -29,34 +29,18 @@ class RLW(Method):
 
     def __init__(self, num_tasks: int) -> None:
         super().__init__(num_tasks)
-        self._rng: torch.Generator | None = None
-
-    def _generator(self) -> torch.Generator:
-        if self._rng is None:
-            self._rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-        return self._rng
 
     def loss_weights(self, losses: Tensor) -> Tensor:
-        self.last_weights = rlw_weights(self.num_tasks, self._generator()).to(losses)
+        self.last_weights = rlw_weights(self.num_tasks, self.generator()).to(losses)
         return self.last_weights
 
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
         """A fresh draw applied to the Jacobian."""
-        self.last_weights = rlw_weights(self.num_tasks, self._generator()).to(jacobian)
+        self.last_weights = rlw_weights(self.num_tasks, self.generator()).to(jacobian)
         return self.last_weights @ jacobian
-
-    def get_extra_state(self) -> dict:
-        return {"rng": None if self._rng is None else self._rng.get_state()}
-
-    def set_extra_state(self, state: dict) -> None:
-        self._rng = None
-        if state["rng"] is not None:
-            self._rng = torch.Generator()
-            self._rng.set_state(state["rng"])
 
     def reset(self) -> None:
         super().reset()
-        self._rng = None
 
     def hparams(self) -> dict:
         return {}
