@@ -35,14 +35,15 @@ def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_methods(args: argparse.Namespace, overrides: list[str]) -> int:
-    from benchmark.methods import available, get
+    from benchmark.methods import Method, available, get
     from benchmark.methods.registry import PLUGIN_ERRORS
 
     table = Table("method", "needs", "defined in", "summary")
     for name in available():
         cls = get(name)
-        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        table.add_row(name, cls.needs.value, cls.__module__, summary)
+        paragraph = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        needs = "own step" if cls.own_step is not Method.own_step else cls.needs.value
+        table.add_row(name, needs, cls.__module__, paragraph if len(paragraph) <= 160 else paragraph[:159] + "…")
     console.print(table)
     for name, why in PLUGIN_ERRORS.items():
         console.print(f"[yellow]plugin {name!r} not loaded: {why}[/]")
