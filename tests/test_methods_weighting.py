@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -397,9 +396,6 @@ def test_registered_loss_methods_with_recorded_hparams(name):
     assert name in available()
     method = create(name, 3)
     assert method.needs is Needs.LOSSES
-    accepted = set(inspect.signature(type(method).__init__).parameters) - {"self", "num_tasks"}
-    assert set(method.hparams()) == accepted
-    assert create(name, 3, **method.hparams()).hparams() == method.hparams()
     losses = torch.tensor([0.5, 1.0, 2.0])
     weights = method.loss_weights(method.transform_losses(losses).detach())
     assert weights.shape == (3,) and torch.all(weights > 0)

@@ -68,25 +68,17 @@ class AlignedMTL(Method):
         if update_scale not in UPDATE_SCALES:
             raise ValueError(f"AlignedMTL: update_scale={update_scale!r} is not one of {UPDATE_SCALES}")
         self.scale_mode, self.update_scale = scale_mode, update_scale
-        self._stats: dict[str, float] = {}
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         basis, kept = aligned_mtl_basis(gramian, self.scale_mode)
         weights = basis.sum(dim=1)
         if self.update_scale == "mean":
             weights = weights / self.num_tasks
-        self._stats = {"rank": float(len(kept))}
+        self.step_stats = {"rank": float(len(kept))}
         if len(kept):
-            self._stats["gramian_condition"] = float(kept[0] / kept[-1])
+            self.step_stats["gramian_condition"] = float(kept[0] / kept[-1])
         self.last_weights = weights.detach()
         return self.last_weights
-
-    def reset(self) -> None:
-        super().reset()
-        self._stats = {}
-
-    def stats(self) -> dict[str, float]:
-        return {**super().stats(), **self._stats}
 
     def hparams(self) -> dict:
         return {"scale_mode": self.scale_mode, "update_scale": self.update_scale, **super().hparams()}

@@ -88,6 +88,7 @@ class Method(nn.Module):
         self.head_weighting = head_weighting
         self.last_weights: Tensor | None = None
         self._rng: torch.Generator | None = None
+        self.step_stats: dict[str, float] = {}
 
     def transform_losses(self, losses: Tensor) -> Tensor:
         """Map the raw task losses ``[T]`` to the losses the method optimises (identity by default)."""
@@ -152,12 +153,14 @@ class Method(nn.Module):
         """Reset any state accumulated during training."""
         self.last_weights = None
         self._rng = None
+        self.step_stats = {}
 
     def stats(self) -> dict[str, float]:
-        """Scalars to log after each step, e.g. the current task weights."""
-        if self.last_weights is None:
-            return {}
-        return {f"weight_{t}": float(w) for t, w in enumerate(self.last_weights.tolist())}
+        """Scalars to log after each step: the current task weights plus ``step_stats``, which a method fills
+        with its own per-step diagnostics (solver iterations, ranks, projection rates, ...)."""
+        weights = {} if self.last_weights is None else {
+            f"weight_{t}": float(w) for t, w in enumerate(self.last_weights.tolist())}
+        return {**weights, **self.step_stats}
 
     def hparams(self) -> dict:
         """The constructor arguments that define this method, recorded in every result."""

@@ -209,24 +209,14 @@ class CAGrad(Method):
         self.update_scale = update_scale
         self.max_iter = max_iter
         self.tol = float(tol)
-        self.last_iterations: int | None = None
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        alpha, self.last_iterations = cagrad_weights(gramian, self.c, self.rescale, self.max_iter, self.tol)
+        alpha, iterations = cagrad_weights(gramian, self.c, self.rescale, self.max_iter, self.tol)
+        self.step_stats = {"solver_iterations": float(iterations)}
         if self.update_scale in ("native", "sum"):
             alpha = alpha * self.num_tasks
         self.last_weights = alpha.detach()
         return self.last_weights
-
-    def reset(self) -> None:
-        super().reset()
-        self.last_iterations = None
-
-    def stats(self) -> dict[str, float]:
-        out = super().stats()
-        if self.last_iterations is not None:
-            out["solver_iterations"] = float(self.last_iterations)
-        return out
 
     def hparams(self) -> dict:
         return {"c": self.c, "rescale": self.rescale, "update_scale": self.update_scale,

@@ -105,7 +105,6 @@ class CSO(Method):
         self.mode, self.draw, self.order, self.degenerate, self.eps = mode, draw, order, degenerate, eps
         self.weights = [1.0] * num_tasks if weights is None else [float(w) for w in weights]
         self._epoch_draw: tuple[int, float] | None = None
-        self._stats: dict[str, float] = {}
 
     def check_model(self, model: nn.Module) -> None:
         if not getattr(model, "connections", None) or not model.connections():
@@ -150,7 +149,7 @@ class CSO(Method):
     def own_step(self, ctx: StepContext) -> bool:
         phase1 = self.use_phase1(ctx.epoch, ctx.epochs)
         owners = self.priorities(ctx.model, ctx.task_names)
-        self._stats = {"phase1": float(phase1), **self._priority_stats(owners, ctx.task_names)}
+        self.step_stats = {"phase1": float(phase1), **self._priority_stats(owners, ctx.task_names)}
         if phase1:
             self._phase1(ctx)
         else:
@@ -169,7 +168,7 @@ class CSO(Method):
                 return
             ctx.backward(self.weights[k] * loss)
             ctx.optimizer.step()
-            self._stats[f"loss_{ctx.task_names[k]}"] = float(loss.detach())
+            self.step_stats[f"loss_{ctx.task_names[k]}"] = float(loss.detach())
 
     def _phase2(self, ctx: StepContext, owners: dict[str, Tensor]) -> None:
         params = [p for p in ctx.model.parameters() if p.requires_grad]
@@ -181,7 +180,7 @@ class CSO(Method):
                 return
             ctx.backward(self.weights[k] * loss)
             per_task.append([p.grad for p in params])
-            self._stats[f"loss_{name}"] = float(loss.detach())
+            self.step_stats[f"loss_{name}"] = float(loss.detach())
         ctx.optimizer.zero_grad(set_to_none=True)
         index = {id(p): i for i, p in enumerate(params)}
         combined = [_sum_present([g[i] for g in per_task]) for i in range(len(params))]
@@ -195,9 +194,9 @@ class CSO(Method):
             combined[i] = projected.sum(dim=0)
             fired_all, tested_all = fired_all + fired, tested_all + tested
             if tested:
-                self._stats[f"projection_rate/{c.name}"] = fired / tested
+                self.step_stats[f"projection_rate/{c.name}"] = fired / tested
         if tested_all:
-            self._stats["projection_rate"] = fired_all / tested_all
+            self.step_stats["projection_rate"] = fired_all / tested_all
         for p, g in zip(params, combined):
             p.grad = g
         ctx.optimizer.step()
@@ -213,13 +212,9 @@ class CSO(Method):
                 stats[f"priority/{name}/{task}"] = float((owner == k).float().mean())
         return stats
 
-    def stats(self) -> dict[str, float]:
-        return dict(self._stats)
-
     def reset(self) -> None:
         super().reset()
         self._epoch_draw = None
-        self._stats = {}
 
 
 def _sum_present(grads: list[Tensor | None]) -> Tensor | None:

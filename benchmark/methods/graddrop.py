@@ -84,7 +84,6 @@ class GradDrop(Method):
         if eps < 0:
             raise ValueError(f"GradDrop: eps must be >= 0, got {eps!r}")
         self.leak, self.eps = float(leak), float(eps)
-        self._stats: dict[str, float] = {}
 
     def uniform(self, size: int, device: torch.device | str = "cpu") -> Tensor:
         """``size`` float64 uniforms in ``[0, 1)`` on ``device``, from a generator seeded by the method's RNG."""
@@ -95,15 +94,8 @@ class GradDrop(Method):
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
         direction = graddrop_direction(jacobian, self.uniform(jacobian.shape[1], jacobian.device), self.leak, self.eps)
         mixed = (jacobian > 0).any(dim=0) & (jacobian < 0).any(dim=0)
-        self._stats = {"sign_conflict_fraction": float(mixed.double().mean()) if mixed.numel() else 0.0}
+        self.step_stats = {"sign_conflict_fraction": float(mixed.double().mean()) if mixed.numel() else 0.0}
         return direction
-
-    def reset(self) -> None:
-        super().reset()
-        self._stats = {}
-
-    def stats(self) -> dict[str, float]:
-        return {**super().stats(), **self._stats}
 
     def hparams(self) -> dict:
         return {"leak": self.leak, "eps": self.eps, "grad_source": self.grad_source}

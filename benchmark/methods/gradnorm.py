@@ -80,7 +80,6 @@ class GradNorm(Method):
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
         self.register_buffer("epoch_sum", torch.zeros(num_tasks, dtype=torch.float64))
         self.register_buffer("epoch_steps", torch.zeros((), dtype=torch.long))
-        self._stats: dict[str, float] = {}
 
     def _start(self, initial: Tensor) -> None:
         if not bool(torch.all(torch.isfinite(initial) & (initial > 0))):
@@ -105,7 +104,7 @@ class GradNorm(Method):
                                      f"L(0) {self.initial_losses.tolist()}) must be finite with a positive mean")
         grad = gradnorm_beta_grad(beta, norms, relative, self.alpha).to(self.beta)
         self.beta.grad = grad if self.beta.grad is None else self.beta.grad + grad
-        self._stats = {"balance_loss": float(gradnorm_balance_loss(beta, norms, relative, self.alpha))}
+        self.step_stats = {"balance_loss": float(gradnorm_balance_loss(beta, norms, relative, self.alpha))}
         self.last_weights = gradnorm_weights(beta)
         return self.last_weights
 
@@ -120,10 +119,6 @@ class GradNorm(Method):
         self.beta.grad = None
         for buffer in (self.initial_losses, self.started, self.epoch_sum, self.epoch_steps):
             buffer.zero_()
-        self._stats = {}
-
-    def stats(self) -> dict[str, float]:
-        return {**super().stats(), **self._stats}
 
     def hparams(self) -> dict:
         return {"alpha": self.alpha, "initial_loss": self.initial_loss, "lr": self.param_lr, **super().hparams()}

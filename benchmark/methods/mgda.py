@@ -90,26 +90,15 @@ class MGDA(Method):
         self.max_iter = max_iter
         self.tol = float(tol)
         self.official_two_point_clip = official_two_point_clip
-        self.last_iterations: int | None = None
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         m = normalized_gramian(gramian, losses, self.normalization)
         alpha, iterations = SOLVERS[self.solver](
             m.cpu().numpy(), max_iter=self.max_iter, tol=self.tol, official_clip=self.official_two_point_clip
         )
-        self.last_iterations = iterations
+        self.step_stats = {"solver_iterations": float(iterations)}
         self.last_weights = torch.from_numpy(alpha).to(gramian.device)
         return self.last_weights
-
-    def reset(self) -> None:
-        super().reset()
-        self.last_iterations = None
-
-    def stats(self) -> dict[str, float]:
-        out = super().stats()
-        if self.last_iterations is not None:
-            out["solver_iterations"] = float(self.last_iterations)
-        return out
 
     def hparams(self) -> dict:
         return {
