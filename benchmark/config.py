@@ -29,7 +29,14 @@ class TrainConfig:
     epochs: int = 4
     batch_size: int = 16
     lr: float = 1e-3
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "step", "poly"] = "constant"
+    """``step``: lr x ``lr_gamma`` every ``lr_step_size`` epochs (StepLR); ``poly``: lr (1 - epoch/epochs)^0.9;
+    ``cosine``: per-batch cosine annealing to 0."""
+    lr_step_size: int = 100
+    lr_gamma: float = 0.5
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    """SGD momentum (``optimizer: sgd`` only)."""
     weight_decay: float = 0.0
     jacobian_mode: Literal["auto", "loop", "batched"] = "auto"
     nan_policy: Literal["error", "skip"] = "error"
@@ -69,6 +76,8 @@ class SuiteConfig:
     selection: str = "last"
     output_dir: str = "runs"
     leaderboard: str = "leaderboard.md"
+    reference_table: str | None = None
+    """The published table (a key of ``reference_tables.yaml``) this suite reproduces, if any."""
     preset: str | None = None
     """Default reproduction preset for every method that sets none (see ``MethodConfig.preset``)."""
 
@@ -106,6 +115,9 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
         (t.lr > 0, "train.lr", t.lr, "must be > 0"),
         (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0"),
+        (t.lr_step_size >= 1, "train.lr_step_size", t.lr_step_size, "must be >= 1"),
+        (0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "must be in (0, 1]"),
+        (0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)"),
         (t.clip_shared_grad_norm is None or t.clip_shared_grad_norm > 0, "train.clip_shared_grad_norm",
          t.clip_shared_grad_norm, "must be > 0 or null"),
         (len(suite.methods) > 0, "methods", suite.methods, "must list at least one method"),

@@ -16,7 +16,8 @@ from benchmark.methods.base import Method, StepContext
 from datamodules.task_spec import TaskSpec
 
 NAN_POLICIES = ("error", "skip")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "step", "poly")
+OPTIMIZERS = ("adam", "sgd")
 SPLITS = ("val", "test")
 
 
@@ -30,17 +31,22 @@ class MTOModule(L.LightningModule):
     def __init__(self, model: nn.Module, tasks: Sequence[TaskSpec], method: Method, lr: float = 1e-3,
                  weight_decay: float = 0.0, jacobian_mode: str = "auto", nan_policy: str = "error",
                  max_nan_skips: int = 10, clip_shared_grad_norm: float | None = None,
-                 lr_schedule: str = "constant", update_every: int = 1) -> None:
+                 lr_schedule: str = "constant", update_every: int = 1, optimizer: str = "adam",
+                 momentum: float = 0.9, lr_step_size: int = 100, lr_gamma: float = 0.5) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={nan_policy!r} is not one of {NAN_POLICIES}")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={lr_schedule!r} is not one of {LR_SCHEDULES}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={optimizer!r} is not one of {OPTIMIZERS}")
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.automatic_optimization = False
         self.model, self.tasks, self.method = model, list(tasks), method
         self.lr, self.weight_decay, self.lr_schedule = lr, weight_decay, lr_schedule
+        self.optimizer_name, self.momentum = optimizer, momentum
+        self.lr_step_size, self.lr_gamma = lr_step_size, lr_gamma
         self.nan_policy, self.max_nan_skips = nan_policy, max_nan_skips
         self.clip_shared_grad_norm = clip_shared_grad_norm
         self.conditioned = bool(getattr(model, "task_bn", False))
@@ -70,11 +76,26 @@ class MTOModule(L.LightningModule):
         if method_params:
             lr = {} if self.method.param_lr is None else {"lr": self.method.param_lr}
             groups.append({"params": method_params, "weight_decay": 0.0, **lr})
-        optimizer = torch.optim.Adam(groups, lr=self.lr)
+        if self.optimizer_name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
+        else:
+            optimizer = torch.optim.Adam(groups, lr=self.lr)
         if self.lr_schedule == "constant":
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)}
+        if self.lr_schedule == "cosine":
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        else:
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._epoch_factor(steps))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def _epoch_factor(self, steps: int):
+        """The per-batch LR factor of an epoch-wise schedule (``step``: StepLR; ``poly``: (1 - e/E)^0.9)."""
+        epochs = self.trainer.max_epochs
+        per_epoch = max(steps // epochs, 1)
+        if self.lr_schedule == "step":
+            return _StepFactor(per_epoch, self.lr_step_size, self.lr_gamma)
+        return _PolyFactor(per_epoch, epochs)
 
     def encode(self, batch: dict, task: str | None = None) -> Tensor:
         return self.model.encode(batch["image"], task) if self.conditioned else self.model.encode(batch["image"])
@@ -158,6 +179,9 @@ class MTOModule(L.LightningModule):
         ``bn_update``, methods.md §0.6)."""
         return self.task_losses(batch) if self.method.after_step_updates_bn else self._losses_without_bn_update(batch)
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+
     def on_train_epoch_end(self) -> None:
         self.method.on_train_epoch_end()
 
@@ -187,7 +211,7 @@ class MTOModule(L.LightningModule):
         self._val_batches += split == "val"
 
     def on_validation_epoch_end(self) -> None:
-        entry: dict = {"epoch": self.current_epoch, "step": self.global_step}
+        entry: dict = {"epoch": self.current_epoch, "step": self.global_step, "lr": getattr(self, "_epoch_lr", None)}
         for split in SPLITS:
             entry[split] = {}
             for t in self.tasks:
@@ -210,3 +234,19 @@ def _sync_time(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+class _StepFactor:
+    def __init__(self, per_epoch: int, step_size: int, gamma: float) -> None:
+        self.per_epoch, self.step_size, self.gamma = per_epoch, step_size, gamma
+
+    def __call__(self, step: int) -> float:
+        return self.gamma ** ((step // self.per_epoch) // self.step_size)
+
+
+class _PolyFactor:
+    def __init__(self, per_epoch: int, epochs: int, power: float = 0.9) -> None:
+        self.per_epoch, self.epochs, self.power = per_epoch, epochs, power
+
+    def __call__(self, step: int) -> float:
+        return max(1.0 - (step // self.per_epoch) / self.epochs, 0.0) ** self.power

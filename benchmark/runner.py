@@ -140,7 +140,8 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> di
     module = MTOModule(model, tasks, method, lr=t.lr, weight_decay=t.weight_decay, jacobian_mode=t.jacobian_mode,
                        nan_policy=t.nan_policy, max_nan_skips=t.max_nan_skips,
                        clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule,
-                       update_every=run.update_every)
+                       update_every=run.update_every, optimizer=t.optimizer, momentum=t.momentum,
+                       lr_step_size=t.lr_step_size, lr_gamma=t.lr_gamma)
     trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         deterministic=True, num_sanity_val_steps=0,
