@@ -328,3 +328,13 @@ def test_done_criterion_nashmtl_protocol_on_the_true_resolution_folder(full_res,
     (record,) = [read_record(p) for p in run_suite(suite)]
     assert record["status"] == "finished" and record["dataset_info"]["height"] == 288
     assert record["timing"]["steps"] == 2 and len(record["epochs"]) == 1
+
+
+def test_worker_processes_see_the_same_epochs_and_augmentations(small):
+    """The epoch travels inside each sampler key, so persistent workers need no shared state."""
+    serial, parallel = small_dm(small).train_dataloader(seed=2), small_dm(small, num_workers=2).train_dataloader(seed=2)
+    for epoch in (0, 3):
+        for loader in (serial, parallel):
+            _set_sampler_epoch(loader, epoch)
+        for a, b in zip(serial, parallel, strict=True):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["targets"]["depth"], b["targets"]["depth"])
