@@ -186,7 +186,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "device": str(device),
         "jacobian_mode": module.engine.resolved_mode,
         "tasks": [{"name": t.name, "kind": t.kind, "num_classes": t.num_classes, "ignore_index": t.ignore_index,
-                   "output_bias": t.output_bias}
+                   "output_bias": t.output_bias, "pos_weight": t.pos_weight, "auxiliary": t.auxiliary}
                   for t in tasks],
         "metrics": infos,
         "epochs": module.history,
@@ -205,7 +205,7 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
     dm.prepare_data()
     dm.setup("fit")
     check_methods(suite, dm.tasks)
-    runs = plan_runs(suite, [t.name for t in dm.tasks])
+    runs = plan_runs(suite, [t.name for t in dm.tasks if not t.auxiliary])
     out = Path(suite.output_dir)
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
     if len(todo) < len(runs):
