@@ -8,6 +8,7 @@ statistics; SyncBatchNorm, the suite's ``train.sync_batchnorm``, runs on GPUs on
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -22,14 +23,28 @@ from models.segnet import SegNetMTL
 TASKS = [TaskSpec("semseg", "segmentation", num_classes=3), TaskSpec("depth", "depth"),
          TaskSpec("normal", "normals")]
 LOCAL_BATCH, SIZE = 2, 8
-EXTRA_VARIANTS = {"mgda@rep_batchsum": ("mgda", {"grad_source": "rep_batchsum"}),
-                  "graddrop@rep_full": ("graddrop", {"grad_source": "rep_full"}),
-                  "cso@phase2": ("cso", {"mode": "phase2"}), "cso@phase1": ("cso", {"mode": "phase1"})}
 
 
-def variants() -> dict[str, tuple[str, dict]]:
-    """Every built-in method with its defaults (CSO in each phase), plus the representation-mode variants."""
-    found = {name: (name, {}) for name in available() if name != "cso"}
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    hparams: dict = field(default_factory=dict)
+    steps: int = 1
+    update_every: int = 1
+
+
+EXTRA_VARIANTS = {"mgda@rep_batchsum": Variant("mgda", {"grad_source": "rep_batchsum"}),
+                  "graddrop@rep_full": Variant("graddrop", {"grad_source": "rep_full"}),
+                  "cso@phase2": Variant("cso", {"mode": "phase2"}), "cso@phase1": Variant("cso", {"mode": "phase1"}),
+                  "imtl_g@reuse": Variant("imtl_g", steps=2, update_every=2),
+                  "mgda_ub@reuse": Variant("mgda_ub", steps=2, update_every=2),
+                  "famo@2steps": Variant("famo", steps=2), "nash_mtl@2steps": Variant("nash_mtl", steps=2)}
+
+
+def variants() -> dict[str, Variant]:
+    """Every built-in method with its defaults (CSO in each phase) for one step, plus the representation modes,
+    reused weights (``update_every``) and second steps of stateful methods."""
+    found = {name: Variant(name) for name in available() if name != "cso"}
     return {**found, **EXTRA_VARIANTS}
 
 
@@ -75,14 +90,17 @@ class _One(torch.utils.data.Dataset):
         return self.batch
 
 
-def one_step(name: str, hparams: dict, batch: dict, devices: int) -> MTOModule:
-    """Build the model and method from seed 0 and train one SGD step (lr 1, so the update is minus the gradient)."""
+def train(v: Variant, batch: dict, devices: int) -> MTOModule:
+    """Build the model and method from seed 0 and train ``v.steps`` SGD steps on ``batch`` (lr 1, so the first
+    update is minus the gradient)."""
     torch.manual_seed(0)
-    model = FrozenBNSegNet({"semseg": 3, "depth": 1, "normal": 3}, width=2, levels=1, task_bn=name == "cso")
-    method = create(name, len(TASKS), **hparams)
+    model = FrozenBNSegNet({"semseg": 3, "depth": 1, "normal": 3}, width=2, levels=1, task_bn=v.name == "cso")
+    method = create(v.name, len(TASKS), **v.hparams)
     method.generator()
-    module = MTOModule(model, TASKS, method, lr=1.0, optimizer="sgd", momentum=0.0, jacobian_mode="loop")
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=1,
+    module = MTOModule(model, TASKS, method, lr=1.0, optimizer="sgd", momentum=0.0, jacobian_mode="loop",
+                       update_every=v.update_every)
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                        max_steps=v.steps,
                         limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     loader = torch.utils.data.DataLoader(_One(batch), batch_size=None)
@@ -100,9 +118,7 @@ def worker(rank: int, port: int, out: str) -> None:
                       LOCAL_RANK=str(rank), RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     batch = shard(global_batch(), rank)
-    for label, (name, hparams) in variants().items():
-        if os.environ.get("ONLY") and label not in os.environ["ONLY"].split(","):
-            continue
-        module = one_step(name, hparams, batch, devices=2)
+    for label, v in variants().items():
+        module = train(v, batch, devices=2)
         torch.save({"params": params(module), "bytes": module.sync.bytes},
                    Path(out) / f"{label}.rank{rank}.pt")

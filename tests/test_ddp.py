@@ -46,18 +46,18 @@ def load(out, label: str) -> list[dict]:
 
 
 def test_variants_cover_every_gradient_method_and_both_cso_phases():
-    gradient = {n for n, _ in VARIANTS.values() if get(n).needs is not Needs.LOSSES}
+    gradient = {v.name for v in VARIANTS.values() if get(v.name).needs is not Needs.LOSSES}
     assert {"mgda_ub", "pcgrad", "cagrad", "nash_mtl", "graddrop"} <= gradient
     assert {"cso@phase1", "cso@phase2", "ew"} <= set(VARIANTS)
 
 
 @pytest.mark.parametrize("label", list(VARIANTS))
 def test_ddp_step_equals_the_global_batch_step(label, ddp_out, one_thread):
-    name, hparams = VARIANTS[label]
-    ref = H.params(H.one_step(name, hparams, H.global_batch(), devices=1))
+    variant = VARIANTS[label]
+    ref = H.params(H.train(variant, H.global_batch(), devices=1))
     torch.manual_seed(0)
     init = H.FrozenBNSegNet({"semseg": 3, "depth": 1, "normal": 3}, width=2, levels=1,
-                            task_bn=name == "cso").state_dict()
+                            task_bn=variant.name == "cso").state_dict()
     rank0, rank1 = (r["params"] for r in load(ddp_out, label))
     assert max(float((ref[k] - init[k]).abs().max()) for k in ref if ref[k].is_floating_point()) > 1e-3
     for key in ref:
