@@ -119,7 +119,7 @@ class MTOModule(L.LightningModule):
         """The raw task losses ``[T]``, from ``z`` or from one fresh forward pass (one per task if conditioned)."""
         if z is None and not self.conditioned:
             z = self.encode(batch)
-        return torch.stack([self.task_loss(batch, t, z).float() for t in self.tasks])
+        return torch.stack([_widened(self.task_loss(batch, t, z)) for t in self.tasks])
 
     def on_fit_start(self) -> None:
         self.sync = GradSync() if self.trainer.world_size > 1 else None
@@ -183,7 +183,7 @@ class MTOModule(L.LightningModule):
         return StepContext(model=self.model, task_names=list(by_name), batch=batch, optimizer=opt,
                            losses=lambda: _in(forward, lambda: self._global(self.task_losses(batch))),
                            task_loss=lambda name: _in(forward, lambda: self._global(
-                               self.task_loss(batch, by_name[name]).float()[None])[0]),
+                               _widened(self.task_loss(batch, by_name[name]))[None])[0]),
                            backward=self._synced_backward, finite=self._finite,
                            epoch=self.current_epoch, epochs=self.trainer.max_epochs)
 
@@ -277,6 +277,11 @@ class MTOModule(L.LightningModule):
     def method_summary(self) -> dict[str, dict[str, float]]:
         """Per statistic: its mean over the steps that reported it, and its last value."""
         return {k: {"mean": s / self.stat_counts[k], "last": self.stat_last[k]} for k, s in self.stat_sums.items()}
+
+
+def _widened(loss: Tensor) -> Tensor:
+    """A loss computed under autocast, in float32 (float32 and float64 losses are left as they are)."""
+    return loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss
 
 
 def _in(context, fn):
