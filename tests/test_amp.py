@@ -93,8 +93,8 @@ def test_fp16_overflow_is_skipped_counted_and_the_next_step_sees_unscaled_gradie
     assert float((method.seen[0] - ref_jac).norm() / ref_jac.norm()) < 0.05
 
 
-@pytest.mark.parametrize("name", ["ew", "mgda_ub"])
-def test_fp16_overflow_skips_loss_and_representation_methods_too(name):
-    module, init, _ = fit(create(name, 3), steps=2, plugins=[forced_overflow()])
+@pytest.mark.parametrize("name, task_bn", [("ew", False), ("mgda_ub", False), ("cso", True)])
+def test_fp16_overflow_skips_loss_representation_and_own_step_methods_too(name, task_bn):
+    module, init, _ = fit(create(name, 3), steps=2, task_bn=task_bn, plugins=[forced_overflow()])
     assert module.amp_skipped_steps == 1 and changed(module, init)
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
