@@ -40,7 +40,7 @@ class MultiTaskModel(nn.Module):
             nn.init.constant_(self.heads[name][-1].bias, bias)
 
     def connections(self) -> list[Connection]:
-        """The shared convs each followed by per-task BatchNorm, in forward order (empty without ``task_bn``)."""
+        """The shared convs each followed by per-task BatchNorm, in a fixed order (empty without ``task_bn``)."""
         return list(self._connections)
 
     def encode(self, x: Tensor, task: str | None = None) -> Tensor:

@@ -3,6 +3,8 @@ the architecture of the NYUv2 / Cityscapes SegNet-MTAN protocol (``research/prot
 
 Layer for layer as the MTAN / Nash-MTL code builds them (nash-mtl ``experiments/nyuv2/models.py``): at full width
 (64) and NYUv2's 13/1/3 output channels SegNet-MTAN has 44,229,073 parameters and the standard split 25,055,185.
+One deliberate difference: unpooling uses the argmax mask of ``models.segnet`` (deterministic on every device),
+which equals ``MaxUnpool2d`` except where a pooling window has tied maxima.
 """
 
 from __future__ import annotations

@@ -98,6 +98,9 @@ def test_mtan_attention_is_shared_or_task_specific_as_asked():
         attention = {id(p) for p in m.attention["depth"].parameters()}
         owner = m.shared_parameters() if shared else m.task_parameters("depth")
         assert attention <= {id(p) for p in owner}
+        m.head("depth", m.encode(image())).sum().backward()
+        assert all(p.grad is None or not p.grad.any() for p in m.attention["semseg"].parameters())
+        assert all(p.grad is not None and p.grad.any() for p in m.attention["depth"].parameters())
     with pytest.raises(ValueError, match="attention_shared=False"):
         create("mgda_ub", 3).check_model(m)
     create("mgda_ub", 3).check_model(SegNetMTAN(HEADS, width=2))
