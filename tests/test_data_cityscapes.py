@@ -144,12 +144,14 @@ def test_bad_classes():
     ("nashmtl_cityscapes", "[{name: ew, label: LS}, {name: nash_mtl, label: Nash-MTL}]"),
     ("imtl_cityscapes", "[{name: imtl_h, label: IMTL-H}, {name: mgda, label: MGDA}]"),
 ])
-def test_protocol_config_runs_on_a_small_fixture(small, tmp_path, config, methods):
+def test_protocol_config_runs_on_a_small_fixture(tmp_path, config, methods):
+    """The protocol's SegNet-MTAN, made narrow, on a 32x64 fixture."""
+    small = write_cityscapes(tmp_path / "cityscapes", n_train=6, n_val=3, height=32, width=64)
     out = tmp_path / "runs"
-    overrides = ["--suite.model.name=segnet", "--suite.model.params={width: 4, levels: 2}", "--suite.seeds=[0]",
+    overrides = ["--suite.model.params={width: 4}", "--suite.seeds=[0]",
                  "--suite.train.epochs=1", "--suite.train.batch_size=2", "--suite.train.accelerator=cpu",
-                 f"--suite.dataset.params.root={small}", "--suite.dataset.params.height=16",
-                 "--suite.dataset.params.width=32", "--suite.dataset.params.check_sizes=false",
+                 f"--suite.dataset.params.root={small}", "--suite.dataset.params.height=32",
+                 "--suite.dataset.params.width=64", "--suite.dataset.params.check_sizes=false",
                  "--suite.dataset.params.num_workers=0", f"--suite.output_dir={out}",
                  f"--suite.leaderboard={out}/leaderboard.md"]
     suite = load_suite(CONFIGS / f"{config}.yaml", overrides)

@@ -290,8 +290,12 @@ def test_val_size_must_leave_training_files(small):
 # --------------------------------------------------------------------------------------------- protocols
 
 
-def tiny_overrides(root: Path, out: Path, height: int = 16, width: int = 24) -> list[str]:
-    return ["--suite.model.name=segnet", "--suite.model.params={width: 4, levels: 2}", "--suite.seeds=[0]",
+TINY_MODELS = {"segnet_mtan": "{width: 4}", "deeplab_resnet50": "{backbone: resnet18, aspp_channels: 8}"}
+
+
+def tiny_overrides(root: Path, out: Path, height: int = 32, width: int = 32, model: str = "segnet_mtan") -> list[str]:
+    """The protocol's own architecture, made tiny."""
+    return [f"--suite.model.params={TINY_MODELS[model]}", "--suite.seeds=[0]",
             "--suite.train.epochs=1", "--suite.train.accelerator=cpu", f"--suite.dataset.params.root={root}",
             f"--suite.dataset.params.height={height}", f"--suite.dataset.params.width={width}",
             "--suite.dataset.params.check_sizes=false", "--suite.dataset.params.num_workers=0",
@@ -303,8 +307,11 @@ def tiny_overrides(root: Path, out: Path, height: int = 16, width: int = 24) -> 
     ("libmtl_nyuv2_deeplab", "[{name: ew, label: EW}, {name: imtl_h, label: IMTL}]"),
     ("imtl_nyuv2", "[{name: imtl_l, label: IMTL-L}, {name: imtl_g, label: IMTL-G}]"),
 ])
-def test_protocol_config_runs_on_a_small_fixture(small, tmp_path, config, methods):
-    overrides = tiny_overrides(small, tmp_path / "runs")
+def test_protocol_config_runs_on_a_small_fixture(tmp_path, config, methods):
+    """The protocol's own architecture, made narrow, on a 32x32 fixture (MTAN needs sides divisible by 32)."""
+    root = write_nyuv2(tmp_path / "nyuv2", n_train=8, n_val=3, height=32, width=32)
+    model = load_suite(CONFIGS / f"{config}.yaml").model.name
+    overrides = tiny_overrides(root, tmp_path / "runs", model=model)
     suite = load_suite(CONFIGS / f"{config}.yaml", overrides)
     assert suite.dataset.name == "nyuv2" and suite.train.lr == 1e-4 and suite.train.epochs == 1
     assert suite.reference_table and len(suite.seeds) == 1
@@ -321,7 +328,7 @@ def test_protocol_config_runs_on_a_small_fixture(small, tmp_path, config, method
 
 @pytest.mark.slow
 def test_done_criterion_nashmtl_protocol_on_the_true_resolution_folder(full_res, tmp_path):
-    """A user with the MTAN NYUv2 folder points the Nash-MTL suite at it and runs (models made tiny)."""
+    """A user with the MTAN NYUv2 folder points the Nash-MTL suite at it and runs (SegNet-MTAN made narrow)."""
     overrides = tiny_overrides(full_res, tmp_path / "runs", 288, 384)
     overrides += ["--suite.methods=[{name: nash_mtl, label: Nash-MTL}]", "--suite.stl=false"]
     suite = load_suite(CONFIGS / "nashmtl_nyuv2.yaml", overrides)
