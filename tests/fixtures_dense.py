@@ -103,3 +103,12 @@ def write_pascal(base: Path, n_train: int = 4, n_val: int = 3, h: int = 14, w: i
     _write_split(root / "ImageSets" / "Context" / "train.txt", ids[:n_train])
     _write_split(root / "ImageSets" / "Context" / "val.txt", ids[n_train:])
     return base
+
+
+def smoke_overrides(root: Path, out: Path) -> list[str]:
+    """Tiny overrides that run a protocol suite for one epoch on a fixture (SegNet stands in for HRNet-18)."""
+    return ["--suite.model.name=segnet", "--suite.model.params={width: 4, levels: 2}", "--suite.seeds=[0]",
+            "--suite.train.epochs=1", "--suite.train.batch_size=2",
+            "--suite.methods=[{name: ew, label: gd}, {name: cso, model: {task_bn: true}}]",
+            f"--suite.dataset.params={{root: {root}, height: 16, width: 16, strict_sizes: false}}",
+            f"--suite.output_dir={out}"]

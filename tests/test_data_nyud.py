@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,10 +11,13 @@ import torch
 from PIL import Image
 
 from benchmark import tasks as T
+from benchmark.config import load_suite
+from benchmark.leaderboard import build_leaderboard
+from benchmark.runner import run_suite
 from datamodules import DATAMODULES
 from datamodules.dense_io import IMAGENET_MEAN, IMAGENET_STD, EpochSampler, affine, warp
 from datamodules.nyud import ENV, NYUDDataModule
-from tests.fixtures_dense import write_nyud
+from tests.fixtures_dense import smoke_overrides, write_nyud
 
 H, W = 12, 16
 
@@ -242,3 +246,16 @@ def test_nan_normals_and_bad_edges(broken):
 def test_bad_params():
     with pytest.raises(ValueError, match=r"nyud: height=4 must be an integer >= 8"):
         NYUDDataModule(height=4)
+
+
+def test_cso_nyud_protocol_runs_one_epoch_on_the_fixture(data, tmp_path):
+    suite = load_suite("configs/protocols/cso_nyud.yaml", smoke_overrides(data, tmp_path))
+    assert suite.reference_table == "cso_t1_nyud"
+    records = [json.loads(p.read_text()) for p in run_suite(suite)]
+    assert sorted(r["method"] for r in records) == ["cso", "ew", "stl-depth", "stl-normal", "stl-semseg"]
+    gd = next(r for r in records if r["method"] == "ew")
+    assert [t["name"] for t in gd["tasks"] if t["auxiliary"]] == ["edge"]
+    test = gd["epochs"][-1]["test"]
+    assert len(gd["epochs"]) == 1 and "edge/loss" in test and all(math.isfinite(v) for v in test.values())
+    board = build_leaderboard(records)
+    assert "edge/loss ↓ (aux)" in board and "No STL run" not in board

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import scipy.io
@@ -10,6 +13,9 @@ import torch
 from PIL import Image
 
 from benchmark import tasks as T
+from benchmark.config import load_suite
+from benchmark.leaderboard import build_leaderboard
+from benchmark.runner import run_suite
 from datamodules import DATAMODULES
 from datamodules.pascal_context import (
     ENV,
@@ -19,7 +25,7 @@ from datamodules.pascal_context import (
     human_parts_map,
     thin,
 )
-from tests.fixtures_dense import PART_NAMES, PERSON, write_parts_mat, write_pascal
+from tests.fixtures_dense import PART_NAMES, PERSON, smoke_overrides, write_parts_mat, write_pascal
 
 H, W = 14, 18
 
@@ -240,3 +246,18 @@ def test_labelmap_errors(broken):
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=rf"{item}.mat: field 'LabelMap': cannot read the .mat file"):
         make(base)
+
+
+def test_cso_pascal_protocol_runs_one_epoch_on_the_fixture(data, tmp_path):
+    suite = load_suite("configs/protocols/cso_pascal.yaml", smoke_overrides(data, tmp_path))
+    assert suite.reference_table == "cso_t2_pascal"
+    records = [json.loads(p.read_text()) for p in run_suite(suite)]
+    assert sorted(r["method"] for r in records) == [
+        "cso", "ew", "stl-normal", "stl-parts", "stl-saliency", "stl-semseg"]
+    cso = next(r for r in records if r["method"] == "cso")
+    assert cso["model"]["overrides"] == {"task_bn": True}
+    test = cso["epochs"][-1]["test"]
+    for key in ("semseg/miou", "parts/miou", "saliency/maxf", "saliency/miou", "normal/normal_mean", "edge/loss"):
+        assert math.isfinite(test[key]), key
+    board = build_leaderboard(records)
+    assert "edge/loss ↓ (aux)" in board and "No STL run" not in board
