@@ -259,3 +259,13 @@ def test_cso_nyud_protocol_runs_one_epoch_on_the_fixture(data, tmp_path):
     assert len(gd["epochs"]) == 1 and "edge/loss" in test and all(math.isfinite(v) for v in test.values())
     board = build_leaderboard(records)
     assert "edge/loss ↓ (aux)" in board and "No STL run" not in board
+
+
+def test_val_size_holds_out_training_images(data):
+    full, dm = make(data), make(data, val_size=1)
+    assert len(dm.ids["val"]) == 1 and set(dm.ids["val"]) | set(dm.ids["train"]) == set(full.ids["train"])
+    assert dm.ids["test"] == full.ids["test"] and "held out of train" in dm.describe()["val"]
+    with pytest.raises(ValueError, match=r"val_size=4 leaves no training image"):
+        make(data, val_size=4)
+    with pytest.raises(ValueError, match=r"batch_size=4 exceeds the 3 training images"):
+        make(data, val_size=1, batch_size=4)
