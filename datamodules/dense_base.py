@@ -148,5 +148,6 @@ class DenseDataModule(lightning.LightningDataModule):
                 "source_height_width": list(self.source_hw) if self.source_hw else None, "sizes": sizes,
                 "val": (f"{self.val_size} images held out of train (seed 0)" if self.val_size
                         else "the test split (the reference protocol selects on it)"),
+                "val_is_test": not self.val_size,
                 "tasks": [t.name for t in self.tasks], "augment": self.use_augment,
                 "image_normalisation": "imagenet mean/std", **self._variant()}

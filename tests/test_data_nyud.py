@@ -17,7 +17,7 @@ from benchmark.runner import run_suite
 from datamodules import DATAMODULES
 from datamodules.dense_io import IMAGENET_MEAN, IMAGENET_STD, EpochSampler, affine, warp
 from datamodules.nyud import ENV, NYUDDataModule
-from tests.fixtures_dense import smoke_overrides, write_nyud
+from tests.fixtures_dense import check_cso_protocol, smoke_overrides, write_nyud
 
 H, W = 12, 16
 
@@ -269,3 +269,22 @@ def test_val_size_holds_out_training_images(data):
         make(data, val_size=4)
     with pytest.raises(ValueError, match=r"batch_size=4 exceeds the 3 training images"):
         make(data, val_size=1, batch_size=4)
+
+
+def test_true_resolution_sample_with_default_size(tmp_path):
+    """The 480 x 640 release at the protocol's default 480 x 640: evaluation leaves every target untouched."""
+    base = write_nyud(tmp_path, n_train=1, n_val=1, h=480, w=640)
+    dm = NYUDDataModule(root=str(base), batch_size=1, strict_sizes=False)
+    dm.setup()
+    sample = dm._dataset("test")[0]
+    depth = np.load(base / "NYUD_MT" / "depth" / "0002.npy")
+    assert sample["image"].shape == (3, 480, 640)
+    assert np.array_equal(sample["targets"]["depth"][0].numpy(), depth)
+    train = dm._dataset("train", seed=0)[(0, 0)]
+    assert train["targets"]["semseg"].shape == (480, 640)
+
+
+def test_cso_nyud_protocol_settings():
+    check_cso_protocol(
+        "configs/protocols/cso_nyud.yaml", "cso_t1_nyud", "nyud_mtinet_hrnet18",
+        {"height": 480, "width": 640, "augment": True, "val_size": 0})
