@@ -130,8 +130,8 @@ class GridProgress(L.Callback):
         self.progress.remove_task(self.task)
 
 
-def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> dict:
-    """Train one run and return its record (the caller writes it)."""
+def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> dict | None:
+    """Train one run and return its record (the caller writes it); None on DDP ranks other than 0."""
     L.seed_everything(run.seed, workers=True, verbose=False)
     tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
     model = create_model(suite, tasks, run.model_overrides)
@@ -142,7 +142,8 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> di
                        clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule,
                        update_every=run.update_every, optimizer=t.optimizer, momentum=t.momentum,
                        lr_step_size=t.lr_step_size, lr_gamma=t.lr_gamma)
-    trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
+    trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, precision=t.precision, logger=False,
+                        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, sync_batchnorm=t.sync_batchnorm,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         deterministic=True, num_sanity_val_steps=0,
                         callbacks=[GridProgress(progress, run.run_id)])
@@ -152,7 +153,7 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> di
     trainer.fit(module, train_dataloaders=dm.train_dataloader(seed=run.seed),
                 val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
     wall = time.perf_counter() - start
-    return make_record(suite, run, dm, tasks, module, trainer, wall)
+    return make_record(suite, run, dm, tasks, module, trainer, wall) if trainer.is_global_zero else None
 
 
 def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wall: float) -> dict:
@@ -184,6 +185,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "versions": package_versions(),
         **git_state(),
         "device": str(device),
+        "world_size": trainer.world_size,
         "jacobian_mode": module.engine.resolved_mode,
         "tasks": [{"name": t.name, "kind": t.kind, "num_classes": t.num_classes, "ignore_index": t.ignore_index,
                    "output_bias": t.output_bias, "pos_weight": t.pos_weight, "auxiliary": t.auxiliary}
@@ -193,6 +195,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "timing": {"step_time_mean_s": float(times.mean()), "step_time_median_s": float(times.median()),
                    "steps": len(module.step_times), "wall_time_s": wall, **memory},
         "nan_skips": module.nan_skips,
+        "amp_skipped_steps": module.amp_skipped_steps,
         "method_stats": module.method_summary(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": "finished",
@@ -216,6 +219,7 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
         grid = progress.add_task(f"suite {suite.name}", total=len(todo))
         for run in todo:
             record = train_one(suite, run, dm, progress)
-            write_json_atomic(record_path(out, run.run_id), record)
+            if record is not None:
+                write_json_atomic(record_path(out, run.run_id), record)
             progress.advance(grid)
     return [record_path(out, r.run_id) for r in runs]
