@@ -3,6 +3,7 @@
 from datamodules.cityscapes import CityscapesDataModule
 from datamodules.nyud import NYUDDataModule
 from datamodules.nyuv2 import NYUv2DataModule
+from datamodules.pascal_context import PascalContextDataModule
 from datamodules.synthetic_scenes import SyntheticScenesDataModule
 from datamodules.task_spec import TASK_KINDS, TaskSpec
 
@@ -11,7 +12,8 @@ DATAMODULES = {
     "nyuv2": NYUv2DataModule,
     "cityscapes": CityscapesDataModule,
     "nyud": NYUDDataModule,
+    "pascal_context": PascalContextDataModule,
 }
 
 __all__ = ["DATAMODULES", "TASK_KINDS", "CityscapesDataModule", "NYUDDataModule", "NYUv2DataModule",
-           "SyntheticScenesDataModule", "TaskSpec"]
+           "PascalContextDataModule", "SyntheticScenesDataModule", "TaskSpec"]

@@ -4,6 +4,7 @@ seeded per-sample augmentation and the loaders the runner uses (val = dataloader
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import lightning
@@ -16,6 +17,10 @@ from datamodules.task_spec import TaskSpec
 
 Augment = Callable[[np.random.Generator, float], tuple[torch.Tensor, bool]]
 """(sample rng, input aspect w/h) -> (theta, flip)."""
+
+
+def _load_item(dm: DenseDataModule, ids: list[str], i: int) -> tuple[np.ndarray, dict]:
+    return dm._load(ids[i])
 
 
 class DenseDataset(Dataset):
@@ -118,7 +123,7 @@ class DenseDataModule(lightning.LightningDataModule):
             self.setup()
         ids = self.ids[split]
         augment = self._augment if split == "train" and self.use_augment else None
-        return DenseDataset(lambda i: self._load(ids[i]), len(ids), self.size, augment, seed)
+        return DenseDataset(partial(_load_item, self, ids), len(ids), self.size, augment, seed)
 
     def _loader(self, dataset: Dataset, sampler=None, drop_last: bool = False) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
@@ -143,5 +148,6 @@ class DenseDataModule(lightning.LightningDataModule):
                 "source_height_width": list(self.source_hw) if self.source_hw else None, "sizes": sizes,
                 "val": (f"{self.val_size} images held out of train (seed 0)" if self.val_size
                         else "the test split (the reference protocol selects on it)"),
+                "val_is_test": not self.val_size,
                 "tasks": [t.name for t in self.tasks], "augment": self.use_augment,
                 "image_normalisation": "imagenet mean/std", **self._variant()}

@@ -103,3 +103,34 @@ def write_pascal(base: Path, n_train: int = 4, n_val: int = 3, h: int = 14, w: i
     _write_split(root / "ImageSets" / "Context" / "train.txt", ids[:n_train])
     _write_split(root / "ImageSets" / "Context" / "val.txt", ids[n_train:])
     return base
+
+
+def smoke_overrides(root: Path, out: Path) -> list[str]:
+    """Tiny overrides that run a protocol suite for one epoch on a fixture (SegNet stands in for HRNet-18)."""
+    return ["--suite.model.name=segnet", "--suite.model.params={width: 4, levels: 2}", "--suite.seeds=[0]",
+            "--suite.train.epochs=1", "--suite.train.batch_size=2", "--suite.train.accelerator=cpu",
+            "--suite.methods=[{name: ew, label: GD}, {name: cso, label: CSO, model: {task_bn: true}}]",
+            f"--suite.dataset.params={{root: {root}, height: 16, width: 16, strict_sizes: false, num_workers: 0}}",
+            f"--suite.output_dir={out}"]
+
+
+def check_cso_protocol(path: str, table_id: str, protocol: str, dataset: dict) -> None:
+    """The CSO protocol suite states P3 / P5's optimiser and data settings and labels its methods as the rows of
+    its reference table (a shared check of tests/test_data_nyud.py and tests/test_data_pascal.py)."""
+    from benchmark.config import load_suite
+    from benchmark.methods import available
+    from benchmark.scoring import BUNDLED_REFERENCE_TABLES, load_reference_tables
+
+    suite = load_suite(path)
+    t = suite.train
+    assert (t.optimizer, t.lr, t.weight_decay, t.lr_schedule, t.batch_size, t.epochs) == ("adam", 1e-4, 1e-4, "poly",
+                                                                                         8, 100)
+    assert suite.model.name == "hrnet18" and suite.model.params["pretrained_path"] is None
+    assert {k: suite.dataset.params[k] for k in dataset} == dataset and suite.dataset.params["root"] is None
+    assert (suite.selection, suite.seeds, suite.stl, suite.reference_table) == ("last", [0, 1, 2], True, table_id)
+    assert {m.name for m in suite.methods} <= set(available())
+    assert [m.model for m in suite.methods if m.name == "cso"] == [{"task_bn": True}]
+    assert all(not m.model for m in suite.methods if m.name != "cso")
+    table = load_reference_tables(BUNDLED_REFERENCE_TABLES)[table_id]
+    assert table["protocol"] == protocol
+    assert {m.key for m in suite.methods} == {row["method"] for row in table["rows"]}

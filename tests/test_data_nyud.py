@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,10 +11,13 @@ import torch
 from PIL import Image
 
 from benchmark import tasks as T
+from benchmark.config import load_suite
+from benchmark.leaderboard import build_leaderboard
+from benchmark.runner import run_suite
 from datamodules import DATAMODULES
 from datamodules.dense_io import IMAGENET_MEAN, IMAGENET_STD, EpochSampler, affine, warp
 from datamodules.nyud import ENV, NYUDDataModule
-from tests.fixtures_dense import write_nyud
+from tests.fixtures_dense import check_cso_protocol, smoke_overrides, write_nyud
 
 H, W = 12, 16
 
@@ -242,3 +246,45 @@ def test_nan_normals_and_bad_edges(broken):
 def test_bad_params():
     with pytest.raises(ValueError, match=r"nyud: height=4 must be an integer >= 8"):
         NYUDDataModule(height=4)
+
+
+def test_cso_nyud_protocol_runs_one_epoch_on_the_fixture(data, tmp_path):
+    suite = load_suite("configs/protocols/cso_nyud.yaml", smoke_overrides(data, tmp_path))
+    assert suite.reference_table == "cso_t1_nyud"
+    records = [json.loads(p.read_text()) for p in run_suite(suite)]
+    assert sorted(r["method"] for r in records) == ["cso", "ew", "stl-depth", "stl-normal", "stl-semseg"]
+    gd = next(r for r in records if r["method"] == "ew")
+    assert [t["name"] for t in gd["tasks"] if t["auxiliary"]] == ["edge"]
+    test = gd["epochs"][-1]["test"]
+    assert len(gd["epochs"]) == 1 and "edge/loss" in test and all(math.isfinite(v) for v in test.values())
+    board = build_leaderboard(records)
+    assert "edge/loss ↓ (aux)" in board and "No STL run" not in board
+
+
+def test_val_size_holds_out_training_images(data):
+    full, dm = make(data), make(data, val_size=1)
+    assert len(dm.ids["val"]) == 1 and set(dm.ids["val"]) | set(dm.ids["train"]) == set(full.ids["train"])
+    assert dm.ids["test"] == full.ids["test"] and "held out of train" in dm.describe()["val"]
+    with pytest.raises(ValueError, match=r"val_size=4 leaves no training image"):
+        make(data, val_size=4)
+    with pytest.raises(ValueError, match=r"batch_size=4 exceeds the 3 training images"):
+        make(data, val_size=1, batch_size=4)
+
+
+def test_true_resolution_sample_with_default_size(tmp_path):
+    """The 480 x 640 release at the protocol's default 480 x 640: evaluation leaves every target untouched."""
+    base = write_nyud(tmp_path, n_train=1, n_val=1, h=480, w=640)
+    dm = NYUDDataModule(root=str(base), batch_size=1, strict_sizes=False)
+    dm.setup()
+    sample = dm._dataset("test")[0]
+    depth = np.load(base / "NYUD_MT" / "depth" / "0002.npy")
+    assert sample["image"].shape == (3, 480, 640)
+    assert np.array_equal(sample["targets"]["depth"][0].numpy(), depth)
+    train = dm._dataset("train", seed=0)[(0, 0)]
+    assert train["targets"]["semseg"].shape == (480, 640)
+
+
+def test_cso_nyud_protocol_settings():
+    check_cso_protocol(
+        "configs/protocols/cso_nyud.yaml", "cso_t1_nyud", "nyud_mtinet_hrnet18",
+        {"height": 480, "width": 640, "augment": True, "val_size": 0})
