@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from datamodules.task_spec import TaskSpec
+from benchmark.image_tasks import check_image_target, image_head_channels, image_task_loss, make_image_metric
+from datamodules.task_spec import IMAGE_KINDS, TaskSpec
 
 __all__ = [
     "MetricInfo",
@@ -63,11 +64,15 @@ _METRIC_INFOS: dict[str, tuple[MetricInfo, ...]] = {
         MetricInfo("within_22_5", "higher", "percent"),
         MetricInfo("within_30", "higher", "percent"),
     ),
+    "classification": (MetricInfo("acc", "higher", "percent"),),
+    "binary": (MetricInfo("error", "lower", "percent"), MetricInfo("f1", "higher", "percent")),
 }
 
 
 def head_channels(spec: TaskSpec) -> int:
     """Output channels of the task head: ``num_classes`` logits, 1 depth value or a 3-vector normal."""
+    if spec.kind in IMAGE_KINDS:
+        return image_head_channels(spec)
     if spec.kind == "segmentation":
         return int(spec.num_classes)
     return {"depth": 1, "normals": 3}[spec.kind]
@@ -104,8 +109,10 @@ def task_loss(spec: TaskSpec, raw: Tensor, target: Tensor) -> Tensor:
 
     segmentation: cross-entropy ignoring ``ignore_index``; depth: L1 where target != 0; normals:
     1 - cos(predict(raw), target) where the target is not the zero vector. With no valid pixel the loss
-    is an exact 0 that is still connected to ``raw``.
+    is an exact 0 that is still connected to ``raw``. Image-level kinds: :func:`image_task_loss`.
     """
+    if spec.kind in IMAGE_KINDS:
+        return image_task_loss(spec, raw, target)
     _check_raw_shape(spec, raw, target)
     if spec.kind == "segmentation":
         total = F.cross_entropy(raw, target, ignore_index=spec.ignore_index, reduction="sum")
@@ -278,6 +285,8 @@ class NormalsMetric(Metric):
 
 def make_metric(spec: TaskSpec) -> Metric:
     """A fresh split-level metric for ``spec``; ``.compute()`` returns a dict keyed by ``metric_infos``."""
+    if spec.kind in IMAGE_KINDS:
+        return make_image_metric(spec)
     if spec.kind == "segmentation":
         return SegmentationMetric(int(spec.num_classes), spec.ignore_index)
     if spec.kind == "depth":
@@ -293,7 +302,7 @@ def _expected_target(spec: TaskSpec, b: int, h: int, w: int) -> tuple[tuple[int,
 
 
 def validate_batch(specs: Sequence[TaskSpec], batch: Mapping) -> None:
-    """Check ``batch = {"image": B x 3 x H x W float, "targets": {task: tensor}}`` against ``specs``.
+    """Check ``batch = {"image": B x C x H x W float, "targets": {task: tensor}}`` against ``specs``.
 
     Shapes and dtypes always; segmentation labels must lie in [0, C) or equal ``ignore_index`` (one min/max).
     Raises ``ValueError`` naming the task, the field, the expected and the actual value.
@@ -306,14 +315,13 @@ def validate_batch(specs: Sequence[TaskSpec], batch: Mapping) -> None:
         not isinstance(image, Tensor)
         or not image.is_floating_point()
         or image.dim() != 4
-        or image.shape[1] != 3
     ):
         actual = (
             f"shape {tuple(image.shape)} dtype {image.dtype}"
             if isinstance(image, Tensor)
             else type(image).__name__
         )
-        raise ValueError(f"batch 'image': expected a float tensor of shape (B, 3, H, W), got {actual}")
+        raise ValueError(f"batch 'image': expected a float tensor of shape (B, C, H, W), got {actual}")
     b, _, h, w = image.shape
     targets = batch["targets"]
     if not isinstance(targets, Mapping):
@@ -327,6 +335,9 @@ def validate_batch(specs: Sequence[TaskSpec], batch: Mapping) -> None:
         t = targets[name]
         if not isinstance(t, Tensor):
             raise ValueError(f"task {name!r}: target is a {type(t).__name__}, expected a torch.Tensor")
+        if spec.kind in IMAGE_KINDS:
+            check_image_target(spec, t, b)
+            continue
         shape, pattern = _expected_target(spec, b, h, w)
         if tuple(t.shape) != shape:
             raise ValueError(
