@@ -170,10 +170,12 @@ def test_batch_larger_than_the_training_split(celeba):
 def test_protocols_run_end_to_end_on_a_fixture(celeba, tmp_path, config):
     """Every method builds on the full 40 tasks; the first and last method run one epoch on 3 attributes."""
     suite = load_suite(ROOT / config)
-    params = {**suite.dataset.params, "root": str(celeba[0]), "image_size": 16, "num_workers": 0}
+    params = {**suite.dataset.params, "root": str(celeba[0]), "image_size": 8, "num_workers": 0}
     overrides = ["--suite.dataset.params", json.dumps(params), "--suite.train.epochs", "1",
                  "--suite.train.batch_size", "4", "--suite.seeds", "[0]", "--suite.output_dir", str(tmp_path / "runs"),
                  "--suite.train.accelerator", "cpu"]
+    if "famo" in config:
+        overrides += ["--suite.model.params", json.dumps({"width": 4})]
     suite = load_suite(ROOT / config, overrides)
     dm = create_datamodule(suite)
     assert len(dm.tasks) == 40

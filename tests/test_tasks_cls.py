@@ -9,6 +9,7 @@ from torchmetrics.functional.classification import binary_f1_score, multiclass_a
 
 from benchmark import tasks
 from datamodules.task_spec import TaskSpec
+from models import MODELS
 
 CLS = TaskSpec("left", "classification", num_classes=4)
 BIN = TaskSpec("Smiling", "binary")
@@ -131,3 +132,76 @@ def test_validate_batch_still_rejects_non_4d_images():
     batch["image"] = torch.rand(4, 28, 28)
     with pytest.raises(ValueError, match=r"batch 'image': expected a float tensor of shape \(B, C, H, W\)"):
         tasks.validate_batch([CLS], batch)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _check_parameter_split(model, tasks_):
+    shared = {id(p) for p in model.shared_parameters()}
+    own = [{id(p) for p in model.task_parameters(t)} for t in tasks_]
+    assert all(not (shared & o) for o in own) and not (own[0] & own[1])
+    assert shared.union(*own) == {id(p) for p in model.parameters()}
+
+
+def test_multilenet_matches_the_paper_sizes():
+    model = MODELS["lenet"]({"left": 10, "right": 10})
+    shared = sum(p.numel() for p in model.shared_parameters())
+    assert shared == (25 * 10 + 10) + (250 * 20 + 20) + (320 * 50 + 50)
+    assert sum(p.numel() for p in model.task_parameters("left")) == (50 * 50 + 50) + (50 * 10 + 10)
+    _check_parameter_split(model, ["left", "right"])
+    model.eval()
+    out = model(torch.randn(3, 1, 28, 28))
+    assert out["left"].shape == (3, 10) and model.encode(torch.randn(3, 1, 28, 28)).shape == (3, 50)
+    with pytest.raises(ValueError, match=r"MultiLeNet: image size \(32, 32\) differs from image_size=28"):
+        model.encode(torch.randn(1, 1, 32, 32))
+
+
+def test_multilenet_channel_dropout_is_shared_by_the_tasks():
+    """One dropout mask on z: a task sees the same representation as the other in the same forward pass."""
+    model = MODELS["lenet"]({"left": 10, "right": 10})
+    model.train()
+    torch.manual_seed(0)
+    z = model.encode(torch.randn(4, 1, 28, 28))
+    dropped = model.encoder[4]
+    assert isinstance(dropped, torch.nn.Dropout2d) and dropped.p == 0.5
+    assert z.shape == (4, 50)
+
+
+def test_resnet_cls_cifar_stem_heads_and_checkpoint(tmp_path):
+    model = MODELS["resnet18_cls"]({"a": 2, "b": 1})
+    assert model.encoder.conv1.kernel_size == (3, 3) and model.encoder.conv1.stride == (1, 1)
+    assert isinstance(model.encoder.maxpool, torch.nn.Identity)
+    _check_parameter_split(model, ["a", "b"])
+    model.eval()
+    out = model(torch.randn(2, 3, 16, 16))
+    assert out["a"].shape == (2, 2) and out["b"].shape == (2, 1)
+    state = {**model.encoder.state_dict(), "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}
+    torch.save({"state_dict": state}, tmp_path / "ok.pt")
+    loaded = MODELS["resnet18_cls"]({"a": 2}, checkpoint=str(tmp_path / "ok.pt"))
+    for (name, p), q in zip(model.encoder.state_dict().items(), loaded.encoder.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=name)
+    with pytest.raises(ValueError, match=r"checkpoint .*ok.pt does not fit the encoder: .*conv1.weight: "
+                                         r"\(64, 3, 3, 3\) in the file, \(64, 3, 7, 7\) in the model.*cifar_stem"):
+        MODELS["resnet18_cls"]({"a": 2}, cifar_stem=False, checkpoint=str(tmp_path / "ok.pt"))
+    with pytest.raises(FileNotFoundError, match=r"checkpoint .*absent.pt \(model.params.checkpoint\) does not exist"):
+        MODELS["resnet18_cls"]({"a": 2}, checkpoint=str(tmp_path / "absent.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"checkpoint .*junk.pt is not a readable torch state dict"):
+        MODELS["resnet18_cls"]({"a": 2}, checkpoint=str(tmp_path / "junk.pt"))
+    del state["layer1.0.bn1.weight"]
+    torch.save(state, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"missing \['layer1.0.bn1.weight'\]"):
+        MODELS["resnet18_cls"]({"a": 2}, checkpoint=str(tmp_path / "partial.pt"))
+
+
+def test_famo_cnn_layout():
+    model = MODELS["famo_cnn"]({"a": 1, "b": 1}, width=4)
+    convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
+    pools = [m for m in model.encoder if isinstance(m, torch.nn.MaxPool2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 8, 16, 16, 32, 32] and len(pools) == 3
+    linears = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
+    assert [(lin.in_features, lin.out_features, lin.bias) for lin in linears] == [(32, 32, None), (32, 32, None)]
+    _check_parameter_split(model, ["a", "b"])
+    model.eval()
+    assert model(torch.rand(2, 3, 64, 64))["a"].shape == (2, 1)
