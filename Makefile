@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE := offline
 export PYTHONHASHSEED := 0
 
-.PHONY: setup benchmark test test-all lint perf clean
+.PHONY: setup benchmark test test-all lint perf clean data-fashion
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mtobench needs Python >= 3.11, found " + sys.version'
@@ -34,6 +34,11 @@ perf: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+data-fashion:  # Fashion-MNIST for the multi_mnist datamodule (variants multi_fashion, multi_fashion_mnist)
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST is installed in /usr/share/datasets/fashion-mnist"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get install -y dataset-fashion-mnist; \
+	else echo "Run as root: apt-get install dataset-fashion-mnist (Debian/Ubuntu), or download the four files of https://github.com/zalandoresearch/fashion-mnist and set MTOBENCH_FASHION_MNIST to their folder"; exit 1; fi
 
 clean:
 	rm -rf runs data/synthetic_scenes .pytest_cache

@@ -17,7 +17,8 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from benchmark.dense_tasks import EdgeLossMetric, HumanPartsMetric, SaliencyMetric, balanced_bce
-from datamodules.task_spec import BINARY_KINDS, LABEL_KINDS, TaskSpec
+from benchmark.image_tasks import check_image_target, image_head_channels, image_task_loss, make_image_metric
+from datamodules.task_spec import BINARY_KINDS, IMAGE_KINDS, LABEL_KINDS, TaskSpec
 
 __all__ = [
     "MetricInfo",
@@ -71,12 +72,16 @@ _METRIC_INFOS: dict[str, tuple[MetricInfo, ...]] = {
         MetricInfo("miou", "higher", "percent"),
     ),
     "edges": (MetricInfo("loss", "lower", "bce"),),
+    "classification": (MetricInfo("acc", "higher", "percent"),),
+    "binary": (MetricInfo("error", "lower", "percent"), MetricInfo("f1", "higher", "percent")),
 }
 """Edges report their balanced BCE, not odsF: odsF needs the SEISM MATLAB toolbox (protocols.md §M.5)."""
 
 
 def head_channels(spec: TaskSpec) -> int:
     """Output channels of the task head: ``num_classes`` logits, 1 depth value, a 3-vector normal or 1 logit."""
+    if spec.kind in IMAGE_KINDS:
+        return image_head_channels(spec)
     if spec.kind in LABEL_KINDS:
         return int(spec.num_classes)
     return {"depth": 1, "normals": 3, "saliency": 1, "edges": 1}[spec.kind]
@@ -117,8 +122,11 @@ def task_loss(spec: TaskSpec, raw: Tensor, target: Tensor) -> Tensor:
     segmentation: cross-entropy ignoring ``ignore_index``; depth: L1 where target != 0; normals:
     1 - cos(predict(raw), target) where the target is not the zero vector; human_parts as segmentation;
     saliency and edges: balanced BCE with ``spec.pos_weight`` (:func:`benchmark.dense_tasks.balanced_bce`).
-    With no valid pixel the loss is an exact 0 that is still connected to ``raw``.
+    With no valid pixel the loss is an exact 0 that is still connected to ``raw``. Image-level kinds:
+    :func:`benchmark.image_tasks.image_task_loss`.
     """
+    if spec.kind in IMAGE_KINDS:
+        return image_task_loss(spec, raw, target)
     _check_raw_shape(spec, raw, target)
     if spec.kind in BINARY_KINDS:
         total, count = balanced_bce(raw, target, spec.pos_weight, spec.ignore_index)
@@ -293,6 +301,8 @@ class NormalsMetric(Metric):
 
 def make_metric(spec: TaskSpec) -> Metric:
     """A fresh split-level metric for ``spec``; ``.compute()`` returns a dict keyed by ``metric_infos``."""
+    if spec.kind in IMAGE_KINDS:
+        return make_image_metric(spec)
     if spec.kind == "segmentation":
         return SegmentationMetric(int(spec.num_classes), spec.ignore_index)
     if spec.kind == "depth":
@@ -314,7 +324,7 @@ def _expected_target(spec: TaskSpec, b: int, h: int, w: int) -> tuple[tuple[int,
 
 
 def validate_batch(specs: Sequence[TaskSpec], batch: Mapping) -> None:
-    """Check ``batch = {"image": B x 3 x H x W float, "targets": {task: tensor}}`` against ``specs``.
+    """Check ``batch = {"image": B x C x H x W float, "targets": {task: tensor}}`` against ``specs``.
 
     Shapes and dtypes always; segmentation and human-parts labels must lie in [0, C) or equal ``ignore_index``
     (one min/max); saliency and edge targets must be 0, 1 or ``ignore_index``.
@@ -328,14 +338,13 @@ def validate_batch(specs: Sequence[TaskSpec], batch: Mapping) -> None:
         not isinstance(image, Tensor)
         or not image.is_floating_point()
         or image.dim() != 4
-        or image.shape[1] != 3
     ):
         actual = (
             f"shape {tuple(image.shape)} dtype {image.dtype}"
             if isinstance(image, Tensor)
             else type(image).__name__
         )
-        raise ValueError(f"batch 'image': expected a float tensor of shape (B, 3, H, W), got {actual}")
+        raise ValueError(f"batch 'image': expected a float tensor of shape (B, C, H, W), got {actual}")
     b, _, h, w = image.shape
     targets = batch["targets"]
     if not isinstance(targets, Mapping):
@@ -349,6 +358,9 @@ def validate_batch(specs: Sequence[TaskSpec], batch: Mapping) -> None:
         t = targets[name]
         if not isinstance(t, Tensor):
             raise ValueError(f"task {name!r}: target is a {type(t).__name__}, expected a torch.Tensor")
+        if spec.kind in IMAGE_KINDS:
+            check_image_target(spec, t, b)
+            continue
         shape, pattern = _expected_target(spec, b, h, w)
         if tuple(t.shape) != shape:
             raise ValueError(

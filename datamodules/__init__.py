@@ -1,6 +1,8 @@
 """Datamodules: data plus the tasks it declares as ``TaskSpec``s."""
 
+from datamodules.celeba import CelebADataModule
 from datamodules.cityscapes import CityscapesDataModule
+from datamodules.multi_mnist import MultiMNISTDataModule
 from datamodules.nyud import NYUDDataModule
 from datamodules.nyuv2 import NYUv2DataModule
 from datamodules.pascal_context import PascalContextDataModule
@@ -13,7 +15,9 @@ DATAMODULES = {
     "cityscapes": CityscapesDataModule,
     "nyud": NYUDDataModule,
     "pascal_context": PascalContextDataModule,
+    "multi_mnist": MultiMNISTDataModule,
+    "celeba": CelebADataModule,
 }
 
-__all__ = ["DATAMODULES", "TASK_KINDS", "CityscapesDataModule", "NYUDDataModule", "NYUv2DataModule",
-           "PascalContextDataModule", "SyntheticScenesDataModule", "TaskSpec"]
+__all__ = ["DATAMODULES", "TASK_KINDS", "CelebADataModule", "CityscapesDataModule", "MultiMNISTDataModule",
+           "NYUDDataModule", "NYUv2DataModule", "PascalContextDataModule", "SyntheticScenesDataModule", "TaskSpec"]

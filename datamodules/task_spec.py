@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TASK_KINDS = ("segmentation", "depth", "normals", "human_parts", "saliency", "edges")
+IMAGE_KINDS = ("classification", "binary")
+"""Kinds with one target per image (no spatial dimensions)."""
+TASK_KINDS = ("segmentation", "depth", "normals", "human_parts", "saliency", "edges") + IMAGE_KINDS
 BINARY_KINDS = ("saliency", "edges")
 LABEL_KINDS = ("segmentation", "human_parts")
 
@@ -16,7 +18,8 @@ class TaskSpec:
     Target conventions (batch ``targets[name]``): segmentation ``B x H x W`` int64 with ``ignore_index``
     on invalid pixels; depth ``B x 1 x H x W`` float with 0 invalid; normals ``B x 3 x H x W`` float unit
     vectors with the zero vector invalid; human_parts as segmentation (an image without annotated persons is
-    all ``ignore_index``); saliency and edges ``B x 1 x H x W`` float in {0, 1}, ``ignore_index`` invalid.
+    all ``ignore_index``); saliency and edges ``B x 1 x H x W`` float in {0, 1}, ``ignore_index`` invalid;
+    classification ``B`` int64 in [0, num_classes) or ``ignore_index``; binary ``B`` float or int with values 0/1.
 
     ``output_bias`` is where the head's output bias starts (depth: a typical depth of the dataset), so that a
     short run does not spend its budget learning the mean; 0 leaves the model's own initialisation.
@@ -37,7 +40,7 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"TaskSpec {self.name!r}: kind={self.kind!r} is not one of {TASK_KINDS}")
-        if self.kind in LABEL_KINDS and (self.num_classes is None or self.num_classes < 2):
+        if self.kind in (*LABEL_KINDS, "classification") and (self.num_classes is None or self.num_classes < 2):
             raise ValueError(f"TaskSpec {self.name!r}: {self.kind} needs num_classes >= 2, got {self.num_classes}")
         if self.pos_weight is not None and (self.kind not in BINARY_KINDS or not 0 < self.pos_weight < 1):
             raise ValueError(f"TaskSpec {self.name!r}: pos_weight={self.pos_weight!r} needs a kind in {BINARY_KINDS} "

@@ -1,0 +1,80 @@
+"""ResNet-18 shared encoder (timm, built from scratch) with one linear head per task, for CelebA-style attributes.
+
+MGDA-UB's CelebA network (Sener & Koltun, NeurIPS 2018, §5.2; protocols.md P6) is a ResNet-18 whose stem suits
+64x64 inputs: a 3x3 stride-1 convolution and no max pooling (``cifar_stem=True``, the default here). The shared
+representation ``z`` is the globally average-pooled 512-d feature (MGDA-UB pools 4x4 into 2048-d instead); each
+head is ``Linear(512, C)``. No weights are downloaded; ``checkpoint`` loads a local state dict into the encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import timm
+import torch
+from torch import Tensor, nn
+
+
+def load_encoder_checkpoint(encoder: nn.Module, path: str | Path) -> None:
+    """Load a timm/torchvision-style ResNet-18 state dict (optionally under ``"state_dict"``) into ``encoder``.
+
+    The classifier (``fc.*``) is dropped; any other missing, unexpected or mis-shaped key is an error naming the
+    file and the keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"resnet18_cls: checkpoint {path} (model.params.checkpoint) does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for unreadable files
+        raise ValueError(f"resnet18_cls: checkpoint {path} is not a readable torch state dict: {exc}") from exc
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"resnet18_cls: checkpoint {path} does not hold a mapping of parameter names to tensors")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+              for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"resnet18_cls: checkpoint {path} does not fit the encoder: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, shape mismatches {shapes[:3]} (cifar_stem=True needs a "
+                         "3x3 conv1; an ImageNet checkpoint fits cifar_stem=False)")
+    encoder.load_state_dict(state)
+
+
+class ResNetCls(nn.Module):
+    """timm ResNet-18 trunk shared by all tasks (``encode`` -> 512-d), one ``Linear(512, C)`` head per task."""
+
+    def __init__(self, head_channels: Mapping[str, int], in_channels: int = 3, cifar_stem: bool = True,
+                 checkpoint: str | None = None):
+        super().__init__()
+        if not head_channels:
+            raise ValueError("ResNetCls: head_channels is empty; at least one task is needed")
+        self.encoder = timm.create_model("resnet18", pretrained=False, num_classes=0, in_chans=in_channels)
+        if cifar_stem:
+            self.encoder.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            self.encoder.maxpool = nn.Identity()
+        if checkpoint is not None:
+            load_encoder_checkpoint(self.encoder, checkpoint)
+        width = self.encoder.num_features
+        self.heads = nn.ModuleDict({name: nn.Linear(width, c) for name, c in head_channels.items()})
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def head(self, task: str, z: Tensor) -> Tensor:
+        return self.heads[task](z)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        z = self.encode(x)
+        return {task: head(z) for task, head in self.heads.items()}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return list(self.heads[task].parameters())
