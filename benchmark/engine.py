@@ -92,6 +92,16 @@ class StepInfo:
     jacobian_mode: str | None = None
 
 
+@dataclass
+class Probe:
+    """The Gramian ``[T, T]`` (float64) of the per-task gradients of the shared parameters, taken for logging;
+    ``source``: ``engine`` (the step's own Jacobian) or ``extra`` (computed for the probe, ``seconds`` long)."""
+
+    gramian: Tensor
+    seconds: float
+    source: str
+
+
 class Engine:
     """Computes exactly what ``method.needs`` and writes the gradients of one training step.
 
@@ -119,14 +129,27 @@ class Engine:
         self.jacobian_mode = jacobian_mode
         self.backward = backward or (lambda loss: loss.backward())
         self.resolved_mode: str | None = None
+        self.last_probe: Probe | None = None
+        self._probing = False
 
     @property
     def uses_rep(self) -> bool:
         return self.method.grad_source != "params"
 
-    def step(self, losses: Tensor, z: Tensor | None = None, z_in: Tensor | None = None) -> StepInfo:
-        """Back-propagate the (already transformed) task losses ``[T]`` as the method prescribes."""
+    def step(self, losses: Tensor, z: Tensor | None = None, z_in: Tensor | None = None,
+             probe: bool = False) -> StepInfo:
+        """Back-propagate the (already transformed) task losses ``[T]`` as the method prescribes.
+
+        With ``probe``, also leave in ``last_probe`` the Gramian of the per-task gradients of the shared
+        parameters: the step's own when it computes one there, else from extra backward passes before the step.
+        """
         method = self.method
+        self.last_probe, self._probing = None, probe
+        reuses = method.last_weights is not None and self.steps % self.update_every != 0
+        if probe and (method.needs is Needs.LOSSES or self.uses_rep or reuses):
+            start = _sync(losses.device)
+            gramian = self.param_gramian(losses, z, z_in)
+            self.last_probe = Probe(gramian, _sync(losses.device) - start, "extra")
         if method.needs is Needs.LOSSES:
             weights = method.loss_weights(losses.detach())
             total = (weights.detach() * losses).sum()
@@ -167,6 +190,10 @@ class Engine:
         method = self.method
         jac, mode = jacobian(losses, inputs, self.jacobian_mode)
         self.resolved_mode = mode
+        if self._probing and self.last_probe is None:
+            start = _sync(jac.device)
+            j64 = jac.detach().double()
+            self.last_probe = Probe(j64 @ j64.T, _sync(jac.device) - start, "engine")
         if method.needs is Needs.GRAMIAN:
             solver_view = jac
             if method.grad_source == "rep_batchsum":
@@ -186,6 +213,19 @@ class Engine:
             raise FloatingPointError(f"{type(method).__name__} produced a non-finite update direction")
         return weights.detach(), direction, mode
 
+    def param_gramian(self, losses: Tensor, z: Tensor | None = None, z_in: Tensor | None = None) -> Tensor:
+        """The float64 Gramian of the per-task gradients of the shared parameters, keeping the graph. When the
+        heads saw the detached ``z_in``, each task's gradient w.r.t. ``z`` is pushed through the encoder."""
+        if z_in is not None and z is not None and z_in is not z:
+            jz, _ = jacobian(losses, [z_in], self.jacobian_mode)
+            rows = [flat_grads(torch.autograd.grad(z, self.shared, grad_outputs=g.view_as(z), retain_graph=True,
+                                                   allow_unused=True), self.shared) for g in jz]
+            jac = torch.stack(rows)
+        else:
+            jac, _ = jacobian(losses, self.shared, self.jacobian_mode)
+        j64 = jac.detach().double()
+        return j64 @ j64.T
+
     def _backward_heads(self, losses: Tensor, weights: Tensor) -> None:
         """Each head gets the gradient of its own loss (``own``) or of its weighted loss (``weighted``)."""
         coeffs = weights.to(losses.dtype) if self.method.head_weighting == "weighted" else torch.ones_like(losses)
@@ -193,6 +233,12 @@ class Engine:
             torch.autograd.backward((coeffs * losses).sum(), inputs=self.heads, retain_graph=bool(self.method_params))
         if self.method_params:
             torch.autograd.backward(losses.sum(), inputs=self.method_params)
+
+
+def _sync(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _grad_norm(params: Sequence[nn.Parameter]) -> float:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from benchmark import tasks as T
-from benchmark.engine import Engine
+from benchmark.engine import Engine, Probe
+from benchmark.grad_stats import gradient_stats
 from benchmark.methods.base import Method, StepContext
 from datamodules.task_spec import TaskSpec
 
@@ -26,13 +28,18 @@ class MTOModule(L.LightningModule):
 
     Each validation pass evaluates the validation and the test split (dataloader 0 and 1) and appends one
     entry to ``history``: the metrics of both splits and the summed validation loss.
+
+    Every ``log_every_n_steps``-th batch (0: never) is a logging step: its statistics gain the per-task gradient
+    norms and cosines (``benchmark.grad_stats``; their cost is kept out of ``step_times``) and are left in
+    ``logged_step`` for the logging callback.
     """
 
     def __init__(self, model: nn.Module, tasks: Sequence[TaskSpec], method: Method, lr: float = 1e-3,
                  weight_decay: float = 0.0, jacobian_mode: str = "auto", nan_policy: str = "error",
                  max_nan_skips: int = 10, clip_shared_grad_norm: float | None = None,
                  lr_schedule: str = "constant", update_every: int = 1, optimizer: str = "adam",
-                 momentum: float = 0.9, lr_step_size: int = 100, lr_gamma: float = 0.5) -> None:
+                 momentum: float = 0.9, lr_step_size: int = 100, lr_gamma: float = 0.5,
+                 log_every_n_steps: int = 0) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={nan_policy!r} is not one of {NAN_POLICIES}")
@@ -69,6 +76,11 @@ class MTOModule(L.LightningModule):
         self.epoch_stats: dict[str, list[float]] = defaultdict(list)
         self._val_loss = torch.zeros(())
         self._val_batches = 0
+        self.log_every_n_steps = log_every_n_steps
+        self.batches = 0
+        self.logged_step: dict[str, float] | None = None
+        self.probe_seconds, self.probe_steps = 0.0, 0
+        self.probe_sources: set[str] = set()
 
     def configure_optimizers(self):
         groups = [{"params": list(self.model.parameters()), "weight_decay": self.weight_decay}]
@@ -113,11 +125,16 @@ class MTOModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         T.validate_batch(self.tasks, batch)
+        log = self.log_every_n_steps > 0 and self.batches % self.log_every_n_steps == 0
+        self.batches += 1
+        self.logged_step = None
         start = _sync_time(self.device)
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
+        owns = type(self.method).own_step is not Method.own_step
+        probe = self._probe_before_own_step(batch) if log and owns else None
         if self.method.own_step(self._step_context(batch, opt)):
-            self._end_step(start, self.method.stats())
+            self._end_step(start, self.method.stats(), probe)
             return
         z = None if self.conditioned else self.encode(batch)
         z_in = z.detach().requires_grad_() if self.engine.uses_rep else z
@@ -125,7 +142,7 @@ class MTOModule(L.LightningModule):
         if not self._finite(raw_losses):
             self._end_step(None, {})
             return
-        info = self.engine.step(self.method.transform_losses(raw_losses), z, z_in)
+        info = self.engine.step(self.method.transform_losses(raw_losses), z, z_in, probe=log and not owns)
         if self.clip_shared_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.shared_parameters(), self.clip_shared_grad_norm)
         opt.step()
@@ -134,7 +151,16 @@ class MTOModule(L.LightningModule):
         names = [t.name for t in self.tasks]
         self._end_step(start, {**{f"loss_{n}": v for n, v in zip(names, raw_losses.detach().tolist())},
                                **{f"weight_{n}": w for n, w in zip(names, info.weights.tolist())},
-                               "update_norm": info.update_norm, **self.method.stats()})
+                               "update_norm": info.update_norm, **self.method.stats()},
+                       probe or (self.engine.last_probe if log else None))
+
+    def _probe_before_own_step(self, batch: dict) -> Probe:
+        """The gradient Gramian for a method that owns its step, from a fresh forward pass that leaves the
+        BatchNorm running statistics untouched, so training is the same with or without logging."""
+        start = _sync_time(self.device)
+        with torch.enable_grad(), self._frozen_bn():
+            gramian = self.engine.param_gramian(self.task_losses(batch))
+        return Probe(gramian, _sync_time(self.device) - start, "extra")
 
     def _step_context(self, batch: dict, opt) -> StepContext:
         by_name = {t.name: t for t in self.tasks}
@@ -144,13 +170,19 @@ class MTOModule(L.LightningModule):
                            backward=self.manual_backward, finite=self._finite,
                            epoch=self.current_epoch, epochs=self.trainer.max_epochs)
 
-    def _end_step(self, start: float | None, stats: dict[str, float]) -> None:
+    def _end_step(self, start: float | None, stats: dict[str, float], probe: Probe | None = None) -> None:
         """Once per batch, whatever the method did: step the LR schedule, time the step (unless it was skipped,
-        ``start=None``), record its stats."""
+        ``start=None``) less the time of the logging ``probe``, record its stats."""
         if self.lr_schedule != "constant":
             self.lr_schedulers().step()
         if start is not None:
-            self.step_times.append(_sync_time(self.device) - start)
+            self.step_times.append(_sync_time(self.device) - start - (probe.seconds if probe else 0.0))
+        if probe is not None and start is not None:
+            stats = {**stats, **gradient_stats(probe.gramian, [t.name for t in self.tasks])}
+            self.probe_seconds += probe.seconds
+            self.probe_steps += 1
+            self.probe_sources.add(probe.source)
+            self.logged_step = {**stats, "step_time": self.step_times[-1], "probe_time": probe.seconds}
         for key, value in stats.items():
             self.stat_sums[key] += value
             self.stat_counts[key] += 1
@@ -188,12 +220,18 @@ class MTOModule(L.LightningModule):
     @torch.no_grad()
     def _losses_without_bn_update(self, batch: dict) -> Tensor:
         """Re-evaluate the losses after the step in train mode, leaving BatchNorm running statistics untouched."""
+        with self._frozen_bn():
+            return self.task_losses(batch)
+
+    @contextmanager
+    def _frozen_bn(self) -> Iterator[None]:
+        """Train-mode forward passes inside leave every BatchNorm's running statistics as they were."""
         bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
         for m in bns:
             m.momentum = 0.0
         try:
-            return self.task_losses(batch)
+            yield
         finally:
             for m, (momentum, tracked) in zip(bns, saved):
                 m.momentum = momentum
