@@ -1,4 +1,4 @@
-"""The ``mtobench`` command: run a suite, rebuild a leaderboard, list methods."""
+"""The ``mtobench`` command: run a suite, rebuild a leaderboard, list methods, upload offline W&B runs."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     from benchmark.leaderboard import write_leaderboard
     from benchmark.runner import run_suite
 
+    if args.no_wandb:
+        overrides = [*overrides, "--suite.logging.wandb", "off"]
     suite = load_suite(args.suite_file, overrides)
     run_suite(suite, force=args.force)
     from lightning.pytorch.utilities import rank_zero_only
@@ -36,6 +38,16 @@ def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
     write_leaderboard(Path(args.runs_dir), Path(args.out), args.rule)
     console.print(f"[green]leaderboard written to {args.out}[/]")
     return 0
+
+
+def cmd_wandb_sync(args: argparse.Namespace, overrides: list[str]) -> int:
+    from benchmark.wandb_log import sync
+
+    command, code = sync(args.runs_dir, project=args.project, entity=args.entity,
+                         include_synced=args.include_synced, dry_run=args.dry_run)
+    if code:
+        console.print(f"[red]wandb sync failed (exit {code}): {' '.join(command)}[/]", highlight=False)
+    return code
 
 
 def cmd_methods(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -63,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="Any suite field can be overridden: --suite.seeds=[0] --suite.train.epochs=1")
     run.add_argument("suite_file")
     run.add_argument("--force", action="store_true", help="retrain runs that already have a record")
+    run.add_argument("--no-wandb", action="store_true", help="no W&B logging (same as --suite.logging.wandb=off)")
     run.set_defaults(func=cmd_run)
     board = sub.add_parser("leaderboard", help="rebuild leaderboard.md from a folder of run records")
     board.add_argument("runs_dir")
@@ -71,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     board.set_defaults(func=cmd_leaderboard)
     methods = sub.add_parser("methods", help="list the built-in and plugin methods")
     methods.set_defaults(func=cmd_methods)
+    upload = sub.add_parser("wandb-sync", help="upload the offline W&B runs found below a runs folder (wandb sync)")
+    upload.add_argument("runs_dir")
+    upload.add_argument("--project", help="override the W&B project of every run")
+    upload.add_argument("--entity", help="override the W&B entity of every run")
+    upload.add_argument("--include-synced", action="store_true", help="upload runs wandb has already synced, again")
+    upload.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    upload.set_defaults(func=cmd_wandb_sync)
     return parser
 
 

@@ -75,6 +75,18 @@ class MethodConfig:
 
 
 @dataclass
+class LoggingConfig:
+    wandb: Literal["auto", "offline", "online", "off"] = "auto"
+    """W&B: ``auto`` is offline (files under ``<output_dir>/wandb``, no account needed) unless the environment
+    says otherwise: ``WANDB_MODE=online``, or ``WANDB_API_KEY`` set without ``WANDB_MODE``, goes online;
+    ``WANDB_MODE=disabled`` turns W&B off. ``offline``, ``online`` and ``off`` ignore the environment."""
+    log_every_n_steps: int = 10
+    """Log losses, weights, gradient norms and cosines and step time every this many batches."""
+    project: str = "mtobench"
+    entity: str | None = None
+
+
+@dataclass
 class SuiteConfig:
     name: str
     methods: list[MethodConfig]
@@ -90,6 +102,7 @@ class SuiteConfig:
     """The published table (a key of ``reference_tables.yaml``) this suite reproduces, if any."""
     preset: str | None = None
     """Default reproduction preset for every method that sets none (see ``MethodConfig.preset``)."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,6 +153,8 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
         (len(suite.seeds) > 0 and len(set(suite.seeds)) == len(suite.seeds), "seeds", suite.seeds,
          "must be a non-empty list of distinct ints"),
         (suite.selection in SELECTION_RULES, "selection", suite.selection, f"must be one of {SELECTION_RULES}"),
+        (suite.logging.log_every_n_steps >= 1, "logging.log_every_n_steps", suite.logging.log_every_n_steps,
+         "must be >= 1"),
     ]
     keys = [m.key for m in suite.methods]
     checks.append((len(set(keys)) == len(keys), "methods", keys, "has duplicate names; give each a distinct label"))

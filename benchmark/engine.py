@@ -100,6 +100,16 @@ class StepInfo:
     """False if the scaled per-task gradients overflowed: the shared gradients are then inf and the scaler skips."""
 
 
+@dataclass
+class Probe:
+    """The Gramian ``[T, T]`` (float64) of the per-task gradients of the shared parameters, taken for logging;
+    ``source``: ``engine`` (the step's own Jacobian) or ``extra`` (computed for the probe, ``seconds`` long)."""
+
+    gramian: Tensor
+    seconds: float
+    source: str
+
+
 class Engine:
     """Computes exactly what ``method.needs`` and writes the gradients of one training step.
 
@@ -134,18 +144,32 @@ class Engine:
         self.resolved_mode: str | None = None
         self.sync = sync
         self.loss_scale = loss_scale or (lambda: 1.0)
+        self.last_probe: Probe | None = None
+        self._probing = False
 
     @property
     def uses_rep(self) -> bool:
         return self.method.grad_source != "params"
 
-    def step(self, losses: Tensor, z: Tensor | None = None, z_in: Tensor | None = None) -> StepInfo:
-        """Back-propagate the (already transformed) task losses ``[T]`` as the method prescribes."""
-        with torch.autocast(losses.device.type, enabled=False):
-            return self._step(losses, z, z_in)
+    def step(self, losses: Tensor, z: Tensor | None = None, z_in: Tensor | None = None,
+             probe: bool = False) -> StepInfo:
+        """Back-propagate the (already transformed) task losses ``[T]`` as the method prescribes.
 
-    def _step(self, losses: Tensor, z: Tensor | None, z_in: Tensor | None) -> StepInfo:
+        With ``probe``, also leave in ``last_probe`` the Gramian of the per-task gradients of the shared
+        parameters: the step's own (global under DDP) when it computes one there, else from extra backward
+        passes before the step (this rank's batch).
+        """
+        with torch.autocast(losses.device.type, enabled=False):
+            return self._step(losses, z, z_in, probe)
+
+    def _step(self, losses: Tensor, z: Tensor | None, z_in: Tensor | None, probe: bool) -> StepInfo:
         method = self.method
+        self.last_probe, self._probing = None, probe
+        reuses = method.last_weights is not None and self.steps % self.update_every != 0
+        if probe and (method.needs is Needs.LOSSES or self.uses_rep or reuses):
+            start = _sync(losses.device)
+            gramian = self.param_gramian(losses, z, z_in)
+            self.last_probe = Probe(gramian, _sync(losses.device) - start, "extra")
         if method.needs is Needs.LOSSES:
             weights = method.loss_weights(losses.detach())
             total = (weights.detach() * losses).sum()
@@ -202,6 +226,10 @@ class Engine:
             jac = jac / scale
         if self.sync is not None and method.grad_source == "params":
             jac = self.sync.mean(jac)
+        if self._probing and self.last_probe is None:
+            start = _sync(jac.device)
+            j64 = jac.detach().double()
+            self.last_probe = Probe(j64 @ j64.T, _sync(jac.device) - start, "engine")
         if method.needs is Needs.GRAMIAN:
             gramian = self._gramian(jac, rep)
             if scale != 1 and not torch.isfinite(gramian).all():
@@ -248,6 +276,19 @@ class Engine:
         if self.sync is not None:
             self.sync.mean_grads_(params)
 
+    def param_gramian(self, losses: Tensor, z: Tensor | None = None, z_in: Tensor | None = None) -> Tensor:
+        """The float64 Gramian of the per-task gradients of the shared parameters, keeping the graph. When the
+        heads saw the detached ``z_in``, each task's gradient w.r.t. ``z`` is pushed through the encoder."""
+        if z_in is not None and z is not None and z_in is not z:
+            jz, _ = jacobian(losses, [z_in], self.jacobian_mode)
+            rows = [flat_grads(torch.autograd.grad(z, self.shared, grad_outputs=g.view_as(z), retain_graph=True,
+                                                   allow_unused=True), self.shared) for g in jz]
+            jac = torch.stack(rows)
+        else:
+            jac, _ = jacobian(losses, self.shared, self.jacobian_mode)
+        j64 = jac.detach().double()
+        return j64 @ j64.T
+
     def _backward_heads(self, losses: Tensor, weights: Tensor, scale: float = 1.0) -> None:
         """Each head gets the gradient of its own loss (``own``) or of its weighted loss (``weighted``)."""
         coeffs = weights.to(losses.dtype) if self.method.head_weighting == "weighted" else torch.ones_like(losses)
@@ -257,6 +298,12 @@ class Engine:
         if self.method_params:
             torch.autograd.backward(scale * losses.sum(), inputs=self.method_params)
         self._mean_grads(self.heads + self.method_params)
+
+
+def _sync(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _grad_norm(params: Sequence[nn.Parameter]) -> float:

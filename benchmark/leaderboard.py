@@ -574,7 +574,8 @@ def _provenance(records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def load_records(records_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Finished records found (recursively) as ``*.json`` under ``records_dir``, and notes on skipped ones."""
+    """Finished records found (recursively) as ``*.json`` under ``records_dir``, outside W&B's ``wandb/`` folders,
+    and notes on skipped ones."""
     root = Path(records_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"records directory {root} does not exist")
@@ -582,6 +583,8 @@ def load_records(records_dir: str | os.PathLike[str]) -> tuple[list[dict[str, An
     notes: list[str] = []
     origin: dict[str, Path] = {}
     for path in sorted(root.rglob("*.json")):
+        if "wandb" in path.relative_to(root).parts[:-1]:
+            continue
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -611,13 +614,16 @@ def write_leaderboard(
     rule: str = "last",
     plot: bool = False,
 ) -> Path:
-    """Write the leaderboard of the records below ``records_dir`` to ``out_path``; with ``plot``, a Δm PNG."""
+    """Write the leaderboard of the records below ``records_dir`` to ``out_path``; with ``plot``, also the figures
+    of ``benchmark.plots`` beside it, linked from a ``Figures`` section."""
     records, notes = load_records(records_dir)
     out = Path(out_path)
-    write_text_atomic(out, build_leaderboard(records, rule, notes))
+    text = build_leaderboard(records, rule, notes)
     if plot:
-        plot_leaderboard(records, out.with_suffix(".png"), rule)
-        plot_priorities(records, out.with_name(f"{out.stem}_priority.png"))
+        from benchmark.plots import figures_markdown, write_figures
+
+        text += figures_markdown(write_figures(records, out, rule), out)
+    write_text_atomic(out, text)
     return out
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import lightning as L
 import torch
@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from benchmark import tasks as T
 from benchmark.distributed import GradSync, broadcast_generator_, no_ddp_sync
-from benchmark.engine import Engine
+from benchmark.engine import Engine, Probe
+from benchmark.grad_stats import gradient_stats
 from benchmark.methods.base import Method, Needs, StepContext
 from datamodules.task_spec import TaskSpec
 
@@ -34,13 +35,18 @@ class MTOModule(L.LightningModule):
     and reduces explicitly (``benchmark/distributed.py``, ``docs/ddp.md``). Floating-point buffers (BatchNorm
     statistics) are averaged after each step. Under fp16 autocast the optimizer step goes through the GradScaler;
     the steps it skips for inf/NaN gradients are counted in ``amp_skipped_steps``.
+
+    Every ``log_every_n_steps``-th batch (0: never) is a logging step: its statistics gain the per-task gradient
+    norms and cosines (``benchmark.grad_stats``; their cost is kept out of ``step_times``) and are left in
+    ``logged_step`` for the logging callback.
     """
 
     def __init__(self, model: nn.Module, tasks: Sequence[TaskSpec], method: Method, lr: float = 1e-3,
                  weight_decay: float = 0.0, jacobian_mode: str = "auto", nan_policy: str = "error",
                  max_nan_skips: int = 10, clip_shared_grad_norm: float | None = None,
                  lr_schedule: str = "constant", update_every: int = 1, optimizer: str = "adam",
-                 momentum: float = 0.9, lr_step_size: int = 100, lr_gamma: float = 0.5) -> None:
+                 momentum: float = 0.9, lr_step_size: int = 100, lr_gamma: float = 0.5,
+                 log_every_n_steps: int = 0) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={nan_policy!r} is not one of {NAN_POLICIES}")
@@ -79,6 +85,11 @@ class MTOModule(L.LightningModule):
         self.epoch_stats: dict[str, list[float]] = defaultdict(list)
         self._val_loss = torch.zeros(())
         self._val_batches = 0
+        self.log_every_n_steps = log_every_n_steps
+        self.batches = 0
+        self.logged_step: dict[str, float] | None = None
+        self.probe_seconds, self.probe_steps = 0.0, 0
+        self.probe_sources: set[str] = set()
 
     def configure_optimizers(self):
         groups = [{"params": list(self.model.parameters()), "weight_decay": self.weight_decay}]
@@ -129,13 +140,19 @@ class MTOModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         T.validate_batch(self.tasks, batch)
+        log = self.log_every_n_steps > 0 and self.batches % self.log_every_n_steps == 0
+        self.batches += 1
+        self.logged_step = None
         start = _sync_time(self.device)
         opt = _ScalerWatch(self.optimizers(), self)
         opt.zero_grad(set_to_none=True)
+        owns = type(self.method).own_step is not Method.own_step
+        probe = self._probe_before_own_step(batch) if log and owns else None
         with no_ddp_sync(self.trainer.strategy.model), torch.autocast(self.device.type, enabled=False):
             owned = self.method.own_step(self._step_context(batch, opt))
         if owned:
-            self._end_step(start if opt.stepped else None, self.method.stats() if opt.stepped else {})
+            self._end_step(start if opt.stepped else None, self.method.stats() if opt.stepped else {},
+                           probe if opt.stepped else None)
             return
         z = None if self.conditioned else self.encode(batch)
         z_in = z.detach().requires_grad_() if self.engine.uses_rep else z
@@ -145,7 +162,7 @@ class MTOModule(L.LightningModule):
             return
         ddp_syncs = self.engine.method.needs is Needs.LOSSES
         with nullcontext() if ddp_syncs else no_ddp_sync(self.trainer.strategy.model):
-            info = self.engine.step(self.method.transform_losses(raw_losses), z, z_in)
+            info = self.engine.step(self.method.transform_losses(raw_losses), z, z_in, probe=log and not owns)
         if self.clip_shared_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.shared_parameters(),
                                            self.clip_shared_grad_norm * self._loss_scale())
@@ -158,7 +175,16 @@ class MTOModule(L.LightningModule):
         names = [t.name for t in self.tasks]
         self._end_step(start, {**{f"loss_{n}": v for n, v in zip(names, raw_losses.detach().tolist())},
                                **{f"weight_{n}": w for n, w in zip(names, info.weights.tolist())},
-                               "update_norm": info.update_norm, **self.method.stats()})
+                               "update_norm": info.update_norm, **self.method.stats()},
+                       probe or (self.engine.last_probe if log else None))
+
+    def _probe_before_own_step(self, batch: dict) -> Probe:
+        """The gradient Gramian for a method that owns its step, from a fresh forward pass that leaves the
+        BatchNorm running statistics untouched, so training is the same with or without logging."""
+        start = _sync_time(self.device)
+        with torch.enable_grad(), self._frozen_bn():
+            gramian = self.engine.param_gramian(self.task_losses(batch))
+        return Probe(gramian, _sync_time(self.device) - start, "extra")
 
     def _global(self, losses: Tensor) -> Tensor:
         """Under DDP: the losses with the global batch's value (mean over ranks) and this rank's gradient."""
@@ -187,15 +213,21 @@ class MTOModule(L.LightningModule):
                            backward=self._synced_backward, finite=self._finite,
                            epoch=self.current_epoch, epochs=self.trainer.max_epochs)
 
-    def _end_step(self, start: float | None, stats: dict[str, float]) -> None:
+    def _end_step(self, start: float | None, stats: dict[str, float], probe: Probe | None = None) -> None:
         """Once per batch, whatever the method did: step the LR schedule, time the step (unless it was skipped,
-        ``start=None``), record its stats; under DDP, average the buffers."""
+        ``start=None``) less the time of the logging ``probe``, record its stats; under DDP, average the buffers."""
         if self.sync is not None:
             self.sync.mean_buffers_(self.model)
         if self.lr_schedule != "constant":
             self.lr_schedulers().step()
         if start is not None:
-            self.step_times.append(_sync_time(self.device) - start)
+            self.step_times.append(_sync_time(self.device) - start - (probe.seconds if probe else 0.0))
+        if probe is not None and start is not None:
+            stats = {**stats, **gradient_stats(probe.gramian, [t.name for t in self.tasks])}
+            self.probe_seconds += probe.seconds
+            self.probe_steps += 1
+            self.probe_sources.add(probe.source)
+            self.logged_step = {**stats, "step_time": self.step_times[-1], "probe_time": probe.seconds}
         for key, value in stats.items():
             self.stat_sums[key] += value
             self.stat_counts[key] += 1
@@ -234,12 +266,18 @@ class MTOModule(L.LightningModule):
     @torch.no_grad()
     def _losses_without_bn_update(self, batch: dict) -> Tensor:
         """Re-evaluate the losses after the step in train mode, leaving BatchNorm running statistics untouched."""
+        with self._frozen_bn():
+            return self.task_losses(batch)
+
+    @contextmanager
+    def _frozen_bn(self) -> Iterator[None]:
+        """Train-mode forward passes inside leave every BatchNorm's running statistics as they were."""
         bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
         for m in bns:
             m.momentum = 0.0
         try:
-            return self.task_losses(batch)
+            yield
         finally:
             for m, (momentum, tracked) in zip(bns, saved):
                 m.momentum = momentum

@@ -21,6 +21,7 @@ from benchmark.methods.presets import resolve
 from benchmark.module import MTOModule
 from benchmark.names import unknown_name
 from benchmark.records import SCHEMA_VERSION, git_state, package_versions, record_path, write_json_atomic
+from benchmark.run_log import RunLog, run_log
 from datamodules import DATAMODULES
 from models import MODELS
 
@@ -81,7 +82,13 @@ def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None)
         raise ValueError(f"model {suite.model.name!r}: bad model params {params}: {exc}") from exc
 
 
+def metric_table(tasks: list) -> dict[str, dict]:
+    """Direction and unit of every metric of ``tasks``, keyed ``<task>/<metric>``."""
+    return {f"{t.name}/{i.key}": {"direction": i.direction, "unit": i.unit} for t in tasks for i in T.metric_infos(t)}
+
+
 def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
+    """The grid: single-task baselines first (so MTL runs can log Δm against them), then method x seed."""
     base = f"{suite.name}/{suite.dataset.name}"
     runs = [
         PlannedRun(m.name, resolved_hparams(suite, m), seed, f"{base}/{m.key}/seed{seed}",
@@ -90,11 +97,11 @@ def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
         for seed in suite.seeds
     ]
     if suite.stl:
-        runs += [
+        runs = [
             PlannedRun(STL_METHOD, {}, seed, f"{base}/stl-{task}/seed{seed}", stl_task=task)
             for task in task_names
             for seed in suite.seeds
-        ]
+        ] + runs
     return runs
 
 
@@ -130,8 +137,10 @@ class GridProgress(L.Callback):
         self.progress.remove_task(self.task)
 
 
-def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> dict | None:
-    """Train one run and return its record (the caller writes it); None on DDP ranks other than 0."""
+def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: RunLog | None = None) -> dict | None:
+    """Train one run and return its record (the caller writes it), None on DDP ranks other than 0; ``log``
+    (default: no W&B) logs its steps."""
+    log = log if log is not None else RunLog()
     L.seed_everything(run.seed, workers=True, verbose=False)
     tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
     model = create_model(suite, tasks, run.model_overrides)
@@ -141,19 +150,22 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> di
                        nan_policy=t.nan_policy, max_nan_skips=t.max_nan_skips,
                        clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule,
                        update_every=run.update_every, optimizer=t.optimizer, momentum=t.momentum,
-                       lr_step_size=t.lr_step_size, lr_gamma=t.lr_gamma)
+                       lr_step_size=t.lr_step_size, lr_gamma=t.lr_gamma,
+                       log_every_n_steps=suite.logging.log_every_n_steps)
     trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, precision=t.precision, logger=False,
                         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, sync_batchnorm=t.sync_batchnorm,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         deterministic=True, num_sanity_val_steps=0,
-                        callbacks=[GridProgress(progress, run.run_id)])
+                        callbacks=[GridProgress(progress, run.run_id), log])
     if trainer.strategy.root_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=dm.train_dataloader(seed=run.seed),
                 val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
     wall = time.perf_counter() - start
-    return make_record(suite, run, dm, tasks, module, trainer, wall) if trainer.is_global_zero else None
+    if not trainer.is_global_zero:
+        return None
+    return {**make_record(suite, run, dm, tasks, module, trainer, wall), **log.record_fields(module)}
 
 
 def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wall: float) -> dict:
@@ -164,7 +176,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
     else:
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         memory = {"peak_memory_bytes": peak_rss, "peak_memory_kind": "process_max_rss"}
-    infos = {f"{t.name}/{i.key}": {"direction": i.direction, "unit": i.unit} for t in tasks for i in T.metric_infos(t)}
+    infos = metric_table(tasks)
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run.run_id,
@@ -218,8 +230,11 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
     with Progress(*columns, console=console) as progress:
         grid = progress.add_task(f"suite {suite.name}", total=len(todo))
         for run in todo:
-            record = train_one(suite, run, dm, progress)
-            if record is not None:
-                write_json_atomic(record_path(out, run.run_id), record)
+            tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
+            with run_log(suite, run, metric_table(tasks)) as log:
+                record = train_one(suite, run, dm, progress, log)
+                if record is not None:
+                    write_json_atomic(record_path(out, run.run_id), record)
+                    log.attach_record(record_path(out, run.run_id), record)
             progress.advance(grid)
     return [record_path(out, r.run_id) for r in runs]

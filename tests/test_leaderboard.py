@@ -188,7 +188,8 @@ def test_write_leaderboard_skips_unfinished_and_writes_atomically(tmp_path):
     md = out.read_text()
     assert "skipped unfinished run default/toy/ew/seed0" in md
     assert "Seeds per method: ew 1, mgda_ub 2, pcgrad 2" in md
-    assert sorted(p.name for p in out.parent.iterdir()) == ["leaderboard.md", "leaderboard.png"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "leaderboard.md", "leaderboard.png", "leaderboard_curves.png", "leaderboard_pareto.png"]
 
 
 def test_write_leaderboard_duplicate_run_id_names_both_files(tmp_path):

@@ -149,7 +149,7 @@ def test_failed_run_leaves_no_record(tmp_path, test_methods):
     suite = load_suite(write_suite(tmp_path, "[{name: ew}, {name: test_exploding}]"), ["--suite.stl", "false"])
     with pytest.raises(RuntimeError, match="boom"):
         run_suite(suite)
-    names = sorted(p.name for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    names = sorted(p.name for p in (tmp_path / "runs").rglob("*") if p.is_file() and "wandb" not in p.parts)
     assert names == ["seed0.json", "seed1.json"]
     assert all(json.loads(p.read_text())["method"] == "ew" for p in (tmp_path / "runs").rglob("*.json"))
 

@@ -1,0 +1,170 @@
+"""Logging of one training run: the thinned per-step series kept in its record, and the same numbers, the
+per-epoch metrics and Δm against the suite's single-task runs, sent to W&B when it is on.
+
+The series holds what ``MTOModule.logged_step`` leaves every ``log_every_n_steps`` batches: task losses,
+weights, gradient norms and cosines, method statistics (CSO's priority shares) and step time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from benchmark.scoring import delta_m, seed_mean, select
+from benchmark.wandb_log import attach_file, open_run, resolve_mode
+
+MAX_STEP_POINTS = 256
+
+
+class StepSeries:
+    """The logged steps, thinned to at most ``max_points``: every ``stride``-th is kept, the stride doubling (and
+    every other kept point dropped) whenever the list would grow past ``max_points``."""
+
+    def __init__(self, max_points: int = MAX_STEP_POINTS) -> None:
+        if max_points < 2:
+            raise ValueError(f"max_points must be >= 2, got {max_points}")
+        self.max_points, self.stride, self.seen = max_points, 1, 0
+        self.points: list[dict[str, float]] = []
+
+    def add(self, point: dict[str, float]) -> None:
+        if self.seen % self.stride == 0:
+            self.points.append(point)
+            if len(self.points) > self.max_points:
+                self.points, self.stride = self.points[::2], 2 * self.stride
+        self.seen += 1
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The STL test metrics Δm is measured against (None when incomplete), and where they came from."""
+
+    values: dict[str, float] | None
+    note: str
+
+
+def stl_baseline(records_dir: Path, suite: str, dataset: str, metrics: Mapping[str, Mapping[str, Any]],
+                 rule: str) -> Baseline:
+    """Per metric, the mean over the suite's finished STL runs of its task of the test value ``rule`` selects
+    (the leaderboard's baseline); None with a note naming the tasks that have no STL record yet."""
+    from benchmark.leaderboard import load_records
+
+    records = load_records(records_dir)[0] if Path(records_dir).is_dir() else []
+    by_task: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("kind") == "stl" and r.get("suite") == suite and r.get("dataset") == dataset:
+            by_task.setdefault(r["stl_task"], []).append(r)
+    tasks = list(dict.fromkeys(str(spec.get("task") or key.split("/", 1)[0]) for key, spec in metrics.items()))
+    missing = [t for t in tasks if t not in by_task]
+    if missing:
+        return Baseline(None, f"n/a: no STL record yet for task(s) {', '.join(missing)} in {records_dir}")
+    values = {}
+    for key, spec in metrics.items():
+        runs = by_task[str(spec.get("task") or key.split("/", 1)[0])]
+        values[key] = seed_mean([select(r, rule, "test")[key] for r in runs])
+    bad = [k for k, v in values.items() if v == 0 or math.isnan(v)]
+    if bad:
+        return Baseline(None, f"n/a: the STL baseline of {', '.join(bad)} is 0 or NaN (relative change undefined)")
+    return Baseline(values, f"STL records ({sum(map(len, by_task.values()))} runs, rule {rule}) in {records_dir}")
+
+
+class RunLog(L.Callback):
+    """Collects the logged steps of a run and forwards steps and epochs to ``wandb_run`` (None: W&B off)."""
+
+    def __init__(self, wandb_run=None, mode: str = "off", baseline: Baseline | None = None,
+                 directions: Mapping[str, str] | None = None, max_points: int = MAX_STEP_POINTS) -> None:
+        self.wandb_run, self.mode, self.baseline = wandb_run, mode, baseline
+        self.directions = dict(directions or {})
+        self.series = StepSeries(max_points)
+        self.epochs_logged = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        entry = pl_module.logged_step
+        if entry is None:
+            return
+        point = {"batch": pl_module.batches - 1, "epoch": trainer.current_epoch, **entry}
+        self.series.add(point)
+        if self.wandb_run is not None:
+            self.wandb_run.log({"epoch": point["epoch"], **{f"train/{k}": v for k, v in entry.items()}},
+                               step=point["batch"])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Each new epoch entry goes to the W&B row of the epoch's last batch."""
+        for entry in pl_module.history[self.epochs_logged:]:
+            if self.wandb_run is not None:
+                self.wandb_run.log(self.epoch_payload(entry), step=max(pl_module.batches - 1, 0))
+        self.epochs_logged = len(pl_module.history)
+
+    def epoch_payload(self, entry: Mapping[str, Any]) -> dict[str, float]:
+        """One epoch's W&B row: val and test metrics, Δm of the test metrics (if a baseline exists), val loss,
+        LR and the epoch means of the step statistics."""
+        payload = {"epoch": entry["epoch"], "val_loss": entry["val_loss"]}
+        payload.update({f"{split}/{k}": v for split in ("val", "test") for k, v in entry[split].items()})
+        payload.update({f"epoch_mean/{k}": v for k, v in (entry.get("method_stats") or {}).items()})
+        if entry.get("lr") is not None:
+            payload["lr"] = entry["lr"]
+        if self.baseline is not None and self.baseline.values is not None:
+            payload["test/delta_m"] = delta_m(entry["test"], self.baseline.values, self.directions)
+        return payload
+
+    def record_fields(self, module) -> dict[str, Any]:
+        """What a run record keeps of the logging: the thinned step series and how it was logged."""
+        run = self.wandb_run
+        return {
+            "step_log": {"every": module.log_every_n_steps, "stride": self.series.stride,
+                         "logged_steps": self.series.seen, "points": self.series.points},
+            "logging": {
+                "wandb": self.mode,
+                "wandb_run_id": None if run is None else run.id,
+                "wandb_run_dir": None if run is None else str(Path(run.dir).parent),
+                "grad_stats": {"sources": sorted(module.probe_sources), "steps": module.probe_steps,
+                               "seconds": module.probe_seconds,
+                               "seconds_per_probe": module.probe_seconds / max(module.probe_steps, 1)},
+                "delta_m_baseline": None if self.baseline is None else self.baseline.note,
+            },
+        }
+
+    def attach_record(self, path: Path, record: Mapping[str, Any]) -> None:
+        """Attach the written record to the W&B run (as a file, with its timing in the summary)."""
+        if self.wandb_run is None:
+            return
+        attach_file(self.wandb_run, path, "record.json")
+        timing = record.get("timing") or {}
+        self.wandb_run.summary.update({f"timing/{k}": v for k, v in timing.items() if isinstance(v, int | float)})
+        if self.baseline is not None:
+            self.wandb_run.summary["delta_m_baseline"] = self.baseline.note
+
+
+@contextmanager
+def run_log(suite, run, metrics: Mapping[str, Mapping[str, Any]]) -> Iterator[RunLog]:
+    """A :class:`RunLog` for one planned run of ``suite``, with its W&B run open while inside (grouped by suite
+    and dataset, job type = method label) and finished with exit code 1 if the block raises."""
+    mode = resolve_mode(suite.logging.wandb)
+    label = run.run_id.split("/")[-2]
+    baseline = None
+    if run.stl_task is None:
+        rule = suite.selection
+        baseline = stl_baseline(Path(suite.output_dir) / suite.name, suite.name, suite.dataset.name, metrics, rule)
+    wandb_run = None
+    if mode != "off":
+        config = {"suite": suite.to_dict(), "run": dataclasses.asdict(run)}
+        wandb_run = open_run(mode, suite.output_dir, suite.logging.project, suite.logging.entity,
+                             group=f"{suite.name}/{suite.dataset.name}", job_type=label,
+                             name=f"{label}/seed{run.seed}", config=config)
+        if baseline is not None:
+            wandb_run.summary["delta_m_baseline"] = baseline.note
+    log = RunLog(wandb_run, mode, baseline, {k: v["direction"] for k, v in metrics.items()})
+    try:
+        yield log
+    except BaseException:
+        if wandb_run is not None:
+            wandb_run.finish(exit_code=1)
+        raise
+    if wandb_run is not None:
+        wandb_run.finish()
