@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from benchmark.scoring import delta_m, seed_mean, select
 from benchmark.wandb_log import attach_file, open_run, resolve_mode
@@ -144,8 +145,9 @@ class RunLog(L.Callback):
 @contextmanager
 def run_log(suite, run, metrics: Mapping[str, Mapping[str, Any]]) -> Iterator[RunLog]:
     """A :class:`RunLog` for one planned run of ``suite``, with its W&B run open while inside (grouped by suite
-    and dataset, job type = method label) and finished with exit code 1 if the block raises."""
-    mode = resolve_mode(suite.logging.wandb)
+    and dataset, job type = method label) and finished with exit code 1 if the block raises; W&B is off on DDP
+    ranks other than 0."""
+    mode = resolve_mode(suite.logging.wandb) if rank_zero_only.rank == 0 else "off"
     label = run.run_id.split("/")[-2]
     baseline = None
     if run.stl_task is None:
