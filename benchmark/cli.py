@@ -15,14 +15,33 @@ console = Console()
 
 def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     from benchmark.config import load_suite
+    from benchmark.launch import JobsFailed
     from benchmark.leaderboard import write_leaderboard
     from benchmark.runner import run_suite
 
     suite = load_suite(args.suite_file, overrides)
-    run_suite(suite, force=args.force)
+    try:
+        run_suite(suite, force=args.force, launcher=args.launcher, workers=args.workers)
+    except JobsFailed as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
     out = Path(suite.leaderboard)
     write_leaderboard(Path(suite.output_dir) / suite.name, out, suite.selection, plot=True)
     console.print(f"[green]leaderboard written to {out} (plots beside it)[/]")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
+    from benchmark.config import load_suite
+    from benchmark.submit import submit, validate_plugin
+
+    if args.suite is None:
+        validate_plugin(args.entry_point)
+        console.print(f"[green]plugin {args.entry_point!r} passes every check[/]")
+        return 0
+    out = submit(args.entry_point, load_suite(args.suite, overrides), force=args.force, launcher=args.launcher,
+                 workers=args.workers)
+    console.print(f"[green]plugin {args.entry_point!r} validated; leaderboard written to {out}[/]")
     return 0
 
 
@@ -50,6 +69,13 @@ def cmd_methods(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--launcher", default="none", choices=("none", "local", "slurm"),
+                        help="none: train in this process; local/slurm: one submitit job per run (suite 'launcher')")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="jobs running at once (local), or the SLURM array parallelism when > 1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from benchmark.scoring import SELECTION_RULES
 
@@ -59,7 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="Any suite field can be overridden: --suite.seeds=[0] --suite.train.epochs=1")
     run.add_argument("suite_file")
     run.add_argument("--force", action="store_true", help="retrain runs that already have a record")
+    add_launcher_arguments(run)
     run.set_defaults(func=cmd_run)
+    submit = sub.add_parser("submit", help="validate a method plugin (entry point) and run it on a suite",
+                            epilog="Without --suite only the validation runs.")
+    submit.add_argument("entry_point", help="the plugin's name in the mtobench.methods entry-point group")
+    submit.add_argument("--suite", help="suite YAML to run the plugin on, next to the suite's methods")
+    submit.add_argument("--force", action="store_true", help="retrain runs that already have a record")
+    add_launcher_arguments(submit)
+    submit.set_defaults(func=cmd_submit)
     board = sub.add_parser("leaderboard", help="rebuild leaderboard.md from a folder of run records")
     board.add_argument("runs_dir")
     board.add_argument("--out", default="leaderboard.md")
@@ -73,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args, rest = build_parser().parse_known_args(argv)
-    if rest and args.command != "run":
+    if rest and args.command not in ("run", "submit", "table"):
         console.print(f"[red]mtobench {args.command}: unexpected arguments {rest}[/]")
         return 2
     try:

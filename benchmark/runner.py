@@ -18,9 +18,11 @@ from benchmark import tasks as T
 from benchmark.config import MethodConfig, SuiteConfig
 from benchmark.methods import Needs, create
 from benchmark.methods.presets import resolve
+from benchmark.methods.registry import PLUGIN_ORIGINS
 from benchmark.module import MTOModule
 from benchmark.names import unknown_name
 from benchmark.records import SCHEMA_VERSION, git_state, package_versions, record_path, write_json_atomic
+from benchmark.sweep import SWEEP_METHOD, simplex_grid, sweep_label
 from datamodules import DATAMODULES
 from models import MODELS
 
@@ -42,6 +44,7 @@ class PlannedRun:
     model_overrides: dict = field(default_factory=dict)
     update_every: int = 1
     preset: str | None = None
+    sweep: bool = False
 
 
 def method_preset(suite: SuiteConfig, m: MethodConfig) -> str | None:
@@ -89,6 +92,12 @@ def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
         for m in suite.methods
         for seed in suite.seeds
     ]
+    if suite.sweep.points:
+        runs += [
+            PlannedRun(SWEEP_METHOD, {"weights": list(w)}, seed, f"{base}/{sweep_label(w)}/seed{seed}", sweep=True)
+            for w in simplex_grid(len(task_names), suite.sweep.points)
+            for seed in suite.seeds
+        ]
     if suite.stl:
         runs += [
             PlannedRun(STL_METHOD, {}, seed, f"{base}/stl-{task}/seed{seed}", stl_task=task)
@@ -173,6 +182,8 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "method": run.method if run.stl_task is None else f"stl-{run.stl_task}",
         "method_label": run.run_id.split("/")[-2],
         "kind": "mtl" if run.stl_task is None else "stl",
+        "sweep": run.sweep,
+        "method_origin": PLUGIN_ORIGINS.get(run.method, "built-in"),
         "stl_task": run.stl_task,
         "method_hparams": module.method.hparams(),
         "preset": run.preset,
@@ -199,8 +210,10 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
     }
 
 
-def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
-    """Train every planned run whose record does not exist yet; return the record paths of the suite."""
+def run_suite(suite: SuiteConfig, force: bool = False, launcher: str = "none", workers: int = 1) -> list[Path]:
+    """Train every planned run whose record does not exist yet; return the record paths of the suite.
+
+    ``launcher`` ``local`` or ``slurm`` trains each run as a submitit job (``benchmark/launch.py``)."""
     dm = create_datamodule(suite)
     dm.prepare_data()
     dm.setup("fit")
@@ -210,6 +223,11 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
     if len(todo) < len(runs):
         console.print(f"[dim]{len(runs) - len(todo)} of {len(runs)} runs already have records in {out}; skipped[/]")
+    if launcher != "none":
+        from benchmark.launch import launch_runs
+
+        launch_runs(suite, todo, launcher, workers)
+        return [record_path(out, r.run_id) for r in runs]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
