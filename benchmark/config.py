@@ -166,3 +166,10 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
     for ok, key, value, why in checks:
         if not ok:
             raise ValueError(f"suite file {path}: {key}={value!r} {why}")
+    if suite.stl_baseline != "measured":
+        from benchmark.baselines import published_baseline
+
+        try:
+            published_baseline(suite.stl_baseline)
+        except (KeyError, FileNotFoundError) as exc:
+            raise ValueError(f"suite file {path}: stl_baseline={suite.stl_baseline!r}: {exc.args[0]}") from exc
