@@ -66,17 +66,24 @@ def published_baseline(baseline_id: str, path: str | os.PathLike[str] | None = N
     return PublishedBaseline(baseline_id, values, source, str(resolved))
 
 
-def match_metrics(published: Mapping[str, float], record_keys: Sequence[str]) -> tuple[dict[str, float], list[str]]:
-    """Published values keyed by the record's ``<task>/<metric>`` keys (matched on ``<metric>``, which must be
-    unique among the record keys), and the record keys without a published value."""
+def metric_key_map(names: Sequence[str], record_keys: Sequence[str]) -> dict[str, str]:
+    """Published metric name -> the record's ``<task>/<metric>`` key with that ``<metric>`` (which must be unique
+    among the record keys); names without a match are left out."""
     by_metric: dict[str, list[str]] = {}
     for key in record_keys:
         by_metric.setdefault(key.rsplit("/", 1)[-1], []).append(key)
-    matched = {}
-    for name, value in published.items():
+    out = {}
+    for name in names:
         keys = by_metric.get(name, [])
         if len(keys) > 1:
-            raise ValueError(f"published baseline metric {name!r} matches several record metrics {keys}")
+            raise ValueError(f"published metric {name!r} matches several record metrics {keys}")
         if keys:
-            matched[keys[0]] = value
+            out[name] = keys[0]
+    return out
+
+
+def match_metrics(published: Mapping[str, float], record_keys: Sequence[str]) -> tuple[dict[str, float], list[str]]:
+    """Published values keyed by the record's ``<task>/<metric>`` keys (see :func:`metric_key_map`), and the
+    record keys without a published value."""
+    matched = {key: published[name] for name, key in metric_key_map(list(published), record_keys).items()}
     return matched, [k for k in record_keys if k not in matched]

@@ -45,6 +45,24 @@ def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_table(args: argparse.Namespace, overrides: list[str]) -> int:
+    from benchmark.paper_tables import DataMissing, dry_run, load_protocol, resolve, run_table
+
+    entry = resolve(args.name, args.tables)
+    suite = load_protocol(entry, overrides)
+    if args.dry_run:
+        console.print(dry_run(entry, suite), highlight=False)
+        return 0
+    try:
+        comparison, path = run_table(entry, suite, args.out)
+    except DataMissing as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
+    console.print(comparison.markdown, highlight=False, markup=False)
+    console.print(f"[green]comparison written to {path}[/]")
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
     from benchmark.leaderboard import write_leaderboard
 
@@ -77,6 +95,7 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from benchmark.paper_tables import TABLES_FILE
     from benchmark.scoring import SELECTION_RULES
 
     parser = argparse.ArgumentParser(prog="mtobench", description="Benchmark multi-task optimization methods.")
@@ -99,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", default="leaderboard.md")
     board.add_argument("--rule", default="last", choices=SELECTION_RULES)
     board.set_defaults(func=cmd_leaderboard)
+    table = sub.add_parser("table", help="run a paper's protocol and compare with its published table",
+                           epilog="Names are listed in configs/tables.yaml; suite fields can be overridden.")
+    table.add_argument("name", help="e.g. nashmtl-cityscapes, cso-nyud, cso-ablation")
+    table.add_argument("--dry-run", action="store_true", help="show the grid and an estimated cost; train nothing")
+    table.add_argument("--out", help="where to write the comparison (default: beside the suite's records)")
+    table.add_argument("--tables", default=str(TABLES_FILE), help="the table registry")
+    table.set_defaults(func=cmd_table)
     methods = sub.add_parser("methods", help="list the built-in and plugin methods")
     methods.set_defaults(func=cmd_methods)
     return parser
