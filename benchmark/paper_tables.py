@@ -162,6 +162,11 @@ def compare(table: Mapping[str, Any], summary: DatasetSummary, aliases: Mapping[
             for n in names), _fmt(None if mine is None or reported is None else mine - reported, 2)])
     for label, row in ours.items():
         body.append(_our_line(label, row, names, keys, decimals, our_delta(row)))
+    published_stl = (table.get("baseline") or {}).get("values") or {}
+    if published_stl or baseline:
+        body.append([(table.get("baseline") or {}).get("method", "STL"), "published baseline",
+                     *(_fmt(published_stl.get(n), decimals[n]) for n in names), ""])
+        body.append(["STL", "our baseline", *(_fmt(baseline.get(n), decimals[n]) for n in names), ""])
     return Comparison(_markdown(table, summary, title, header, body, flagged, unmatched, baseline), flagged, unmatched)
 
 

@@ -113,6 +113,8 @@ def test_table_runs_the_protocol_and_compares(setup, capsys):
     assert "| Nash-MTL | published | 30.00 | 1.00 | 55.00 | -41.67 |" in lines
     assert "| Random Weights | published | 18.00 | 1.50 | 49.00 | 9.00 ⚠ recomputes to 5.00 |" in lines
     assert "* Random Weights: published delta_m 9.0 recomputes to 5.00 from its row" in text
+    assert "| STL | published baseline | 20.00 | 1.50 | 50.00 |  |" in lines
+    assert "| STL | our baseline | 20.00 | 1.50 | — |  |" in lines
     assert "STL baseline: published `toy_table` (Toy et al. 2030, Table 2" in text
     assert "do not log: odsf" in text and (tmp_path / "runs" / "leaderboard.md").is_file()
 
