@@ -25,6 +25,10 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     except JobsFailed as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         return 1
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # a DDP rank other than 0: rank 0 writes the records and the leaderboard
+        return 0
     out = Path(suite.leaderboard)
     write_leaderboard(Path(suite.output_dir) / suite.name, out, suite.selection, plot=True)
     console.print(f"[green]leaderboard written to {out} (plots beside it)[/]")

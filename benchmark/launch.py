@@ -26,13 +26,15 @@ class JobsFailed(RuntimeError):
 POLL_S = 0.5
 
 
-def run_job(suite: SuiteConfig, run: PlannedRun) -> str:
-    """One job: train ``run`` and write its record; returns the record's path."""
+def run_job(suite: SuiteConfig, run: PlannedRun) -> str | None:
+    """One job: train ``run`` and write its record; returns the record's path (None on DDP ranks other than 0)."""
     dm = create_datamodule(suite)
     dm.prepare_data()
     dm.setup("fit")
     with Progress(console=console, disable=True) as progress:
         record = train_one(suite, run, dm, progress)
+    if record is None:
+        return None
     path = record_path(Path(suite.output_dir), run.run_id)
     write_json_atomic(path, record)
     return str(path)

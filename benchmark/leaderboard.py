@@ -4,7 +4,8 @@ Records are grouped by ``(suite, dataset)``. Within a group, MTL runs are groupe
 ``method``; split further by ``method_hparams`` if those differ), each row aggregating its seeds. The STL
 baseline of a metric is the mean, over the suite's single-task runs of that metric's task, of the selected
 metric values; Δm is computed per seed against it. Nothing is skipped silently: unfinished runs, missing STL
-tasks and short logs each produce a note in the output.
+tasks and short logs each produce a note in the output. Metrics of auxiliary tasks (the record's ``tasks`` entry
+has ``auxiliary: true``, e.g. CSO's edges) are shown as columns but enter neither Δm, nor MR, nor the STL check.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class MetricSpec:
     direction: str
     unit: str | None
     task: str
+    auxiliary: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,11 @@ def _metric_specs(records: Sequence[Mapping[str, Any]]) -> list[MetricSpec]:
     specs: dict[str, MetricSpec] = {}
     owner: dict[str, str] = {}
     mtl = [r for r in records if r["kind"] == "mtl"]
+    auxiliary = {t["name"] for r in records for t in r.get("tasks") or [] if t.get("auxiliary")}
     for record in mtl or records:
         for key, spec in record["metrics"].items():
-            new = MetricSpec(key, spec["direction"], spec.get("unit"), _metric_task(key, spec))
+            task = _metric_task(key, spec)
+            new = MetricSpec(key, spec["direction"], spec.get("unit"), task, task in auxiliary)
             if key in specs and specs[key].direction != new.direction:
                 raise ValueError(
                     f"metric {key!r} is {specs[key].direction!r} in run {owner[key]} "
@@ -332,7 +336,7 @@ def _method_rows(
     ew_records = _ew_records(mtl)
     ew_step = _timing_mean(ew_records, "step_time_mean_s") if ew_records else None
     ew_mem = _memory_mean(ew_records) if ew_records else None
-    directions = {s.key: s.direction for s in specs}
+    directions = {s.key: s.direction for s in specs if not s.auxiliary}
     delta_directions = {k: directions[k] for k in (delta_keys if delta_keys is not None else directions)}
     rows = []
     for (base_label, hparams), runs in variants.items():
@@ -355,7 +359,7 @@ def _method_rows(
                 diagnostics=_diagnostics(runs),
             )
         )
-    if rows and specs:
+    if rows and directions:
         ranks = mean_rank({r.label: {k: s.mean for k, s in r.metrics.items()} for r in rows}, directions)
         rows = [_with_rank(r, ranks[r.label]) for r in rows]
     return sorted(rows, key=_row_order)
@@ -439,26 +443,27 @@ def _summarize_group(
     suite: str, dataset: str, records: Sequence[Mapping[str, Any]], rule: str, skipped: Sequence[str]
 ) -> DatasetSummary:
     specs = _metric_specs(records)
+    scored = [s for s in specs if not s.auxiliary]
     mtl = [r for r in records if r["kind"] == "mtl" and not r.get("sweep")]
     sweep = [r for r in records if r["kind"] == "mtl" and r.get("sweep")]
     stl = [r for r in records if r["kind"] == "stl"]
-    val_baseline = _val_baseline(stl, specs) if rule == "best-val" else None
+    val_baseline = _val_baseline(stl, scored) if rule == "best-val" else None
     picks, notes = _pick(records, rule, val_baseline)
     choice = _stl_choice(records)
     if choice == MEASURED:
-        baseline, missing_tasks, stl_notes = _stl_baseline(stl, specs, picks)
+        baseline, missing_tasks, stl_notes = _stl_baseline(stl, scored, picks)
         source = MEASURED
         if missing_tasks:
             stl_notes.append(f"No STL run for task(s) {', '.join(missing_tasks)}: Δm is n/a.")
-        delta_keys = [s.key for s in specs] if all(s.key in baseline for s in specs) and specs else None
+        delta_keys = [s.key for s in scored] if scored and all(s.key in baseline for s in scored) else None
     else:
         published = published_baseline(choice)
-        baseline, unmatched = match_metrics(published.values, [s.key for s in specs])
+        baseline, unmatched = match_metrics(published.values, [s.key for s in scored])
         source = f"published `{published.id}` ({published.source}; {Path(published.path).name})"
-        missing_tasks = sorted({s.task for s in specs if not any(k.startswith(f"{s.task}/") for k in baseline)})
+        missing_tasks = sorted({s.task for s in scored if not any(k.startswith(f"{s.task}/") for k in baseline)})
         stl_notes = [f"Metrics without a published baseline value, left out of Δm: {', '.join(unmatched)}."] \
             if unmatched else []
-        delta_keys = [s.key for s in specs if s.key in baseline] or None
+        delta_keys = [s.key for s in scored if s.key in baseline] or None
     notes = [*skipped, *notes, *stl_notes]
     rows = _method_rows(mtl, specs, picks, baseline if delta_keys else None, delta_keys)
     sweep_rows = _method_rows(sweep, specs, picks, baseline if delta_keys else None, delta_keys) if sweep else []
@@ -570,7 +575,8 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _summary_markdown(summary: DatasetSummary) -> list[str]:
-    metric_heads = [f"{s.key} {ARROWS.get(s.direction, '')}".rstrip() for s in summary.metrics]
+    metric_heads = [f"{s.key} {ARROWS.get(s.direction, '')}{' (aux)' if s.auxiliary else ''}".rstrip()
+                    for s in summary.metrics]
     lines = [
         f"## {summary.dataset} — suite `{summary.suite}`",
         "",

@@ -231,12 +231,12 @@ def estimate_step_seconds(suite: SuiteConfig, tasks: list, input_shape: Sequence
     return elapsed / steps, str(device)
 
 
-def dry_run(entry: TableEntry, suite: SuiteConfig, time_steps: int = 3) -> str:
+def dry_run(entry: TableEntry, suite: SuiteConfig, time_steps: int = 1) -> str:
     """The grid (runs, epochs, steps) and an estimated cost, without touching the data."""
     from benchmark.runner import create_datamodule, plan_runs
 
     tasks = create_datamodule(suite).tasks
-    runs = plan_runs(suite, [t.name for t in tasks])
+    runs = plan_runs(suite, [t.name for t in tasks if not t.auxiliary], [t.name for t in tasks])
     per_epoch = math.ceil(entry.train_size / suite.train.batch_size)
     per_run = per_epoch * suite.train.epochs
     step_s, device = estimate_step_seconds(suite, tasks, entry.input_shape, time_steps)
@@ -250,7 +250,8 @@ def dry_run(entry: TableEntry, suite: SuiteConfig, time_steps: int = 3) -> str:
         f"each run: {suite.train.epochs} epochs x {per_epoch} steps ({entry.train_size} training inputs / batch "
         f"{suite.train.batch_size}, from {TABLES_FILE.name}) = {per_run} steps; {per_run * len(runs)} steps in all",
         f"estimated cost: about {total / 3600:.1f} h on {device} ({step_s:.3f} s per EW step of "
-        f"{suite.model.name} on random {'x'.join(map(str, entry.input_shape))} input, mean of {time_steps} steps). "
+        f"{suite.model.name} on random {'x'.join(map(str, entry.input_shape))} input; {time_steps} timed step(s) "
+        "after one warm-up). "
         "An estimate: data loading and evaluation are not counted, and methods that need per-task gradients take "
         "up to T backward passes per step.",
     ]

@@ -84,7 +84,11 @@ def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None)
         raise ValueError(f"model {suite.model.name!r}: bad model params {params}: {exc}") from exc
 
 
-def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
+def plan_runs(suite: SuiteConfig, task_names: list[str], trained: list[str] | None = None) -> list[PlannedRun]:
+    """The grid: methods x seeds, the sweep's weight vectors x seeds, single-task runs of ``task_names`` x seeds.
+
+    ``trained``: every task in the model's order, auxiliary ones included (default ``task_names``); the sweep
+    varies the weights of ``task_names`` and gives auxiliary tasks weight 1."""
     base = f"{suite.name}/{suite.dataset.name}"
     runs = [
         PlannedRun(m.name, resolved_hparams(suite, m), seed, f"{base}/{m.key}/seed{seed}",
@@ -93,11 +97,11 @@ def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
         for seed in suite.seeds
     ]
     if suite.sweep.points:
-        runs += [
-            PlannedRun(SWEEP_METHOD, {"weights": list(w)}, seed, f"{base}/{sweep_label(w)}/seed{seed}", sweep=True)
-            for w in simplex_grid(len(task_names), suite.sweep.points)
-            for seed in suite.seeds
-        ]
+        order = trained or task_names
+        for grid in simplex_grid(len(task_names), suite.sweep.points):
+            w = [dict(zip(task_names, grid)).get(t, 1.0) for t in order]
+            runs += [PlannedRun(SWEEP_METHOD, {"weights": w}, seed, f"{base}/{sweep_label(w)}/seed{seed}", sweep=True)
+                     for seed in suite.seeds]
     if suite.stl:
         runs += [
             PlannedRun(STL_METHOD, {}, seed, f"{base}/stl-{task}/seed{seed}", stl_task=task)
@@ -139,8 +143,8 @@ class GridProgress(L.Callback):
         self.progress.remove_task(self.task)
 
 
-def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> dict:
-    """Train one run and return its record (the caller writes it)."""
+def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> dict | None:
+    """Train one run and return its record (the caller writes it); None on DDP ranks other than 0."""
     L.seed_everything(run.seed, workers=True, verbose=False)
     tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
     model = create_model(suite, tasks, run.model_overrides)
@@ -151,7 +155,8 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> di
                        clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule,
                        update_every=run.update_every, optimizer=t.optimizer, momentum=t.momentum,
                        lr_step_size=t.lr_step_size, lr_gamma=t.lr_gamma)
-    trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
+    trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, precision=t.precision, logger=False,
+                        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, sync_batchnorm=t.sync_batchnorm,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         deterministic=True, num_sanity_val_steps=0,
                         callbacks=[GridProgress(progress, run.run_id)])
@@ -161,7 +166,7 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> di
     trainer.fit(module, train_dataloaders=dm.train_dataloader(seed=run.seed),
                 val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
     wall = time.perf_counter() - start
-    return make_record(suite, run, dm, tasks, module, trainer, wall)
+    return make_record(suite, run, dm, tasks, module, trainer, wall) if trainer.is_global_zero else None
 
 
 def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wall: float) -> dict:
@@ -195,15 +200,17 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "versions": package_versions(),
         **git_state(),
         "device": str(device),
+        "world_size": trainer.world_size,
         "jacobian_mode": module.engine.resolved_mode,
         "tasks": [{"name": t.name, "kind": t.kind, "num_classes": t.num_classes, "ignore_index": t.ignore_index,
-                   "output_bias": t.output_bias}
+                   "output_bias": t.output_bias, "pos_weight": t.pos_weight, "auxiliary": t.auxiliary}
                   for t in tasks],
         "metrics": infos,
         "epochs": module.history,
         "timing": {"step_time_mean_s": float(times.mean()), "step_time_median_s": float(times.median()),
                    "steps": len(module.step_times), "wall_time_s": wall, **memory},
         "nan_skips": module.nan_skips,
+        "amp_skipped_steps": module.amp_skipped_steps,
         "method_stats": module.method_summary(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": "finished",
@@ -218,7 +225,7 @@ def run_suite(suite: SuiteConfig, force: bool = False, launcher: str = "none", w
     dm.prepare_data()
     dm.setup("fit")
     check_methods(suite, dm.tasks)
-    runs = plan_runs(suite, [t.name for t in dm.tasks])
+    runs = plan_runs(suite, [t.name for t in dm.tasks if not t.auxiliary], [t.name for t in dm.tasks])
     out = Path(suite.output_dir)
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
     if len(todo) < len(runs):
@@ -234,6 +241,7 @@ def run_suite(suite: SuiteConfig, force: bool = False, launcher: str = "none", w
         grid = progress.add_task(f"suite {suite.name}", total=len(todo))
         for run in todo:
             record = train_one(suite, run, dm, progress)
-            write_json_atomic(record_path(out, run.run_id), record)
+            if record is not None:
+                write_json_atomic(record_path(out, run.run_id), record)
             progress.advance(grid)
     return [record_path(out, r.run_id) for r in runs]

@@ -73,6 +73,12 @@ def test_registry_names_every_protocol_and_its_table():
     cso = load_suite(entries["cso-cityscapes"].suite)
     assert (cso.dataset.name, cso.model.name, cso.stl_baseline) == ("cityscapes", "segnet", "cso_t3_cityscapes")
     assert [m.model for m in cso.methods if m.name == "cso"] == [{"task_bn": True}]
+    t = cso.train
+    assert (t.optimizer, t.lr, t.lr_schedule, t.lr_step_size, t.lr_gamma, t.epochs, t.batch_size) == (
+        "adam", 5e-5, "step", 100, 0.5, 200, 8)
+    assert cso.seeds == [0, 1, 2] and cso.reference_table == "cso_t3_cityscapes"
+    published = {r["method"] for r in tables["cso_t3_cityscapes"]["rows"]}
+    assert {m.key for m in cso.methods} <= published
     with pytest.raises(KeyError, match="unknown table 'nashmtl'.*nashmtl-cityscapes"):
         resolve("nashmtl")
 

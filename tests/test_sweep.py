@@ -102,5 +102,7 @@ def test_sweep_runs_are_planned_and_trained(tmp_path: Path):
     assert "Linear-scalarization sweep" in board and "3 weight vectors" in board
     assert all(f"| sweep-{w} | 1 |" in board for w in ("3.00-0.00-0.00", "0.00-3.00-0.00", "0.00-0.00-3.00"))
     assert "| ew | 1 |" in board and "| sweep-" not in board.split("Linear-scalarization sweep")[0]
+    aux = plan_runs(load_suite(suite_file, overrides), ["semseg", "depth"], ["semseg", "edge", "depth"])
+    assert [r.hparams["weights"] for r in aux if r.sweep] == [[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]]
     with pytest.raises(ValueError, match="sweep.points=1"):
         load_suite(suite_file, ["--suite.sweep", "{points: 1}"])
