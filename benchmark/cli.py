@@ -15,13 +15,18 @@ console = Console()
 
 def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     from benchmark.config import load_suite
+    from benchmark.launch import JobsFailed
     from benchmark.leaderboard import write_leaderboard
     from benchmark.runner import run_suite
 
     if args.no_wandb:
         overrides = [*overrides, "--suite.logging.wandb", "off"]
     suite = load_suite(args.suite_file, overrides)
-    run_suite(suite, force=args.force)
+    try:
+        run_suite(suite, force=args.force, launcher=args.launcher, workers=args.workers)
+    except JobsFailed as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:  # a DDP rank other than 0: rank 0 writes the records and the leaderboard
@@ -29,6 +34,38 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     out = Path(suite.leaderboard)
     write_leaderboard(Path(suite.output_dir) / suite.name, out, suite.selection, plot=True)
     console.print(f"[green]leaderboard written to {out} (plots beside it)[/]")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
+    from benchmark.config import load_suite
+    from benchmark.submit import submit, validate_plugin
+
+    if args.suite is None:
+        validate_plugin(args.entry_point)
+        console.print(f"[green]plugin {args.entry_point!r} passes every check[/]")
+        return 0
+    out = submit(args.entry_point, load_suite(args.suite, overrides), force=args.force, launcher=args.launcher,
+                 workers=args.workers)
+    console.print(f"[green]plugin {args.entry_point!r} validated; leaderboard written to {out}[/]")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace, overrides: list[str]) -> int:
+    from benchmark.paper_tables import DataMissing, dry_run, load_protocol, resolve, run_table
+
+    entry = resolve(args.name, args.tables)
+    suite = load_protocol(entry, overrides)
+    if args.dry_run:
+        console.print(dry_run(entry, suite), highlight=False)
+        return 0
+    try:
+        comparison, path = run_table(entry, suite, args.out)
+    except DataMissing as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
+    console.print(comparison.markdown, highlight=False, markup=False)
+    console.print(f"[green]comparison written to {path}[/]")
     return 0
 
 
@@ -66,7 +103,15 @@ def cmd_methods(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--launcher", default="none", choices=("none", "local", "slurm"),
+                        help="none: train in this process; local/slurm: one submitit job per run (suite 'launcher')")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="jobs running at once (local), or the SLURM array parallelism when > 1")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from benchmark.paper_tables import TABLES_FILE
     from benchmark.scoring import SELECTION_RULES
 
     parser = argparse.ArgumentParser(prog="mtobench", description="Benchmark multi-task optimization methods.")
@@ -76,12 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("suite_file")
     run.add_argument("--force", action="store_true", help="retrain runs that already have a record")
     run.add_argument("--no-wandb", action="store_true", help="no W&B logging (same as --suite.logging.wandb=off)")
+    add_launcher_arguments(run)
     run.set_defaults(func=cmd_run)
+    submit = sub.add_parser("submit", help="validate a method plugin (entry point) and run it on a suite",
+                            epilog="Without --suite only the validation runs.")
+    submit.add_argument("entry_point", help="the plugin's name in the mtobench.methods entry-point group")
+    submit.add_argument("--suite", help="suite YAML to run the plugin on, next to the suite's methods")
+    submit.add_argument("--force", action="store_true", help="retrain runs that already have a record")
+    add_launcher_arguments(submit)
+    submit.set_defaults(func=cmd_submit)
     board = sub.add_parser("leaderboard", help="rebuild leaderboard.md from a folder of run records")
     board.add_argument("runs_dir")
     board.add_argument("--out", default="leaderboard.md")
     board.add_argument("--rule", default="last", choices=SELECTION_RULES)
     board.set_defaults(func=cmd_leaderboard)
+    table = sub.add_parser("table", help="run a paper's protocol and compare with its published table",
+                           epilog="Names are listed in configs/tables.yaml; suite fields can be overridden.")
+    table.add_argument("name", help="e.g. nashmtl-cityscapes, cso-nyud, cso-ablation")
+    table.add_argument("--dry-run", action="store_true", help="show the grid and an estimated cost; train nothing")
+    table.add_argument("--out", help="where to write the comparison (default: beside the suite's records)")
+    table.add_argument("--tables", default=str(TABLES_FILE), help="the table registry")
+    table.set_defaults(func=cmd_table)
     methods = sub.add_parser("methods", help="list the built-in and plugin methods")
     methods.set_defaults(func=cmd_methods)
     upload = sub.add_parser("wandb-sync", help="upload the offline W&B runs found below a runs folder (wandb sync)")
@@ -97,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args, rest = build_parser().parse_known_args(argv)
-    if rest and args.command != "run":
+    if rest and args.command not in ("run", "submit", "table"):
         console.print(f"[red]mtobench {args.command}: unexpected arguments {rest}[/]")
         return 2
     try:

@@ -87,6 +87,32 @@ class LoggingConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """Where ``mtobench run --launcher slurm|local`` sends the grid (one submitit job per run)."""
+
+    partition: str | None = None
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    timeout_min: int = 24 * 60
+    """The time limit of one run's job, in minutes."""
+    array_parallelism: int = 64
+    """SLURM: at most this many jobs of the array run at once (``--workers`` overrides it)."""
+    folder: str = "submitit"
+    """Logs and pickled jobs, below the suite's ``output_dir``."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run before each job (e.g. ``module load cuda``)."""
+
+
+@dataclass
+class SweepConfig:
+    """Fixed-weight linear scalarization runs drawing the front a method is judged against (Xin et al. 2022)."""
+
+    points: int = 0
+    """Weights per axis of the simplex grid (0: no sweep); T tasks give C(points + T - 2, T - 1) runs."""
+
+
+@dataclass
 class SuiteConfig:
     name: str
     methods: list[MethodConfig]
@@ -103,6 +129,10 @@ class SuiteConfig:
     preset: str | None = None
     """Default reproduction preset for every method that sets none (see ``MethodConfig.preset``)."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    stl_baseline: str = "measured"
+    """``measured`` (the suite's own single-task runs) or a key of ``baselines`` in ``reference_tables.yaml``."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,9 +185,22 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
         (suite.selection in SELECTION_RULES, "selection", suite.selection, f"must be one of {SELECTION_RULES}"),
         (suite.logging.log_every_n_steps >= 1, "logging.log_every_n_steps", suite.logging.log_every_n_steps,
          "must be >= 1"),
+        (suite.sweep.points == 0 or suite.sweep.points >= 2, "sweep.points", suite.sweep.points,
+         "must be 0 (no sweep) or >= 2"),
+        (suite.launcher.timeout_min >= 1, "launcher.timeout_min", suite.launcher.timeout_min, "must be >= 1"),
+        (suite.launcher.gpus_per_node >= 0, "launcher.gpus_per_node", suite.launcher.gpus_per_node, "must be >= 0"),
+        (suite.launcher.array_parallelism >= 1, "launcher.array_parallelism", suite.launcher.array_parallelism,
+         "must be >= 1"),
     ]
     keys = [m.key for m in suite.methods]
     checks.append((len(set(keys)) == len(keys), "methods", keys, "has duplicate names; give each a distinct label"))
     for ok, key, value, why in checks:
         if not ok:
             raise ValueError(f"suite file {path}: {key}={value!r} {why}")
+    if suite.stl_baseline != "measured":
+        from benchmark.baselines import published_baseline
+
+        try:
+            published_baseline(suite.stl_baseline)
+        except (KeyError, FileNotFoundError) as exc:
+            raise ValueError(f"suite file {path}: stl_baseline={suite.stl_baseline!r}: {exc.args[0]}") from exc

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.baselines import MEASURED, match_metrics, published_baseline
 from benchmark.records import SCHEMA_VERSION, write_text_atomic
 from benchmark.scoring import (
     LAST_K,
@@ -31,6 +32,8 @@ from benchmark.scoring import (
     select,
     select_with_info,
 )
+from benchmark.sweep import dominates, task_scores
+from benchmark.sweep import front as sweep_front
 
 EW_METHOD = "ew"
 DIAGNOSTICS = {
@@ -98,6 +101,14 @@ class DatasetSummary:
     baseline: dict[str, float]
     missing_stl_tasks: list[str]
     notes: list[str] = field(default_factory=list)
+    baseline_source: str = "measured"
+    """``measured`` or the published baseline used (id, source and file)."""
+    sweep_rows: list[MethodRow] = field(default_factory=list)
+    """The fixed-weight linear-scalarization runs (suite ``sweep``), one row per weight vector."""
+    front: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The non-dominated sweep rows: label -> per-task score (% improvement over STL, higher is better)."""
+    dominated_by: dict[str, list[str]] = field(default_factory=dict)
+    """Per method row: the front points that dominate it (empty: not dominated)."""
 
 
 def _metric_task(key: str, spec: Mapping[str, Any]) -> str:
@@ -309,8 +320,10 @@ def _method_rows(
     specs: Sequence[MetricSpec],
     picks: Mapping[str, Mapping[str, float]],
     baseline: Mapping[str, float] | None,
+    delta_keys: Sequence[str] | None = None,
 ) -> list[MethodRow]:
-    """One row per method variant, sorted by Δm (n/a and NaN last); ``baseline`` None means no Δm."""
+    """One row per method variant, sorted by Δm (n/a and NaN last); ``baseline`` None means no Δm. Δm is over
+    ``delta_keys`` (default: every metric)."""
     variants: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for record in mtl:
         absent = [s.key for s in specs if s.key not in picks[record["run_id"]]]
@@ -324,13 +337,14 @@ def _method_rows(
     ew_step = _timing_mean(ew_records, "step_time_mean_s") if ew_records else None
     ew_mem = _memory_mean(ew_records) if ew_records else None
     directions = {s.key: s.direction for s in specs if not s.auxiliary}
+    delta_directions = {k: directions[k] for k in (delta_keys if delta_keys is not None else directions)}
     rows = []
     for (base_label, hparams), runs in variants.items():
         label = _variant_label(base_label, hparams, per_label[base_label] > 1)
         _check_seeds(label, runs)
         runs = sorted(runs, key=lambda r: r["seed"])
         values = [picks[r["run_id"]] for r in runs]
-        dm = None if baseline is None else seed_stats([delta_m(v, baseline, directions) for v in values])
+        dm = None if baseline is None else seed_stats([delta_m(v, baseline, delta_directions) for v in values])
         rows.append(
             MethodRow(
                 label=label,
@@ -386,6 +400,29 @@ def _diagnostics_markdown(rows: Sequence[MethodRow]) -> list[str]:
     return ["", *_table(["method", *map(head, keys)], body), "", legend]
 
 
+def _sweep_markdown(summary: DatasetSummary) -> list[str]:
+    """The linear-scalarization sweep: its points, its front, and which methods the front dominates."""
+    if not summary.sweep_rows:
+        return []
+    lines = ["", f"Linear-scalarization sweep (fixed loss weights, Xin et al. 2022): {len(summary.sweep_rows)} "
+             "weight vectors on the simplex grid, summing to T (EW's scale).", ""]
+    heads = [f"{s.key} {ARROWS.get(s.direction, '')}".rstrip() for s in summary.metrics]
+    body = [[r.label, str(len(r.seeds)), *(_pm(r.metrics[s.key], _decimals(s.unit)) for s in summary.metrics),
+             _pm(r.delta_m, 2), "yes" if r.label in summary.front else "no"] for r in summary.sweep_rows]
+    lines += _table(["weights", "seeds", *heads, "Δm% ↓", "on the front"], body)
+    if summary.front:
+        tasks = list(next(iter(summary.front.values())))
+        lines += ["", "Methods against the front (per-task score: mean % improvement over STL of the task's metrics "
+                  "in Δm, higher is better; dominated: some front point is at least as good on every task and "
+                  "better on one):", ""]
+        body = [[r.label, "yes: " + ", ".join(summary.dominated_by[r.label]) if summary.dominated_by[r.label]
+                 else "no"] for r in summary.rows]
+        lines += _table(["method", "dominated by the sweep's front"], body)
+        lines += [""] + _table(["front point", *tasks],
+                               [[label, *(f"{p[t]:.2f}" for t in tasks)] for label, p in summary.front.items()])
+    return lines
+
+
 def _stl_rows(
     stl: Sequence[Mapping[str, Any]], specs: Sequence[MetricSpec], picks: Mapping[str, Mapping[str, float]]
 ) -> list[StlRow]:
@@ -407,16 +444,30 @@ def _summarize_group(
 ) -> DatasetSummary:
     specs = _metric_specs(records)
     scored = [s for s in specs if not s.auxiliary]
-    mtl = [r for r in records if r["kind"] == "mtl"]
+    mtl = [r for r in records if r["kind"] == "mtl" and not r.get("sweep")]
+    sweep = [r for r in records if r["kind"] == "mtl" and r.get("sweep")]
     stl = [r for r in records if r["kind"] == "stl"]
     val_baseline = _val_baseline(stl, scored) if rule == "best-val" else None
     picks, notes = _pick(records, rule, val_baseline)
-    baseline, missing_tasks, stl_notes = _stl_baseline(stl, scored, picks)
+    choice = _stl_choice(records)
+    if choice == MEASURED:
+        baseline, missing_tasks, stl_notes = _stl_baseline(stl, scored, picks)
+        source = MEASURED
+        if missing_tasks:
+            stl_notes.append(f"No STL run for task(s) {', '.join(missing_tasks)}: Δm is n/a.")
+        delta_keys = [s.key for s in scored] if scored and all(s.key in baseline for s in scored) else None
+    else:
+        published = published_baseline(choice)
+        baseline, unmatched = match_metrics(published.values, [s.key for s in scored])
+        source = f"published `{published.id}` ({published.source}; {Path(published.path).name})"
+        missing_tasks = sorted({s.task for s in scored if not any(k.startswith(f"{s.task}/") for k in baseline)})
+        stl_notes = [f"Metrics without a published baseline value, left out of Δm: {', '.join(unmatched)}."] \
+            if unmatched else []
+        delta_keys = [s.key for s in scored if s.key in baseline] or None
     notes = [*skipped, *notes, *stl_notes]
-    if missing_tasks:
-        notes.append(f"No STL run for task(s) {', '.join(missing_tasks)}: Δm is n/a.")
-    complete = bool(scored) and all(s.key in baseline for s in scored)
-    rows = _method_rows(mtl, specs, picks, baseline if complete else None)
+    rows = _method_rows(mtl, specs, picks, baseline if delta_keys else None, delta_keys)
+    sweep_rows = _method_rows(sweep, specs, picks, baseline if delta_keys else None, delta_keys) if sweep else []
+    front, dominated = _judge(rows, sweep_rows, specs, baseline, delta_keys, notes)
     return DatasetSummary(
         suite,
         dataset,
@@ -428,7 +479,42 @@ def _summarize_group(
         baseline,
         missing_tasks,
         notes,
+        source,
+        sweep_rows,
+        front,
+        dominated,
     )
+
+
+def _stl_choice(records: Sequence[Mapping[str, Any]]) -> str:
+    """The suite's ``stl_baseline`` (``measured`` for records written before the field existed)."""
+    choices = {str((r.get("config") or {}).get("stl_baseline") or MEASURED) for r in records}
+    if len(choices) > 1:
+        raise ValueError(f"the records of one suite name different stl_baseline values {sorted(choices)}")
+    return choices.pop() if choices else MEASURED
+
+
+def _judge(
+    rows: Sequence[MethodRow], sweep_rows: Sequence[MethodRow], specs: Sequence[MetricSpec],
+    baseline: Mapping[str, float], delta_keys: Sequence[str] | None, notes: list[str],
+) -> tuple[dict[str, dict[str, float]], dict[str, list[str]]]:
+    """The sweep's front and, per method row, the front points dominating it, on per-task scores vs the STL
+    baseline (Xin et al. 2022)."""
+    if not sweep_rows:
+        return {}, {}
+    if not delta_keys:
+        notes.append("The sweep's front needs a complete STL baseline; it is not drawn.")
+        return {}, {}
+    directions = {s.key: s.direction for s in specs if s.key in delta_keys}
+    task_of = {s.key: s.task for s in specs}
+
+    def scores(row: MethodRow) -> dict[str, float]:
+        return task_scores({k: row.metrics[k].mean for k in directions}, baseline, directions, task_of)
+
+    points = {r.label: scores(r) for r in sweep_rows}
+    front = {label: points[label] for label in sweep_front(points)}
+    dominated = {r.label: [f for f, p in front.items() if dominates(p, scores(r))] for r in rows}
+    return front, dominated
 
 
 def _with_rank(row: MethodRow, rank: float) -> MethodRow:
@@ -468,6 +554,11 @@ def _seeds_line(rows: Sequence[MethodRow]) -> str:
 
 
 def _stl_line(summary: DatasetSummary) -> str:
+    if summary.baseline_source != MEASURED:
+        line = f"STL baseline: {summary.baseline_source}; Δm over the {len(summary.baseline)} metrics it gives"
+        if summary.stl_rows:
+            line += "; this suite's own STL runs are listed below for comparison"
+        return line + "."
     runs = sum(len(r.seeds) for r in summary.stl_rows)
     per_task = ", ".join(f"{r.task}: {len(r.seeds)}" for r in summary.stl_rows)
     line = f"STL baseline: measured by this suite: {runs} single-task runs, mean over seeds"
@@ -525,6 +616,7 @@ def _summary_markdown(summary: DatasetSummary) -> list[str]:
         lines += _table(header, body)
         lines += ["", LEGEND]
         lines += _diagnostics_markdown(summary.rows)
+        lines += _sweep_markdown(summary)
     else:
         lines.append("No MTL runs.")
     lines.append("")

@@ -18,10 +18,12 @@ from benchmark import tasks as T
 from benchmark.config import MethodConfig, SuiteConfig
 from benchmark.methods import Needs, create
 from benchmark.methods.presets import resolve
+from benchmark.methods.registry import PLUGIN_ORIGINS
 from benchmark.module import MTOModule
 from benchmark.names import unknown_name
 from benchmark.records import SCHEMA_VERSION, git_state, package_versions, record_path, write_json_atomic
 from benchmark.run_log import RunLog, run_log
+from benchmark.sweep import SWEEP_METHOD, simplex_grid, sweep_label
 from datamodules import DATAMODULES
 from models import MODELS
 
@@ -43,6 +45,7 @@ class PlannedRun:
     model_overrides: dict = field(default_factory=dict)
     update_every: int = 1
     preset: str | None = None
+    sweep: bool = False
 
 
 def method_preset(suite: SuiteConfig, m: MethodConfig) -> str | None:
@@ -87,21 +90,30 @@ def metric_table(tasks: list) -> dict[str, dict]:
     return {f"{t.name}/{i.key}": {"direction": i.direction, "unit": i.unit} for t in tasks for i in T.metric_infos(t)}
 
 
-def plan_runs(suite: SuiteConfig, task_names: list[str]) -> list[PlannedRun]:
-    """The grid: single-task baselines first (so MTL runs can log Δm against them), then method x seed."""
+def plan_runs(suite: SuiteConfig, task_names: list[str], trained: list[str] | None = None) -> list[PlannedRun]:
+    """The grid: single-task runs of ``task_names`` x seeds first (so MTL runs can log Δm against them), then
+    methods x seeds, then the sweep's weight vectors x seeds.
+
+    ``trained``: every task in the model's order, auxiliary ones included (default ``task_names``); the sweep
+    varies the weights of ``task_names`` and gives auxiliary tasks weight 1."""
     base = f"{suite.name}/{suite.dataset.name}"
     runs = [
+        PlannedRun(STL_METHOD, {}, seed, f"{base}/stl-{task}/seed{seed}", stl_task=task)
+        for task in (task_names if suite.stl else [])
+        for seed in suite.seeds
+    ]
+    runs += [
         PlannedRun(m.name, resolved_hparams(suite, m), seed, f"{base}/{m.key}/seed{seed}",
                    model_overrides=dict(m.model), update_every=m.update_every, preset=method_preset(suite, m))
         for m in suite.methods
         for seed in suite.seeds
     ]
-    if suite.stl:
-        runs = [
-            PlannedRun(STL_METHOD, {}, seed, f"{base}/stl-{task}/seed{seed}", stl_task=task)
-            for task in task_names
-            for seed in suite.seeds
-        ] + runs
+    if suite.sweep.points:
+        order = trained or task_names
+        for grid in simplex_grid(len(task_names), suite.sweep.points):
+            w = [dict(zip(task_names, grid)).get(t, 1.0) for t in order]
+            runs += [PlannedRun(SWEEP_METHOD, {"weights": w}, seed, f"{base}/{sweep_label(w)}/seed{seed}", sweep=True)
+                     for seed in suite.seeds]
     return runs
 
 
@@ -186,6 +198,8 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "method": run.method if run.stl_task is None else f"stl-{run.stl_task}",
         "method_label": run.run_id.split("/")[-2],
         "kind": "mtl" if run.stl_task is None else "stl",
+        "sweep": run.sweep,
+        "method_origin": PLUGIN_ORIGINS.get(run.method, "built-in"),
         "stl_task": run.stl_task,
         "method_hparams": module.method.hparams(),
         "preset": run.preset,
@@ -214,27 +228,42 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
     }
 
 
-def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
-    """Train every planned run whose record does not exist yet; return the record paths of the suite."""
+def run_suite(suite: SuiteConfig, force: bool = False, launcher: str = "none", workers: int = 1) -> list[Path]:
+    """Train every planned run whose record does not exist yet; return the record paths of the suite.
+
+    ``launcher`` ``local`` or ``slurm`` trains each run as a submitit job (``benchmark/launch.py``)."""
     dm = create_datamodule(suite)
     dm.prepare_data()
     dm.setup("fit")
     check_methods(suite, dm.tasks)
-    runs = plan_runs(suite, [t.name for t in dm.tasks if not t.auxiliary])
+    runs = plan_runs(suite, [t.name for t in dm.tasks if not t.auxiliary], [t.name for t in dm.tasks])
     out = Path(suite.output_dir)
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
     if len(todo) < len(runs):
         console.print(f"[dim]{len(runs) - len(todo)} of {len(runs)} runs already have records in {out}; skipped[/]")
+    if launcher != "none":
+        from benchmark.launch import launch_runs
+
+        launch_runs(suite, todo, launcher, workers)
+        return [record_path(out, r.run_id) for r in runs]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         grid = progress.add_task(f"suite {suite.name}", total=len(todo))
         for run in todo:
-            tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
-            with run_log(suite, run, metric_table(tasks)) as log:
-                record = train_one(suite, run, dm, progress, log)
-                if record is not None:
-                    write_json_atomic(record_path(out, run.run_id), record)
-                    log.attach_record(record_path(out, run.run_id), record)
+            train_and_write(suite, run, dm, progress)
             progress.advance(grid)
     return [record_path(out, r.run_id) for r in runs]
+
+
+def train_and_write(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> Path | None:
+    """Train ``run`` with its logging open and write its record; the record's path (None on DDP ranks > 0)."""
+    tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
+    with run_log(suite, run, metric_table(tasks)) as log:
+        record = train_one(suite, run, dm, progress, log)
+        if record is None:
+            return None
+        path = record_path(Path(suite.output_dir), run.run_id)
+        write_json_atomic(path, record)
+        log.attach_record(path, record)
+        return path

@@ -21,8 +21,9 @@ EXPECTED = {
 }
 
 
-CHECKED_ELSEWHERE = {"cso_nyud", "cso_pascal"}
-"""Checked by tests/test_data_nyud.py and tests/test_data_pascal.py (P3, P5)."""
+CHECKED_ELSEWHERE = {"cso_nyud", "cso_pascal", "cso_cityscapes", "mgda_ub_multimnist", "mgda_ub_celeba", "famo_celeba"}
+"""Checked by tests/test_data_nyud.py, test_data_pascal.py (P3, P5), test_paper_tables.py, test_data_multimnist.py
+and test_data_celeba.py."""
 
 
 def test_every_protocol_config_is_checked():

@@ -13,6 +13,7 @@ from benchmark.methods import (  # noqa: F401  (registration)
     ew,
     fairgrad,
     famo,
+    fixed,
     graddrop,
     gradnorm,
     gradvac,

@@ -7,12 +7,15 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from benchmark.methods.base import Method
+from benchmark.methods.checks import check_contract
 from benchmark.names import unknown_name
 
 ENTRY_POINT_GROUP = "mtobench.methods"
 _BUILTINS: dict[str, type[Method]] = {}
 _PLUGINS: dict[str, type[Method]] | None = None
 PLUGIN_ERRORS: dict[str, str] = {}
+PLUGIN_ORIGINS: dict[str, str] = {}
+"""Where each loaded plugin came from: ``entry point 'name' (module:Class) of package pkg``."""
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -45,12 +48,22 @@ def _plugins() -> dict[str, type[Method]]:
             except Exception as exc:  # noqa: BLE001 - any plugin failure is reported, not raised
                 PLUGIN_ERRORS[ep.name] = f"{where} failed to import: {exc!r}"
                 continue
-            if not (inspect.isclass(cls) and issubclass(cls, Method)):
-                PLUGIN_ERRORS[ep.name] = f"{where} is not a subclass of benchmark.methods.Method"
+            broken = check_contract(cls)
+            if broken:
+                PLUGIN_ERRORS[ep.name] = f"{where} breaks the method contract: {'; '.join(broken)}"
                 continue
             cls.registry_name = ep.name
             _PLUGINS[ep.name] = cls
+            PLUGIN_ORIGINS[ep.name] = where
     return _PLUGINS
+
+
+def reload_plugins() -> None:
+    """Forget the loaded plugins, so the next lookup scans the entry points again (after an install)."""
+    global _PLUGINS
+    _PLUGINS = None
+    PLUGIN_ERRORS.clear()
+    PLUGIN_ORIGINS.clear()
 
 
 def available() -> list[str]:
