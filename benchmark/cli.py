@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args, rest)
-    except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as exc:
+    except (ValueError, KeyError, OSError, FloatingPointError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         console.print(f"[red]error:[/] {message}", highlight=False)
         return 1

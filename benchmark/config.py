@@ -43,6 +43,9 @@ class TrainConfig:
     max_nan_skips: int = 10
     clip_shared_grad_norm: float | None = None
     accelerator: Literal["cpu", "cuda", "auto"] = "cpu"
+    checkpoint_every_n_batches: int = 0
+    """Checkpoint every this many training batches too (0: at every epoch end only); a killed run resumes from its
+    last checkpoint on the next ``mtobench run``."""
     precision: str = "32-true"
 
 
@@ -115,6 +118,8 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
         (t.lr > 0, "train.lr", t.lr, "must be > 0"),
         (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0"),
+        (t.checkpoint_every_n_batches >= 0, "train.checkpoint_every_n_batches", t.checkpoint_every_n_batches,
+         "must be >= 0"),
         (t.lr_step_size >= 1, "train.lr_step_size", t.lr_step_size, "must be >= 1"),
         (0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "must be in (0, 1]"),
         (0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)"),

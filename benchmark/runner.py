@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
@@ -15,12 +16,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from benchmark import tasks as T
+from benchmark.checkpointing import RunCheckpoint, check_resumable, checkpoint_path, fingerprint
 from benchmark.config import MethodConfig, SuiteConfig
 from benchmark.methods import Needs, create
 from benchmark.methods.presets import resolve
 from benchmark.module import MTOModule
 from benchmark.names import unknown_name
-from benchmark.records import SCHEMA_VERSION, git_state, package_versions, record_path, write_json_atomic
+from benchmark.records import (
+    SCHEMA_VERSION,
+    check_writable,
+    git_state,
+    package_versions,
+    record_path,
+    write_json_atomic,
+)
 from datamodules import DATAMODULES
 from models import MODELS
 
@@ -130,8 +139,16 @@ class GridProgress(L.Callback):
         self.progress.remove_task(self.task)
 
 
-def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> dict:
-    """Train one run and return its record (the caller writes it)."""
+def run_fingerprint(suite: SuiteConfig, run: PlannedRun) -> str:
+    """What a checkpoint must match to be resumed: the run, its dataset and model, and the training settings."""
+    train = {k: v for k, v in dataclasses.asdict(suite.train).items() if k != "checkpoint_every_n_batches"}
+    return fingerprint({"run": dataclasses.asdict(run), "dataset": dataclasses.asdict(suite.dataset),
+                        "model": dataclasses.asdict(suite.model), "train": train})
+
+
+def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, out: Path | None = None) -> dict:
+    """Train one run and return its record (the caller writes it). With ``out``, the run checkpoints itself
+    beside its record and resumes from a checkpoint found there (``weights_only=True``)."""
     L.seed_everything(run.seed, workers=True, verbose=False)
     tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
     model = create_model(suite, tasks, run.model_overrides)
@@ -142,15 +159,23 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> di
                        clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule,
                        update_every=run.update_every, optimizer=t.optimizer, momentum=t.momentum,
                        lr_step_size=t.lr_step_size, lr_gamma=t.lr_gamma)
+    train_loader = dm.train_dataloader(seed=run.seed)
+    callbacks, resume = [GridProgress(progress, run.run_id)], None
+    if out is not None:
+        ckpt, key = checkpoint_path(out, run.run_id), run_fingerprint(suite, run)
+        callbacks.append(RunCheckpoint(ckpt, key, t.checkpoint_every_n_batches, getattr(train_loader, "sampler", None)))
+        if ckpt.exists():
+            check_resumable(ckpt, key)
+            resume = ckpt
+            console.print(f"[yellow]{run.run_id}: resuming from {ckpt}[/]")
     trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        deterministic=True, num_sanity_val_steps=0,
-                        callbacks=[GridProgress(progress, run.run_id)])
+                        enable_checkpointing=out is not None, enable_progress_bar=False, enable_model_summary=False,
+                        deterministic=True, num_sanity_val_steps=0, callbacks=callbacks)
     if trainer.strategy.root_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=dm.train_dataloader(seed=run.seed),
-                val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()],
+                ckpt_path=resume, weights_only=True)
     wall = time.perf_counter() - start
     return make_record(suite, run, dm, tasks, module, trainer, wall)
 
@@ -193,6 +218,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "timing": {"step_time_mean_s": float(times.mean()), "step_time_median_s": float(times.median()),
                    "steps": len(module.step_times), "wall_time_s": wall, **memory},
         "nan_skips": module.nan_skips,
+        "resumes": module.resumes,
         "method_stats": module.method_summary(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": "finished",
@@ -200,13 +226,15 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
 
 
 def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
-    """Train every planned run whose record does not exist yet; return the record paths of the suite."""
+    """Train every planned run whose record does not exist yet (resuming from its checkpoint, if any; ``force``
+    retrains from scratch); return the record paths of the suite."""
+    out = Path(suite.output_dir)
+    check_writable(out, "output_dir")
     dm = create_datamodule(suite)
     dm.prepare_data()
     dm.setup("fit")
     check_methods(suite, dm.tasks)
     runs = plan_runs(suite, [t.name for t in dm.tasks])
-    out = Path(suite.output_dir)
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
     if len(todo) < len(runs):
         console.print(f"[dim]{len(runs) - len(todo)} of {len(runs)} runs already have records in {out}; skipped[/]")
@@ -215,7 +243,10 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
     with Progress(*columns, console=console) as progress:
         grid = progress.add_task(f"suite {suite.name}", total=len(todo))
         for run in todo:
-            record = train_one(suite, run, dm, progress)
+            if force:
+                checkpoint_path(out, run.run_id).unlink(missing_ok=True)
+            record = train_one(suite, run, dm, progress, out)
             write_json_atomic(record_path(out, run.run_id), record)
+            checkpoint_path(out, run.run_id).unlink(missing_ok=True)
             progress.advance(grid)
     return [record_path(out, r.run_id) for r in runs]

@@ -21,6 +21,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.sampling import EpochShuffleSampler
 from datamodules.scene_render import CLASS_NAMES, GENERATOR_VERSION, render_quantised
 from datamodules.task_spec import TaskSpec
 
@@ -202,13 +203,15 @@ class SyntheticScenesDataModule(lightning.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, seed: int | None = None) -> DataLoader:
         if split not in self.datasets:
             self.setup()
-        generator = torch.Generator().manual_seed(self.seed if seed is None else seed) if shuffle else None
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          generator=generator, drop_last=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        seed = self.seed if seed is None else seed
+        sampler = EpochShuffleSampler(len(self.datasets[split]), seed) if shuffle else None
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, sampler=sampler,
+                          generator=torch.Generator().manual_seed(seed), drop_last=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self, seed: int | None = None) -> DataLoader:
-        """Shuffled training batches; the order is drawn from ``seed`` (a run's seed), else the dataset seed."""
+        """Shuffled training batches in an order drawn from ``(seed, epoch)`` (``seed``: a run's seed, else the
+        dataset seed; the epoch is set by Lightning through ``sampler.set_epoch``)."""
         return self._loader("train", shuffle=True, seed=seed)
 
     def val_dataloader(self) -> DataLoader:
