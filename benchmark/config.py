@@ -89,7 +89,8 @@ class SuiteConfig:
 
 
 def suite_parser(prog: str = "mtobench run") -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, exit_on_error=False, description="Train a suite: dataset x method x seed.")
+    parser = ArgumentParser(prog=prog, exit_on_error=False, allow_abbrev=False,
+                            description="Train a suite: dataset x method x seed.")
     parser.add_argument("suite_file", type=str, help="suite YAML, e.g. configs/suites/default.yaml")
     parser.add_class_arguments(SuiteConfig, "suite", help="suite fields; any can be overridden, e.g. --suite.seeds=[0]")
     return parser

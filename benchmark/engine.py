@@ -128,7 +128,7 @@ class Engine:
         """Back-propagate the (already transformed) task losses ``[T]`` as the method prescribes."""
         method = self.method
         if method.needs is Needs.LOSSES:
-            weights = method.loss_weights(losses.detach())
+            weights = checked(method, "loss_weights", method.loss_weights(losses.detach()), (len(losses),))
             total = (weights.detach() * losses).sum()
             self.backward(total)
             return StepInfo(weights.detach(), _grad_norm(self.shared))
@@ -172,15 +172,14 @@ class Engine:
             if method.grad_source == "rep_batchsum":
                 solver_view = jac.view(len(losses), rep.shape[0], -1).sum(dim=1)
             j64 = solver_view.double()
-            weights = method.gramian_weights(j64 @ j64.T, losses.detach().double())
-            if not torch.isfinite(weights).all():
-                raise FloatingPointError(f"{type(method).__name__} returned non-finite weights {weights.tolist()}")
+            weights = checked(method, "gramian_weights", method.gramian_weights(j64 @ j64.T, losses.detach().double()),
+                              (len(losses),))
             method.last_weights = weights.detach()
             direction = weights.to(jac.dtype) @ jac
         else:
             if method.grad_source == "rep_batchsum":
                 raise ValueError(f"{type(method).__name__} needs the Jacobian; rep_batchsum applies to Gramian methods")
-            direction = method.aggregate(jac, losses.detach())
+            direction = checked(method, "aggregate", method.aggregate(jac, losses.detach()), (jac.shape[1],))
             weights = torch.ones(len(losses), dtype=losses.dtype, device=losses.device)
         if not torch.isfinite(direction).all():
             raise FloatingPointError(f"{type(method).__name__} produced a non-finite update direction")
@@ -193,6 +192,19 @@ class Engine:
             torch.autograd.backward((coeffs * losses).sum(), inputs=self.heads, retain_graph=bool(self.method_params))
         if self.method_params:
             torch.autograd.backward(losses.sum(), inputs=self.method_params)
+
+
+def checked(method: Method, hook: str, value, shape: tuple[int, ...]) -> Tensor:
+    """``value`` if it is a finite tensor of ``shape``; else an error naming the method and the hook."""
+    name = getattr(method, "registry_name", type(method).__name__)
+    if not isinstance(value, Tensor) or tuple(value.shape) != shape:
+        got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
+        raise ValueError(f"method {name!r} ({type(method).__name__}): {hook} returned {got}, expected a tensor of "
+                         f"shape {shape}")
+    if not torch.isfinite(value).all():
+        raise FloatingPointError(f"method {name!r} ({type(method).__name__}): {hook} returned non-finite weights "
+                                 f"or direction {value.flatten()[:8].tolist()}")
+    return value
 
 
 def _grad_norm(params: Sequence[nn.Parameter]) -> float:

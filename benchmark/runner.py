@@ -230,6 +230,9 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
     retrains from scratch); return the record paths of the suite."""
     out = Path(suite.output_dir)
     check_writable(out, "output_dir")
+    if suite.train.accelerator == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"suite {suite.name!r}: train.accelerator='cuda' but torch {torch.__version__} finds no CUDA "
+                         "device; set train.accelerator to 'cpu' or 'auto'")
     dm = create_datamodule(suite)
     dm.prepare_data()
     dm.setup("fit")
@@ -245,7 +248,13 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
         for run in todo:
             if force:
                 checkpoint_path(out, run.run_id).unlink(missing_ok=True)
-            record = train_one(suite, run, dm, progress, out)
+            try:
+                record = train_one(suite, run, dm, progress, out)
+            except Exception as exc:
+                kept = checkpoint_path(out, run.run_id)
+                exc.add_note(f"while training run {run.run_id} (method {run.method!r}); no record was written"
+                             + (f"; rerun to resume from {kept}" if kept.exists() else ""))
+                raise
             write_json_atomic(record_path(out, run.run_id), record)
             checkpoint_path(out, run.run_id).unlink(missing_ok=True)
             progress.advance(grid)

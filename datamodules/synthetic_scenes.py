@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import lightning
@@ -190,9 +191,29 @@ class SyntheticScenesDataModule(lightning.LightningDataModule):
         _atomic_write(self.cache_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
 
     def load_split(self, split: str) -> dict[str, np.ndarray]:
-        """The cached compact arrays of one split (uint8 image, int8 label, uint32 depth in 0.1 mm, float16)."""
-        with np.load(self.cache_dir / f"{split}.npz") as f:
-            return {key: f[key] for key in f.files}
+        """The cached compact arrays of one split (uint8 image, int8 label, uint32 depth in 0.1 mm, float16),
+        checked: a bad file raises ``ValueError`` naming it, the array and what was expected."""
+        path = self.cache_dir / f"{split}.npz"
+        try:
+            with np.load(path) as f:
+                arrays = {key: f[key] for key in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"synthetic_scenes: cannot read {path}: {exc}; delete it to regenerate") from exc
+        n, h, w = self.sizes[split], self.height, self.width
+        expected = {"image": (np.uint8, (n, 3, h, w)), "label": (np.int8, (n, h, w)),
+                    "depth": (np.uint32, (n, 1, h, w)), "normal": (np.float16, (n, 3, h, w))}
+        if set(arrays) != set(expected):
+            raise ValueError(f"synthetic_scenes: {path} holds arrays {sorted(arrays)}, expected {sorted(expected)}")
+        for key, (dtype, shape) in expected.items():
+            if arrays[key].dtype != dtype or arrays[key].shape != shape:
+                raise ValueError(f"synthetic_scenes: {path} array {key!r} is {arrays[key].dtype} {arrays[key].shape}, "
+                                 f"expected {np.dtype(dtype)} {shape}")
+        label = arrays["label"]
+        bad = (label != -1) & ((label < 0) | (label >= len(CLASS_NAMES)))
+        if bad.any():
+            raise ValueError(f"synthetic_scenes: {path} array 'label' has {int(bad.sum())} values outside "
+                             f"[0, {len(CLASS_NAMES)}) and not the ignore index -1, e.g. {int(label[bad][0])}")
+        return arrays
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()

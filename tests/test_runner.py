@@ -151,7 +151,7 @@ def test_failed_run_leaves_no_record(tmp_path, test_methods):
         run_suite(suite)
     names = sorted(p.relative_to(tmp_path / "runs").as_posix() for p in (tmp_path / "runs").rglob("*") if p.is_file())
     failed = "tiny/synthetic_scenes/test_exploding/seed0"
-    assert names == [f"{failed}.ckpt", "tiny/synthetic_scenes/ew/seed0.json", "tiny/synthetic_scenes/ew/seed1.json"]
+    assert names == ["tiny/synthetic_scenes/ew/seed0.json", "tiny/synthetic_scenes/ew/seed1.json", f"{failed}.ckpt"]
     assert all(json.loads(p.read_text())["method"] == "ew" for p in (tmp_path / "runs").rglob("*.json"))
 
 
