@@ -249,13 +249,12 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
             if force:
                 checkpoint_path(out, run.run_id).unlink(missing_ok=True)
             try:
-                record = train_one(suite, run, dm, progress, out)
+                write_json_atomic(record_path(out, run.run_id), train_one(suite, run, dm, progress, out))
             except Exception as exc:
                 kept = checkpoint_path(out, run.run_id)
-                exc.add_note(f"while training run {run.run_id} (method {run.method!r}); no record was written"
+                exc.add_note(f"run {run.run_id} (method {run.method!r}) failed; no record was written"
                              + (f"; rerun to resume from {kept}" if kept.exists() else ""))
                 raise
-            write_json_atomic(record_path(out, run.run_id), record)
             checkpoint_path(out, run.run_id).unlink(missing_ok=True)
             progress.advance(grid)
     return [record_path(out, r.run_id) for r in runs]

@@ -224,7 +224,7 @@ def test_engine_names_a_method_returning_a_wrong_shape_or_nan(plugins, name, val
 def test_a_raising_method_is_named_with_its_run_and_leaves_no_record(tmp_path, plugins):
     with pytest.raises(RuntimeError, match="plugin bug") as info:
         run_suite(load_suite(suite_file(tmp_path, "[{name: test_raises}]")))
-    note = "while training run faults/synthetic_scenes/test_raises/seed0 (method 'test_raises')"
+    note = "run faults/synthetic_scenes/test_raises/seed0 (method 'test_raises') failed; no record was written"
     assert note in info.value.__notes__[0]
     assert not list((tmp_path / "runs").rglob("*.json")) and not list((tmp_path / "runs").rglob("*.tmp"))
 

@@ -1,5 +1,6 @@
 """Determinism and resume: data order from (seed, epoch), bit-identical reruns, SIGKILL and resume, grid reruns."""
 
+import errno
 import json
 import os
 import random
@@ -141,18 +142,33 @@ def test_stateful_methods_killed_and_resumed_match_an_uninterrupted_run(tmp_path
     kill_and_resume(tmp_path, STATEFUL, 5)
 
 
-def test_resume_refuses_a_checkpoint_of_another_configuration_and_force_discards_it(tmp_path):
-    suite_file = write_suite(tmp_path, "runs", "[{name: famo}]")
-    proc = run_cli(suite_file, kill_at=4)
-    assert proc.returncode == -9
-    (ckpt,) = (tmp_path / "runs").rglob("*.ckpt")
-    assert ckpt == checkpoint_path(tmp_path / "runs", "tiny/synthetic_scenes/famo/seed0")
-    changed = load_suite(suite_file, ["--suite.train.lr", "0.01"])
+def test_a_failed_record_write_keeps_the_checkpoint_which_resumes_only_its_own_configuration(tmp_path, monkeypatch):
+    import benchmark.runner as runner
+
+    suite = load_suite(write_suite(tmp_path, "runs", "[{name: famo}]"), ["--suite.train.epochs", "1"])
+    ckpt = checkpoint_path(tmp_path / "runs", "tiny/synthetic_scenes/famo/seed0")
+    real_write = runner.write_json_atomic
+
+    def disk_full(path, payload):
+        raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(runner, "write_json_atomic", disk_full)
+    with pytest.raises(OSError, match="No space left") as info:
+        run_suite(suite)
+    assert f"rerun to resume from {ckpt}" in info.value.__notes__[0]
+    assert ckpt.exists() and not list((tmp_path / "runs").rglob("*.json"))
+    monkeypatch.setattr(runner, "write_json_atomic", real_write)
+    changed = load_suite(write_suite(tmp_path, "runs", "[{name: famo}]"),
+                         ["--suite.train.epochs", "1", "--suite.train.lr", "0.01"])
     with pytest.raises(ValueError, match=f"checkpoint {ckpt} belongs to another configuration"):
         run_suite(changed)
+    run_suite(suite)
+    (rec,) = records(tmp_path / "runs").values()
+    assert rec["resumes"] == [{"epoch": 0, "global_step": BATCHES_PER_EPOCH}] and not ckpt.exists()
+    assert rec["timing"]["steps"] == BATCHES_PER_EPOCH and len(rec["epochs"]) == 1
     run_suite(changed, force=True)
     (rec,) = records(tmp_path / "runs").values()
-    assert rec["resumes"] == [] and not ckpt.exists()
+    assert rec["resumes"] == [] and rec["config"]["train"]["lr"] == 0.01
 
 
 def test_a_truncated_checkpoint_is_named_in_the_error(tmp_path):
