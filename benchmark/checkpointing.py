@@ -111,9 +111,10 @@ class RunCheckpoint(Checkpoint):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             trainer.save_checkpoint(tmp, weights_only=False)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            if getattr(trainer, "is_global_zero", True):  # only rank 0 writes the file
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
