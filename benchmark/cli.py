@@ -20,6 +20,10 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     suite = load_suite(args.suite_file, overrides)
     run_suite(suite, force=args.force)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # a DDP rank other than 0: rank 0 writes the records and the leaderboard
+        return 0
     out = Path(suite.leaderboard)
     write_leaderboard(Path(suite.output_dir) / suite.name, out, suite.selection, plot=True)
     console.print(f"[green]leaderboard written to {out} (plots beside it)[/]")

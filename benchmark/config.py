@@ -46,7 +46,17 @@ class TrainConfig:
     checkpoint_every_n_batches: int = 0
     """Checkpoint every this many training batches too (0: at every epoch end only); a killed run resumes from its
     last checkpoint on the next ``mtobench run``."""
-    precision: str = "32-true"
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    """Autocast (``bf16-mixed``; ``16-mixed`` adds a GradScaler and needs a GPU); gradient methods always see
+    unscaled float32 per-task gradients, and steps the scaler skips are counted in the record."""
+    devices: int = 1
+    """Processes (devices) per node of one run; > 1 trains the run with DDP (``docs/ddp.md``)."""
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp"] = "auto"
+    """``auto``: DDP whenever ``devices * num_nodes > 1`` (each process reruns the command; rank 0 writes the
+    records). ``batch_size`` is per process."""
+    sync_batchnorm: bool = False
+    """SyncBatchNorm under DDP (GPU only): normalise with the global batch's statistics."""
 
 
 @dataclass
@@ -124,6 +134,12 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
         (t.lr_step_size >= 1, "train.lr_step_size", t.lr_step_size, "must be >= 1"),
         (0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "must be in (0, 1]"),
         (0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)"),
+        (t.devices >= 1, "train.devices", t.devices, "must be >= 1"),
+        (t.num_nodes >= 1, "train.num_nodes", t.num_nodes, "must be >= 1"),
+        (t.precision != "16-mixed" or t.accelerator != "cpu", "train.precision", t.precision,
+         "needs a GPU (fp16 autocast is not supported on CPU); use bf16-mixed or accelerator: cuda"),
+        (not t.sync_batchnorm or t.accelerator != "cpu", "train.sync_batchnorm", t.sync_batchnorm,
+         "needs a GPU (torch's SyncBatchNorm does not run on CPU)"),
         (t.clip_shared_grad_norm is None or t.clip_shared_grad_norm > 0, "train.clip_shared_grad_norm",
          t.clip_shared_grad_norm, "must be > 0 or null"),
         (len(suite.methods) > 0, "methods", suite.methods, "must list at least one method"),

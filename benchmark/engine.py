@@ -8,6 +8,11 @@ Per-task gradients of the shared parameters come from one of two paths:
 Which is faster depends on the device and the model (on 2 CPU cores the loop is faster; on a GPU the batched
 pass usually is), so ``jacobian_mode="auto"`` times both once per device and parameter count, keeps the
 faster, and the run record names the choice.
+
+Under DDP (``sync`` given) the engine reduces across ranks what the method reads before it aggregates, so every
+rank applies the update a single process would compute on the concatenated global batch (``docs/ddp.md``).
+Under fp16 autocast (``loss_scale`` > 1) the per-task gradients come from the scaled losses and are unscaled to
+float32 before the method sees them; a non-finite one turns the step into one the GradScaler skips.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from benchmark.distributed import GradSync
 from benchmark.methods.base import Method, Needs
 
 JACOBIAN_MODES = ("auto", "loop", "batched")
@@ -90,6 +96,8 @@ class StepInfo:
     weights: Tensor
     update_norm: float
     jacobian_mode: str | None = None
+    finite: bool = True
+    """False if the scaled per-task gradients overflowed: the shared gradients are then inf and the scaler skips."""
 
 
 class Engine:
@@ -98,11 +106,16 @@ class Engine:
     ``shared``: the shared parameters (the encoder). ``task_params``: everything else that is trained by the
     task losses (heads) plus the method's own parameters. In representation mode, ``z`` is the encoder
     output and ``z_in`` the detached leaf the heads were evaluated on.
+
+    ``sync``: the reductions across DDP ranks (None: one process). The losses passed to :meth:`step` must then
+    carry the global value (their gradient stays local), and a ``Needs.LOSSES`` step relies on ``backward``
+    (DDP's own all-reduce). ``loss_scale``: the current GradScaler scale (fp16 autocast), or None.
     """
 
     def __init__(self, method: Method, shared: Sequence[nn.Parameter], heads: Sequence[nn.Parameter],
                  jacobian_mode: str = "auto", backward: Callable[[Tensor], None] | None = None,
-                 update_every: int = 1) -> None:
+                 update_every: int = 1, sync: GradSync | None = None,
+                 loss_scale: Callable[[], float] | None = None) -> None:
         if jacobian_mode not in JACOBIAN_MODES:
             raise ValueError(f"jacobian_mode={jacobian_mode!r} is not one of {JACOBIAN_MODES}")
         if not isinstance(update_every, int) or update_every < 1:
@@ -119,6 +132,8 @@ class Engine:
         self.jacobian_mode = jacobian_mode
         self.backward = backward or (lambda loss: loss.backward())
         self.resolved_mode: str | None = None
+        self.sync = sync
+        self.loss_scale = loss_scale or (lambda: 1.0)
 
     @property
     def uses_rep(self) -> bool:
@@ -126,25 +141,35 @@ class Engine:
 
     def step(self, losses: Tensor, z: Tensor | None = None, z_in: Tensor | None = None) -> StepInfo:
         """Back-propagate the (already transformed) task losses ``[T]`` as the method prescribes."""
+        with torch.autocast(losses.device.type, enabled=False):
+            return self._step(losses, z, z_in)
+
+    def _step(self, losses: Tensor, z: Tensor | None, z_in: Tensor | None) -> StepInfo:
         method = self.method
         if method.needs is Needs.LOSSES:
             weights = checked(method, "loss_weights", method.loss_weights(losses.detach()), (len(losses),))
             total = (weights.detach() * losses).sum()
             self.backward(total)
-            return StepInfo(weights.detach(), _grad_norm(self.shared))
+            return StepInfo(weights.detach(), _grad_norm(self.shared) / self.loss_scale())
         if self.uses_rep and (z is None or z_in is None):
             raise ValueError(f"{type(method).__name__} uses grad_source={method.grad_source!r}: pass z and z_in")
         reuse = self.steps % self.update_every != 0 and method.last_weights is not None
         self.steps += 1
         if reuse:
             return self._reuse_weights(losses, z, z_in)
+        scale = self.loss_scale()
+        combined = self._combine(losses, [z_in] if self.uses_rep else self.shared, scale, rep=z_in)
+        if combined is None:
+            for p in self.shared:
+                p.grad = torch.full_like(p, float("inf"))
+            return StepInfo(torch.ones_like(losses.detach()), float("inf"), self.resolved_mode, finite=False)
+        weights, direction, mode = combined
         if self.uses_rep:
-            weights, direction, mode = self._combine(losses, [z_in], rep=z_in)
-            torch.autograd.backward(z, grad_tensors=direction.view_as(z))
+            torch.autograd.backward(z, grad_tensors=(scale * direction).view_as(z).to(z.dtype))
+            self._mean_grads(self.shared)
         else:
-            weights, direction, mode = self._combine(losses, self.shared)
-            write_grads(self.shared, direction)
-        self._backward_heads(losses, weights)
+            write_grads(self.shared, scale * direction)
+        self._backward_heads(losses, weights, scale)
         return StepInfo(weights, float(direction.norm()), mode)
 
     def _reuse_weights(self, losses: Tensor, z: Tensor | None, z_in: Tensor | None) -> StepInfo:
@@ -152,46 +177,85 @@ class Engine:
 
         The method is not consulted, so its state does not advance on these steps (as in Nash-MTL's paper).
         """
+        scale = self.loss_scale()
         weights = self.method.last_weights.to(losses)
-        total = (weights * losses).sum()
+        total = scale * (weights * losses).sum()
         if self.uses_rep:
             (grad_z,) = torch.autograd.grad(total, z_in, retain_graph=True)
             torch.autograd.backward(z, grad_tensors=grad_z)
         else:
             torch.autograd.backward(total, inputs=self.shared, retain_graph=True)
-        self._backward_heads(losses, weights)
-        return StepInfo(weights.detach(), _grad_norm(self.shared), "reused")
+        self._mean_grads(self.shared)
+        self._backward_heads(losses, weights, scale)
+        return StepInfo(weights.detach(), _grad_norm(self.shared) / scale, "reused")
 
-    def _combine(self, losses: Tensor, inputs: list[Tensor], rep: Tensor | None = None) -> tuple[Tensor, Tensor, str]:
-        """Per-task gradients of ``inputs`` combined by the method: (weights, direction, jacobian path)."""
+    def _combine(self, losses: Tensor, inputs: list[Tensor], scale: float = 1.0,
+                 rep: Tensor | None = None) -> tuple[Tensor, Tensor, str] | None:
+        """Per-task gradients of ``inputs`` combined by the method: (weights, direction, jacobian path), or None if
+        the scaled gradients overflowed. In rep mode the direction is this rank's slice."""
         method = self.method
-        jac, mode = jacobian(losses, inputs, self.jacobian_mode)
+        jac, mode = jacobian(losses if scale == 1 else scale * losses, inputs, self.jacobian_mode)
         self.resolved_mode = mode
+        if jac.dtype in (torch.float16, torch.bfloat16):
+            jac = jac.float()
+        if scale != 1:
+            jac = jac / scale
+        if self.sync is not None and method.grad_source == "params":
+            jac = self.sync.mean(jac)
         if method.needs is Needs.GRAMIAN:
-            solver_view = jac
-            if method.grad_source == "rep_batchsum":
-                solver_view = jac.view(len(losses), rep.shape[0], -1).sum(dim=1)
-            j64 = solver_view.double()
-            weights = checked(method, "gramian_weights", method.gramian_weights(j64 @ j64.T, losses.detach().double()),
+            gramian = self._gramian(jac, rep)
+            if scale != 1 and not torch.isfinite(gramian).all():
+                return None
+            weights = checked(method, "gramian_weights", method.gramian_weights(gramian, losses.detach().double()),
                               (len(losses),))
             method.last_weights = weights.detach()
             direction = weights.to(jac.dtype) @ jac
         else:
             if method.grad_source == "rep_batchsum":
                 raise ValueError(f"{type(method).__name__} needs the Jacobian; rep_batchsum applies to Gramian methods")
-            direction = checked(method, "aggregate", method.aggregate(jac, losses.detach()), (jac.shape[1],))
+            sync = self.sync if self.uses_rep else None
+            full = jac if sync is None else sync.gather(jac / sync.world_size, dim=1)
+            if scale != 1 and not torch.isfinite(full).all():
+                return None
+            direction = checked(method, "aggregate", method.aggregate(full, losses.detach()), (full.shape[1],))
+            if sync is not None:
+                n = jac.shape[1]
+                direction = sync.world_size * direction[sync.rank * n : (sync.rank + 1) * n]
             weights = torch.ones(len(losses), dtype=losses.dtype, device=losses.device)
         if not torch.isfinite(direction).all():
             raise FloatingPointError(f"{type(method).__name__} produced a non-finite update direction")
         return weights.detach(), direction, mode
 
-    def _backward_heads(self, losses: Tensor, weights: Tensor) -> None:
+    def _gramian(self, jac: Tensor, rep: Tensor | None) -> Tensor:
+        """The float64 Gramian of the global batch's per-task gradients.
+
+        Parameters: ``jac`` is already the mean over ranks. ``rep_full``: the global representation Jacobian is
+        every rank's ``J_r / R`` side by side, so its Gramian is ``sum_r J_r J_r^T / R^2``. ``rep_batchsum``: the
+        batch sum of the global one is the mean over ranks of the local batch sums.
+        """
+        source = self.method.grad_source
+        view = jac.view(len(jac), rep.shape[0], -1).sum(dim=1) if source == "rep_batchsum" else jac
+        if self.sync is not None and source == "rep_batchsum":
+            view = self.sync.mean(view)
+        j64 = view.double()
+        gramian = j64 @ j64.T
+        if self.sync is not None and source == "rep_full":
+            gramian = self.sync.sum(gramian) / self.sync.world_size**2
+        return gramian
+
+    def _mean_grads(self, params: Sequence[Tensor]) -> None:
+        if self.sync is not None:
+            self.sync.mean_grads_(params)
+
+    def _backward_heads(self, losses: Tensor, weights: Tensor, scale: float = 1.0) -> None:
         """Each head gets the gradient of its own loss (``own``) or of its weighted loss (``weighted``)."""
         coeffs = weights.to(losses.dtype) if self.method.head_weighting == "weighted" else torch.ones_like(losses)
         if self.heads:
-            torch.autograd.backward((coeffs * losses).sum(), inputs=self.heads, retain_graph=bool(self.method_params))
+            torch.autograd.backward(scale * (coeffs * losses).sum(), inputs=self.heads,
+                                    retain_graph=bool(self.method_params))
         if self.method_params:
-            torch.autograd.backward(losses.sum(), inputs=self.method_params)
+            torch.autograd.backward(scale * losses.sum(), inputs=self.method_params)
+        self._mean_grads(self.heads + self.method_params)
 
 
 def checked(method: Method, hook: str, value, shape: tuple[int, ...]) -> Tensor:

@@ -4,7 +4,8 @@ Records are grouped by ``(suite, dataset)``. Within a group, MTL runs are groupe
 ``method``; split further by ``method_hparams`` if those differ), each row aggregating its seeds. The STL
 baseline of a metric is the mean, over the suite's single-task runs of that metric's task, of the selected
 metric values; Δm is computed per seed against it. Nothing is skipped silently: unfinished runs, missing STL
-tasks and short logs each produce a note in the output.
+tasks and short logs each produce a note in the output. Metrics of auxiliary tasks (the record's ``tasks`` entry
+has ``auxiliary: true``, e.g. CSO's edges) are shown as columns but enter neither Δm, nor MR, nor the STL check.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class MetricSpec:
     direction: str
     unit: str | None
     task: str
+    auxiliary: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,11 @@ def _metric_specs(records: Sequence[Mapping[str, Any]]) -> list[MetricSpec]:
     specs: dict[str, MetricSpec] = {}
     owner: dict[str, str] = {}
     mtl = [r for r in records if r["kind"] == "mtl"]
+    auxiliary = {t["name"] for r in records for t in r.get("tasks") or [] if t.get("auxiliary")}
     for record in mtl or records:
         for key, spec in record["metrics"].items():
-            new = MetricSpec(key, spec["direction"], spec.get("unit"), _metric_task(key, spec))
+            task = _metric_task(key, spec)
+            new = MetricSpec(key, spec["direction"], spec.get("unit"), task, task in auxiliary)
             if key in specs and specs[key].direction != new.direction:
                 raise ValueError(
                     f"metric {key!r} is {specs[key].direction!r} in run {owner[key]} "
@@ -319,7 +323,7 @@ def _method_rows(
     ew_records = _ew_records(mtl)
     ew_step = _timing_mean(ew_records, "step_time_mean_s") if ew_records else None
     ew_mem = _memory_mean(ew_records) if ew_records else None
-    directions = {s.key: s.direction for s in specs}
+    directions = {s.key: s.direction for s in specs if not s.auxiliary}
     rows = []
     for (base_label, hparams), runs in variants.items():
         label = _variant_label(base_label, hparams, per_label[base_label] > 1)
@@ -341,7 +345,7 @@ def _method_rows(
                 diagnostics=_diagnostics(runs),
             )
         )
-    if rows and specs:
+    if rows and directions:
         ranks = mean_rank({r.label: {k: s.mean for k, s in r.metrics.items()} for r in rows}, directions)
         rows = [_with_rank(r, ranks[r.label]) for r in rows]
     return sorted(rows, key=_row_order)
@@ -402,15 +406,16 @@ def _summarize_group(
     suite: str, dataset: str, records: Sequence[Mapping[str, Any]], rule: str, skipped: Sequence[str]
 ) -> DatasetSummary:
     specs = _metric_specs(records)
+    scored = [s for s in specs if not s.auxiliary]
     mtl = [r for r in records if r["kind"] == "mtl"]
     stl = [r for r in records if r["kind"] == "stl"]
-    val_baseline = _val_baseline(stl, specs) if rule == "best-val" else None
+    val_baseline = _val_baseline(stl, scored) if rule == "best-val" else None
     picks, notes = _pick(records, rule, val_baseline)
-    baseline, missing_tasks, stl_notes = _stl_baseline(stl, specs, picks)
+    baseline, missing_tasks, stl_notes = _stl_baseline(stl, scored, picks)
     notes = [*skipped, *notes, *stl_notes]
     if missing_tasks:
         notes.append(f"No STL run for task(s) {', '.join(missing_tasks)}: Δm is n/a.")
-    complete = bool(specs) and all(s.key in baseline for s in specs)
+    complete = bool(scored) and all(s.key in baseline for s in scored)
     rows = _method_rows(mtl, specs, picks, baseline if complete else None)
     return DatasetSummary(
         suite,
@@ -479,7 +484,8 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _summary_markdown(summary: DatasetSummary) -> list[str]:
-    metric_heads = [f"{s.key} {ARROWS.get(s.direction, '')}".rstrip() for s in summary.metrics]
+    metric_heads = [f"{s.key} {ARROWS.get(s.direction, '')}{' (aux)' if s.auxiliary else ''}".rstrip()
+                    for s in summary.metrics]
     lines = [
         f"## {summary.dataset} — suite `{summary.suite}`",
         "",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from benchmark import tasks as T
+from benchmark.distributed import GradSync, broadcast_generator_, no_ddp_sync
 from benchmark.engine import Engine
-from benchmark.methods.base import Method, StepContext
+from benchmark.methods.base import Method, Needs, StepContext
 from datamodules.task_spec import TaskSpec
 
 NAN_POLICIES = ("error", "skip")
@@ -27,6 +29,12 @@ class MTOModule(L.LightningModule):
 
     Each validation pass evaluates the validation and the test split (dataloader 0 and 1) and appends one
     entry to ``history``: the metrics of both splits and the summed validation loss.
+
+    Under DDP the task losses carry the global batch's value (the mean over ranks) and a local gradient; loss
+    methods rely on DDP's gradient all-reduce, every other step (gradient methods, own steps) runs with it off
+    and reduces explicitly (``benchmark/distributed.py``, ``docs/ddp.md``). Floating-point buffers (BatchNorm
+    statistics) are averaged after each step. Under fp16 autocast the optimizer step goes through the GradScaler;
+    the steps it skips for inf/NaN gradients are counted in ``amp_skipped_steps``.
     """
 
     def __init__(self, model: nn.Module, tasks: Sequence[TaskSpec], method: Method, lr: float = 1e-3,
@@ -54,7 +62,7 @@ class MTOModule(L.LightningModule):
         method.check_model(model)
         heads = [p for t in self.tasks for p in model.task_parameters(t.name)]
         self.engine = Engine(method, model.shared_parameters(), heads, jacobian_mode, backward=self.manual_backward,
-                             update_every=update_every)
+                             update_every=update_every, loss_scale=self._loss_scale)
         if self.conditioned and self.engine.uses_rep:
             raise ValueError(f"{type(method).__name__}: grad_source={method.grad_source!r} needs one shared "
                              "representation, but a task_bn model computes one per task; use grad_source='params'")
@@ -64,6 +72,8 @@ class MTOModule(L.LightningModule):
         self.history: list[dict] = []
         self.step_times: list[float] = []
         self.nan_skips = 0
+        self.amp_skipped_steps = 0
+        self.sync: GradSync | None = None
         self.stat_sums: dict[str, float] = defaultdict(float)
         self.stat_counts: dict[str, int] = defaultdict(int)
         self.stat_last: dict[str, float] = {}
@@ -111,26 +121,40 @@ class MTOModule(L.LightningModule):
         """The raw task losses ``[T]``, from ``z`` or from one fresh forward pass (one per task if conditioned)."""
         if z is None and not self.conditioned:
             z = self.encode(batch)
-        return torch.stack([self.task_loss(batch, t, z) for t in self.tasks])
+        return torch.stack([_widened(self.task_loss(batch, t, z)) for t in self.tasks])
+
+    def on_fit_start(self) -> None:
+        self.sync = GradSync() if self.trainer.world_size > 1 else None
+        self.engine.sync = self.sync
+        if self.sync is not None:
+            broadcast_generator_(self.sync, self.method.generator())
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         T.validate_batch(self.tasks, batch)
         start = _sync_time(self.device)
-        opt = self.optimizers()
+        opt = _ScalerWatch(self.optimizers(), self)
         opt.zero_grad(set_to_none=True)
-        if self.method.own_step(self._step_context(batch, opt)):
-            self._end_step(start, self.method.stats())
+        with no_ddp_sync(self.trainer.strategy.model), torch.autocast(self.device.type, enabled=False):
+            owned = self.method.own_step(self._step_context(batch, opt))
+        if owned:
+            self._end_step(start if opt.stepped else None, self.method.stats() if opt.stepped else {})
             return
         z = None if self.conditioned else self.encode(batch)
         z_in = z.detach().requires_grad_() if self.engine.uses_rep else z
-        raw_losses = self.task_losses(batch, z_in)
+        raw_losses = self._global(self.task_losses(batch, z_in))
         if not self._finite(raw_losses):
             self._end_step(None, {})
             return
-        info = self.engine.step(self.method.transform_losses(raw_losses), z, z_in)
+        ddp_syncs = self.engine.method.needs is Needs.LOSSES
+        with nullcontext() if ddp_syncs else no_ddp_sync(self.trainer.strategy.model):
+            info = self.engine.step(self.method.transform_losses(raw_losses), z, z_in)
         if self.clip_shared_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.shared_parameters(), self.clip_shared_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.model.shared_parameters(),
+                                           self.clip_shared_grad_norm * self._loss_scale())
         opt.step()
+        if not opt.stepped:
+            self._end_step(None, {})
+            return
         if self.method.wants_after_step:
             self.method.after_step(raw_losses.detach(), self._losses_after_step(batch))
         names = [t.name for t in self.tasks]
@@ -138,17 +162,38 @@ class MTOModule(L.LightningModule):
                                **{f"weight_{n}": w for n, w in zip(names, info.weights.tolist())},
                                "update_norm": info.update_norm, **self.method.stats()})
 
+    def _global(self, losses: Tensor) -> Tensor:
+        """Under DDP: the losses with the global batch's value (mean over ranks) and this rank's gradient."""
+        if self.sync is None:
+            return losses
+        return losses - losses.detach() + self.sync.mean(losses.detach())
+
+    def _loss_scale(self) -> float:
+        """The GradScaler's current scale (fp16 autocast), else 1."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        return 1.0 if scaler is None else float(scaler.scale(torch.ones((), device=self.device)))
+
+    def _synced_backward(self, loss: Tensor) -> None:
+        """``manual_backward``, then (under DDP) every gradient averaged over ranks: an own step's reduction."""
+        self.manual_backward(loss)
+        if self.sync is not None:
+            self.sync.mean_grads_(p for p in self.parameters() if p.requires_grad)
+
     def _step_context(self, batch: dict, opt) -> StepContext:
         by_name = {t.name: t for t in self.tasks}
+        forward = self.trainer.precision_plugin.forward_context
         return StepContext(model=self.model, task_names=list(by_name), batch=batch, optimizer=opt,
-                           losses=lambda: self.task_losses(batch),
-                           task_loss=lambda name: self.task_loss(batch, by_name[name]),
-                           backward=self.manual_backward, finite=self._finite,
+                           losses=lambda: _in(forward, lambda: self._global(self.task_losses(batch))),
+                           task_loss=lambda name: _in(forward, lambda: self._global(
+                               _widened(self.task_loss(batch, by_name[name]))[None])[0]),
+                           backward=self._synced_backward, finite=self._finite,
                            epoch=self.current_epoch, epochs=self.trainer.max_epochs)
 
     def _end_step(self, start: float | None, stats: dict[str, float]) -> None:
         """Once per batch, whatever the method did: step the LR schedule, time the step (unless it was skipped,
-        ``start=None``), record its stats."""
+        ``start=None``), record its stats; under DDP, average the buffers."""
+        if self.sync is not None:
+            self.sync.mean_buffers_(self.model)
         if self.lr_schedule != "constant":
             self.lr_schedulers().step()
         if start is not None:
@@ -179,7 +224,8 @@ class MTOModule(L.LightningModule):
     def _losses_after_step(self, batch: dict) -> Tensor:
         """The losses for ``after_step``: BatchNorm statistics untouched unless the method asks (FAMO's
         ``bn_update``, methods.md §0.6)."""
-        return self.task_losses(batch) if self.method.after_step_updates_bn else self._losses_without_bn_update(batch)
+        losses = self.task_losses(batch) if self.method.after_step_updates_bn else self._losses_without_bn_update(batch)
+        return self._global(losses)
 
     def on_train_epoch_start(self) -> None:
         self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
@@ -220,7 +266,10 @@ class MTOModule(L.LightningModule):
                 metric = self.metrics[split][t.name]
                 entry[split].update({f"{t.name}/{k}": float(v) for k, v in metric.compute().items()})
                 metric.reset()
-        entry["val_loss"] = float(self._val_loss) / max(self._val_batches, 1)
+        loss_and_batches = torch.stack([self._val_loss.double().cpu(), torch.tensor(float(self._val_batches))])
+        if self.sync is not None:
+            loss_and_batches = self.sync.sum(loss_and_batches.to(self.device)).cpu()
+        entry["val_loss"] = float(loss_and_batches[0] / loss_and_batches[1].clamp(min=1))
         self._val_loss, self._val_batches = torch.zeros(()), 0
         entry["method_stats"] = {k: sum(v) / len(v) for k, v in self.epoch_stats.items() if v}
         self.epoch_stats.clear()
@@ -231,6 +280,7 @@ class MTOModule(L.LightningModule):
         """Save the module's own training state (plain data and tensors; the method's is in its state dict)."""
         checkpoint[TRAINING_STATE] = {
             "history": self.history, "step_times": self.step_times, "nan_skips": self.nan_skips,
+            "amp_skipped_steps": self.amp_skipped_steps,
             "stat_sums": dict(self.stat_sums), "stat_counts": dict(self.stat_counts), "stat_last": self.stat_last,
             "epoch_stats": dict(self.epoch_stats), "epoch_lr": getattr(self, "_epoch_lr", None),
             "engine_steps": self.engine.steps, "jacobian_mode": self.engine.resolved_mode,
@@ -241,6 +291,7 @@ class MTOModule(L.LightningModule):
         """Restore what :meth:`on_save_checkpoint` saved and note the resume (epoch and global step)."""
         state = checkpoint[TRAINING_STATE]
         self.history, self.step_times, self.nan_skips = state["history"], state["step_times"], state["nan_skips"]
+        self.amp_skipped_steps = state["amp_skipped_steps"]
         self.stat_sums = defaultdict(float, state["stat_sums"])
         self.stat_counts = defaultdict(int, state["stat_counts"])
         self.stat_last = state["stat_last"]
@@ -254,6 +305,37 @@ class MTOModule(L.LightningModule):
     def method_summary(self) -> dict[str, dict[str, float]]:
         """Per statistic: its mean over the steps that reported it, and its last value."""
         return {k: {"mean": s / self.stat_counts[k], "last": self.stat_last[k]} for k, s in self.stat_sums.items()}
+
+
+def _widened(loss: Tensor) -> Tensor:
+    """A loss computed under autocast, in float32 (float32 and float64 losses are left as they are)."""
+    return loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss
+
+
+def _in(context, fn):
+    with context():
+        return fn()
+
+
+class _ScalerWatch:
+    """The optimizer, with ``stepped``: False after a step the fp16 GradScaler skipped (counted on ``module``)."""
+
+    def __init__(self, optimizer, module: MTOModule) -> None:
+        self.optimizer, self.module, self.stepped = optimizer, module, True
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        scaler = getattr(self.module.trainer.precision_plugin, "scaler", None)
+        before = None if scaler is None else scaler.get_scale()
+        self.optimizer.step()
+        if scaler is not None and scaler.get_scale() < before:
+            self.module.amp_skipped_steps += 1
+            self.stepped = False
+
+    def __getattr__(self, name: str):
+        return getattr(self.optimizer, name)
 
 
 def _sync_time(device: torch.device) -> float:

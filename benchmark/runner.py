@@ -146,9 +146,9 @@ def run_fingerprint(suite: SuiteConfig, run: PlannedRun) -> str:
                         "model": dataclasses.asdict(suite.model), "train": train})
 
 
-def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, out: Path | None = None) -> dict:
-    """Train one run and return its record (the caller writes it). With ``out``, the run checkpoints itself
-    beside its record and resumes from a checkpoint found there (``weights_only=True``)."""
+def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, out: Path | None = None) -> dict | None:
+    """Train one run and return its record (the caller writes it); None on DDP ranks other than 0. With ``out``,
+    the run checkpoints itself beside its record and resumes from a checkpoint found there (``weights_only=True``)."""
     L.seed_everything(run.seed, workers=True, verbose=False)
     tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
     model = create_model(suite, tasks, run.model_overrides)
@@ -168,7 +168,8 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, out: 
             check_resumable(ckpt, key)
             resume = ckpt
             console.print(f"[yellow]{run.run_id}: resuming from {ckpt}[/]")
-    trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, devices=1, precision=t.precision, logger=False,
+    trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, precision=t.precision, logger=False,
+                        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, sync_batchnorm=t.sync_batchnorm,
                         enable_checkpointing=out is not None, enable_progress_bar=False, enable_model_summary=False,
                         deterministic=True, num_sanity_val_steps=0, callbacks=callbacks)
     if trainer.strategy.root_device.type == "cuda":
@@ -177,7 +178,7 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, out: 
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()],
                 ckpt_path=resume, weights_only=True)
     wall = time.perf_counter() - start
-    return make_record(suite, run, dm, tasks, module, trainer, wall)
+    return make_record(suite, run, dm, tasks, module, trainer, wall) if trainer.is_global_zero else None
 
 
 def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wall: float) -> dict:
@@ -209,9 +210,10 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "versions": package_versions(),
         **git_state(),
         "device": str(device),
+        "world_size": trainer.world_size,
         "jacobian_mode": module.engine.resolved_mode,
         "tasks": [{"name": t.name, "kind": t.kind, "num_classes": t.num_classes, "ignore_index": t.ignore_index,
-                   "output_bias": t.output_bias}
+                   "output_bias": t.output_bias, "pos_weight": t.pos_weight, "auxiliary": t.auxiliary}
                   for t in tasks],
         "metrics": infos,
         "epochs": module.history,
@@ -219,6 +221,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
                    "steps": len(module.step_times), "wall_time_s": wall, **memory},
         "nan_skips": module.nan_skips,
         "resumes": module.resumes,
+        "amp_skipped_steps": module.amp_skipped_steps,
         "method_stats": module.method_summary(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": "finished",
@@ -237,7 +240,7 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
     dm.prepare_data()
     dm.setup("fit")
     check_methods(suite, dm.tasks)
-    runs = plan_runs(suite, [t.name for t in dm.tasks])
+    runs = plan_runs(suite, [t.name for t in dm.tasks if not t.auxiliary])
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
     if len(todo) < len(runs):
         console.print(f"[dim]{len(runs) - len(todo)} of {len(runs)} runs already have records in {out}; skipped[/]")
@@ -249,12 +252,14 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
             if force:
                 checkpoint_path(out, run.run_id).unlink(missing_ok=True)
             try:
-                write_json_atomic(record_path(out, run.run_id), train_one(suite, run, dm, progress, out))
+                record = train_one(suite, run, dm, progress, out)
+                if record is not None:
+                    write_json_atomic(record_path(out, run.run_id), record)
+                    checkpoint_path(out, run.run_id).unlink(missing_ok=True)
             except Exception as exc:
                 kept = checkpoint_path(out, run.run_id)
                 exc.add_note(f"run {run.run_id} (method {run.method!r}) failed; no record was written"
                              + (f"; rerun to resume from {kept}" if kept.exists() else ""))
                 raise
-            checkpoint_path(out, run.run_id).unlink(missing_ok=True)
             progress.advance(grid)
     return [record_path(out, r.run_id) for r in runs]

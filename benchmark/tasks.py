@@ -3,6 +3,7 @@
 Target conventions are those of :class:`datamodules.task_spec.TaskSpec`; the metric definitions are the
 global (whole-split, pixel-level) variants of protocols.md §M.1-M.3. Every metric accumulates sum states
 (``dist_reduce_fx="sum"``), so a DDP sync gives the number a single process would compute over the split.
+The PASCAL-Context kinds (human_parts, saliency, edges) live in :mod:`benchmark.dense_tasks`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from datamodules.task_spec import TaskSpec
+from benchmark.dense_tasks import EdgeLossMetric, HumanPartsMetric, SaliencyMetric, balanced_bce
+from datamodules.task_spec import BINARY_KINDS, LABEL_KINDS, TaskSpec
 
 __all__ = [
     "MetricInfo",
@@ -63,20 +65,30 @@ _METRIC_INFOS: dict[str, tuple[MetricInfo, ...]] = {
         MetricInfo("within_22_5", "higher", "percent"),
         MetricInfo("within_30", "higher", "percent"),
     ),
+    "human_parts": (MetricInfo("miou", "higher", "percent"),),
+    "saliency": (
+        MetricInfo("maxf", "higher", "percent"),
+        MetricInfo("miou", "higher", "percent"),
+    ),
+    "edges": (MetricInfo("loss", "lower", "bce"),),
 }
+"""Edges report their balanced BCE, not odsF: odsF needs the SEISM MATLAB toolbox (protocols.md §M.5)."""
 
 
 def head_channels(spec: TaskSpec) -> int:
-    """Output channels of the task head: ``num_classes`` logits, 1 depth value or a 3-vector normal."""
-    if spec.kind == "segmentation":
+    """Output channels of the task head: ``num_classes`` logits, 1 depth value, a 3-vector normal or 1 logit."""
+    if spec.kind in LABEL_KINDS:
         return int(spec.num_classes)
-    return {"depth": 1, "normals": 3}[spec.kind]
+    return {"depth": 1, "normals": 3, "saliency": 1, "edges": 1}[spec.kind]
 
 
 def predict(spec: TaskSpec, raw: Tensor) -> Tensor:
-    """Head output -> prediction: normals are L2-normalised over the channels (§M.3), others unchanged."""
+    """Head output -> prediction: normals are L2-normalised over the channels (§M.3), saliency and edge logits
+    become probabilities, others unchanged."""
     if spec.kind == "normals":
         return F.normalize(raw, p=2.0, dim=1, eps=_NORM_EPS)
+    if spec.kind in BINARY_KINDS:
+        return torch.sigmoid(raw)
     return raw
 
 
@@ -87,7 +99,7 @@ def _normals_valid(target: Tensor) -> Tensor:
 
 def _check_raw_shape(spec: TaskSpec, raw: Tensor, target: Tensor) -> None:
     """Guard against silent broadcasting between the head output and the target."""
-    if spec.kind == "segmentation":
+    if spec.kind in LABEL_KINDS:
         ok = raw.dim() == 4 and raw.shape[:1] + raw.shape[2:] == target.shape
         want = f"(B, C, H, W) with (B, H, W) = {tuple(target.shape)}"
     else:
@@ -103,11 +115,14 @@ def task_loss(spec: TaskSpec, raw: Tensor, target: Tensor) -> Tensor:
     """Scalar training loss (MTAN / nash-mtl conventions), averaged over the valid pixels.
 
     segmentation: cross-entropy ignoring ``ignore_index``; depth: L1 where target != 0; normals:
-    1 - cos(predict(raw), target) where the target is not the zero vector. With no valid pixel the loss
-    is an exact 0 that is still connected to ``raw``.
+    1 - cos(predict(raw), target) where the target is not the zero vector; human_parts as segmentation;
+    saliency and edges: balanced BCE with ``spec.pos_weight`` (:func:`benchmark.dense_tasks.balanced_bce`).
+    With no valid pixel the loss is an exact 0 that is still connected to ``raw``.
     """
     _check_raw_shape(spec, raw, target)
-    if spec.kind == "segmentation":
+    if spec.kind in BINARY_KINDS:
+        total, count = balanced_bce(raw, target, spec.pos_weight, spec.ignore_index)
+    elif spec.kind in LABEL_KINDS:
         total = F.cross_entropy(raw, target, ignore_index=spec.ignore_index, reduction="sum")
         count = (target != spec.ignore_index).sum()
     elif spec.kind == "depth":
@@ -282,11 +297,17 @@ def make_metric(spec: TaskSpec) -> Metric:
         return SegmentationMetric(int(spec.num_classes), spec.ignore_index)
     if spec.kind == "depth":
         return DepthMetric()
+    if spec.kind == "human_parts":
+        return HumanPartsMetric(int(spec.num_classes), spec.ignore_index)
+    if spec.kind == "saliency":
+        return SaliencyMetric(spec.ignore_index)
+    if spec.kind == "edges":
+        return EdgeLossMetric(spec.pos_weight, spec.ignore_index)
     return NormalsMetric()
 
 
 def _expected_target(spec: TaskSpec, b: int, h: int, w: int) -> tuple[tuple[int, ...], str]:
-    if spec.kind == "segmentation":
+    if spec.kind in LABEL_KINDS:
         return (b, h, w), "(B, H, W)"
     c = head_channels(spec)
     return (b, c, h, w), f"(B, {c}, H, W)"
@@ -295,7 +316,8 @@ def _expected_target(spec: TaskSpec, b: int, h: int, w: int) -> tuple[tuple[int,
 def validate_batch(specs: Sequence[TaskSpec], batch: Mapping) -> None:
     """Check ``batch = {"image": B x 3 x H x W float, "targets": {task: tensor}}`` against ``specs``.
 
-    Shapes and dtypes always; segmentation labels must lie in [0, C) or equal ``ignore_index`` (one min/max).
+    Shapes and dtypes always; segmentation and human-parts labels must lie in [0, C) or equal ``ignore_index``
+    (one min/max); saliency and edge targets must be 0, 1 or ``ignore_index``.
     Raises ``ValueError`` naming the task, the field, the expected and the actual value.
     """
     if not isinstance(batch, Mapping) or "image" not in batch or "targets" not in batch:
@@ -332,7 +354,7 @@ def validate_batch(specs: Sequence[TaskSpec], batch: Mapping) -> None:
             raise ValueError(
                 f"task {name!r}: target shape {tuple(t.shape)} does not match the expected {pattern} = {shape}"
             )
-        if spec.kind == "segmentation":
+        if spec.kind in LABEL_KINDS:
             if t.dtype != torch.int64:
                 raise ValueError(
                     f"task {name!r}: target dtype {t.dtype} does not match the expected torch.int64"
@@ -342,6 +364,11 @@ def validate_batch(specs: Sequence[TaskSpec], batch: Mapping) -> None:
             raise ValueError(
                 f"task {name!r}: target dtype {t.dtype} does not match the expected floating dtype"
             )
+        elif spec.kind in BINARY_KINDS:
+            bad = t[(t != 0) & (t != 1) & (t != spec.ignore_index)]
+            if bad.numel():
+                raise ValueError(f"task {name!r}: target value {float(bad[0])} is not 0, 1 or "
+                                 f"ignore_index={spec.ignore_index}")
 
 
 def _check_labels(spec: TaskSpec, t: Tensor) -> None:

@@ -262,3 +262,27 @@ def test_memory_ratio_only_for_cuda_peaks():
         r["timing"].update(peak_memory_kind="cuda_allocated", peak_memory_bytes=peak)
     rows = {r.label: r for r in summarize(records)[0].rows}
     assert rows["mgda_ub"].memory_ratio == pytest.approx(3.0) and rows["ew"].memory_ratio == pytest.approx(1.0)
+
+
+def test_auxiliary_task_is_a_column_but_not_in_delta_m_or_rank():
+    """An auxiliary task (no STL run, values that would reorder the ranks) changes neither Δm nor MR."""
+    plain = summarize(make_records())[0]
+    records = make_records()
+    edge = {"ew": 0.1, "pcgrad": 0.2, "mgda_ub": 0.3}
+    for r in records:
+        if r["kind"] == "mtl":
+            r["tasks"].append({"name": "edge", "auxiliary": True})
+            r["metrics"]["edge/loss"] = {"direction": "lower", "unit": "bce"}
+            for e in r["epochs"]:
+                for split in ("val", "test"):
+                    e[split]["edge/loss"] = edge[r["method"]]
+    summary = summarize(records)[0]
+    assert not summary.missing_stl_tasks and not any("STL" in n for n in summary.notes)
+    assert [s.key for s in summary.metrics if s.auxiliary] == ["edge/loss"]
+    for row, ref in zip(summary.rows, plain.rows, strict=True):
+        assert row.label == ref.label and row.delta_m == ref.delta_m and row.mean_rank == ref.mean_rank
+        assert row.metrics["edge/loss"].mean == edge[row.method]
+    assert "edge/loss ↓ (aux)" in build_leaderboard(records)
+    for r in records:
+        r["tasks"][-1]["auxiliary"] = False
+    assert summarize(records)[0].missing_stl_tasks == ["edge"]

@@ -116,7 +116,12 @@ class Method(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement aggregate()")
 
     def check_model(self, model: nn.Module) -> None:
-        """Raise if the method cannot train ``model`` (e.g. CSO without per-task BatchNorm)."""
+        """Raise if the method cannot train ``model`` (e.g. CSO without per-task BatchNorm, or ``grad_source="rep_*"``
+        on a model whose ``rep_unsupported`` gives the reason its ``z`` is not a shared representation)."""
+        reason = getattr(model, "rep_unsupported", None)
+        if self.grad_source != "params" and reason:
+            raise ValueError(f"{type(self).__name__}: grad_source={self.grad_source!r} is unavailable: {reason}; "
+                             "use grad_source='params'")
 
     def own_step(self, ctx: StepContext) -> bool:
         """Take the whole training step (e.g. CSO's Phase 1: one optimizer step per task) and return True, or

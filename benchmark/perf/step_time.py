@@ -6,7 +6,9 @@ batch and optimizer settings; the table reports medians over rounds. Two referen
 * ``fwd+T·bwd``: one forward pass and T backward passes of the shared trunk (the floor of any method that
   needs per-task parameter gradients);
 * ``torchjd:<aggregator>``: the same step done by TorchJD (``mtl_backward`` + ``jac_to_grad``), when the
-  optional ``compare`` extra is installed.
+  optional ``compare`` extra is installed;
+* ``libmtl:<weighting>``: the same step done by LibMTL's weighting class (its ``backward(losses, **kwargs)``,
+  which fills the shared gradients) on our model, when LibMTL is installed (``compare`` extra).
 
 Usage: ``python -m benchmark.perf.step_time --out perf.md`` (``make perf``).
 """
@@ -37,6 +39,13 @@ SIZES = {
     "large": {"width": 24, "levels": 4, "height": 96, "image_width": 128, "batch": 8},
 }
 TORCHJD_AGGREGATORS = {"upgrad": "UPGrad", "mgda": "MGDA", "imtl_g": "IMTLG", "pcgrad": "PCGrad"}
+LIBMTL_WEIGHTINGS = {  # ours -> (LibMTL class, its backward kwargs at our method's defaults)
+    "pcgrad": ("PCGrad", {}),
+    "cagrad": ("CAGrad", {"calpha": 0.5, "rescale": 1}),
+    "mgda": ("MGDA", {"mgda_gn": "none"}),
+    "gradvac": ("GradVac", {"beta": 0.5}),
+    "imtl_h": ("IMTL", {}),
+}
 
 
 @dataclass
@@ -131,6 +140,50 @@ def torchjd_stepper(aggregator: str, size: dict) -> Callable[[], None] | None:
     return step
 
 
+def _libmtl_weighting(name: str) -> type | None:
+    """LibMTL's weighting class, imported without ``LibMTL/__init__`` (whose model zoo fails to import on
+    current torchvision: ``torchvision.models.utils`` is gone)."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if "LibMTL" not in sys.modules:
+        spec = importlib.util.find_spec("LibMTL")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        package = types.ModuleType("LibMTL")
+        package.__path__, package.__spec__ = list(spec.submodule_search_locations), spec
+        sys.modules["LibMTL"] = package
+    return getattr(importlib.import_module("LibMTL.weighting"), name)
+
+
+def libmtl_stepper(weighting: str, kwargs: dict, size: dict) -> Callable[[], None] | None:
+    """A LibMTL training step on our model: its weighting's ``backward`` computes the per-task gradients
+    (one backward pass per task, its ``mode='backward'``) and writes the shared gradients; heads keep their
+    own losses' gradients, as in LibMTL's trainer."""
+    cls = _libmtl_weighting(weighting)
+    if cls is None:
+        return None
+    p = make_problem(size)
+    shared = p.model.shared_parameters()
+    lib = cls()
+    lib.task_num, lib.device, lib.rep_grad = len(TASKS), torch.device("cpu"), False
+    lib.get_share_params = lambda: iter(shared)
+    lib.zero_grad_share_params = lambda: [q.grad.zero_() for q in shared if q.grad is not None]
+    lib.init_param()
+    extra = [q for q in lib.parameters() if q.requires_grad]
+    if extra:
+        p.optimizer.add_param_group({"params": extra})
+
+    def step() -> None:
+        p.optimizer.zero_grad(set_to_none=True)
+        lib.backward(losses_of(p), **kwargs)
+        p.optimizer.step()
+
+    return step
+
+
 def measure(steppers: dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> dict[str, float]:
     """Median seconds per step of each stepper, timed round-robin."""
     times: dict[str, list[float]] = {k: [] for k in steppers}
@@ -146,11 +199,13 @@ def measure(steppers: dict[str, Callable[[], None]], rounds: int, warmup: int = 
 def report(size_name: str, medians: dict[str, float], needs: dict[str, str]) -> list[str]:
     ew, floor = medians["ew"], medians["fwd+T·bwd"]
     lines = [f"### {size_name}: {SIZES[size_name]}", "",
-             "| row | needs | step ×EW | step ×(fwd+T·bwd) | ours ÷ TorchJD |", "|---|---|---|---|---|"]
+             "| row | needs | step ×EW | step ×(fwd+T·bwd) | ours ÷ TorchJD | ours ÷ LibMTL |",
+             "|---|---|---|---|---|---|"]
     for name, t in sorted(medians.items(), key=lambda kv: kv[1]):
         jd = medians.get(f"torchjd:{TORCHJD_AGGREGATORS.get(name, '')}")
-        vs_jd = f"{t / jd:.2f}" if jd else ""
-        lines.append(f"| {name} | {needs.get(name, '')} | {t / ew:.2f} | {t / floor:.2f} | {vs_jd} |")
+        lib = medians.get(f"libmtl:{LIBMTL_WEIGHTINGS.get(name, ('',))[0]}")
+        vs_jd, vs_lib = (f"{t / ref:.2f}" if ref else "" for ref in (jd, lib))
+        lines.append(f"| {name} | {needs.get(name, '')} | {t / ew:.2f} | {t / floor:.2f} | {vs_jd} | {vs_lib} |")
     return lines + [""]
 
 
@@ -172,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
              f"commit {git_state()['git_commit']}.", "", f"Versions: {package_versions()}", "",
              "Ratios are of medians measured round-robin in one process. `fwd+T·bwd` is one forward and T "
              "backward passes of the trunk (the floor for per-task parameter gradients); `torchjd:*` rows run "
-             "TorchJD's `mtl_backward` + `jac_to_grad` on the same model and batch (absent without the "
-             "`compare` extra). CSO runs on the per-task-BN SegNet, the others on the standard one; its mixed "
-             "mode costs a blend of its two phase rows.", ""]
+             "TorchJD's `mtl_backward` + `jac_to_grad`, and `libmtl:*` rows LibMTL's weighting `backward`, on the "
+             "same model and batch (absent without the `compare` extra). CSO runs on the per-task-BN SegNet, the "
+             "others on the standard one; its mixed mode costs a blend of its two phase rows.", ""]
     for size_name in args.sizes:
         size = SIZES[size_name]
         steppers = {m: method_stepper(m, size, args.jacobian_mode) for m in methods if m != "cso"}
@@ -186,8 +241,12 @@ def main(argv: list[str] | None = None) -> int:
             jd = torchjd_stepper(theirs, size) if ours in methods else None
             if jd is not None:
                 steppers[f"torchjd:{theirs}"] = jd
+        for ours, (theirs, kwargs) in LIBMTL_WEIGHTINGS.items():
+            lib = libmtl_stepper(theirs, kwargs, size) if ours in methods else None
+            if lib is not None:
+                steppers[f"libmtl:{theirs}"] = lib
         lines += report(size_name, measure(steppers, args.rounds), {**needs, **{
-            k: "jacobian" for k in steppers if k.startswith("torchjd") or k == "fwd+T·bwd"}})
+            k: "jacobian" for k in steppers if k.startswith(("torchjd", "libmtl")) or k == "fwd+T·bwd"}})
     write_text_atomic(Path(args.out), "\n".join(lines))
     print(f"wrote {args.out}")
     return 0
