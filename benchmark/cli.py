@@ -162,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args, rest)
-    except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as exc:
+    except (ValueError, KeyError, OSError, FloatingPointError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        console.print(f"[red]error:[/] {message}", highlight=False)
+        notes = "".join(f"\n  {note}" for note in getattr(exc, "__notes__", []))
+        console.print(f"[red]error:[/] {message}{notes}", highlight=False)
         return 1
 
 

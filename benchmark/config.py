@@ -43,6 +43,9 @@ class TrainConfig:
     max_nan_skips: int = 10
     clip_shared_grad_norm: float | None = None
     accelerator: Literal["cpu", "cuda", "auto"] = "cpu"
+    checkpoint_every_n_batches: int = 0
+    """Checkpoint every this many training batches too (0: at every epoch end only); a killed run resumes from its
+    last checkpoint on the next ``mtobench run``."""
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     """Autocast (``bf16-mixed``; ``16-mixed`` adds a GradScaler and needs a GPU); gradient methods always see
     unscaled float32 per-task gradients, and steps the scaler skips are counted in the record."""
@@ -139,7 +142,8 @@ class SuiteConfig:
 
 
 def suite_parser(prog: str = "mtobench run") -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, exit_on_error=False, description="Train a suite: dataset x method x seed.")
+    parser = ArgumentParser(prog=prog, exit_on_error=False, allow_abbrev=False,
+                            description="Train a suite: dataset x method x seed.")
     parser.add_argument("suite_file", type=str, help="suite YAML, e.g. configs/suites/default.yaml")
     parser.add_class_arguments(SuiteConfig, "suite", help="suite fields; any can be overridden, e.g. --suite.seeds=[0]")
     return parser
@@ -168,6 +172,8 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
         (t.lr > 0, "train.lr", t.lr, "must be > 0"),
         (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0"),
+        (t.checkpoint_every_n_batches >= 0, "train.checkpoint_every_n_batches", t.checkpoint_every_n_batches,
+         "must be >= 0"),
         (t.lr_step_size >= 1, "train.lr_step_size", t.lr_step_size, "must be >= 1"),
         (0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "must be in (0, 1]"),
         (0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)"),

@@ -171,7 +171,7 @@ class Engine:
             gramian = self.param_gramian(losses, z, z_in)
             self.last_probe = Probe(gramian, _sync(losses.device) - start, "extra")
         if method.needs is Needs.LOSSES:
-            weights = method.loss_weights(losses.detach())
+            weights = checked(method, "loss_weights", method.loss_weights(losses.detach()), (len(losses),))
             total = (weights.detach() * losses).sum()
             self.backward(total)
             return StepInfo(weights.detach(), _grad_norm(self.shared) / self.loss_scale())
@@ -234,9 +234,8 @@ class Engine:
             gramian = self._gramian(jac, rep)
             if scale != 1 and not torch.isfinite(gramian).all():
                 return None
-            weights = method.gramian_weights(gramian, losses.detach().double())
-            if not torch.isfinite(weights).all():
-                raise FloatingPointError(f"{type(method).__name__} returned non-finite weights {weights.tolist()}")
+            weights = checked(method, "gramian_weights", method.gramian_weights(gramian, losses.detach().double()),
+                              (len(losses),))
             method.last_weights = weights.detach()
             direction = weights.to(jac.dtype) @ jac
         else:
@@ -246,7 +245,7 @@ class Engine:
             full = jac if sync is None else sync.gather(jac / sync.world_size, dim=1)
             if scale != 1 and not torch.isfinite(full).all():
                 return None
-            direction = method.aggregate(full, losses.detach())
+            direction = checked(method, "aggregate", method.aggregate(full, losses.detach()), (full.shape[1],))
             if sync is not None:
                 n = jac.shape[1]
                 direction = sync.world_size * direction[sync.rank * n : (sync.rank + 1) * n]
@@ -304,6 +303,19 @@ def _sync(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+def checked(method: Method, hook: str, value, shape: tuple[int, ...]) -> Tensor:
+    """``value`` if it is a finite tensor of ``shape``; else an error naming the method and the hook."""
+    name = getattr(method, "registry_name", type(method).__name__)
+    if not isinstance(value, Tensor) or tuple(value.shape) != shape:
+        got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
+        raise ValueError(f"method {name!r} ({type(method).__name__}): {hook} returned {got}, expected a tensor of "
+                         f"shape {shape}")
+    if not torch.isfinite(value).all():
+        raise FloatingPointError(f"method {name!r} ({type(method).__name__}): {hook} returned non-finite weights "
+                                 f"or direction {value.flatten()[:8].tolist()}")
+    return value
 
 
 def _grad_norm(params: Sequence[nn.Parameter]) -> float:

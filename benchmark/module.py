@@ -22,6 +22,7 @@ NAN_POLICIES = ("error", "skip")
 LR_SCHEDULES = ("constant", "cosine", "step", "poly")
 OPTIMIZERS = ("adam", "sgd")
 SPLITS = ("val", "test")
+TRAINING_STATE = "mtobench_training_state"
 
 
 class MTOModule(L.LightningModule):
@@ -90,6 +91,7 @@ class MTOModule(L.LightningModule):
         self.logged_step: dict[str, float] | None = None
         self.probe_seconds, self.probe_steps = 0.0, 0
         self.probe_sources: set[str] = set()
+        self.resumes: list[dict] = []
 
     def configure_optimizers(self):
         groups = [{"params": list(self.model.parameters()), "weight_decay": self.weight_decay}]
@@ -311,6 +313,36 @@ class MTOModule(L.LightningModule):
         self.epoch_stats.clear()
         if not self.trainer.sanity_checking:
             self.history.append(entry)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save the module's own training state (plain data and tensors; the method's is in its state dict)."""
+        checkpoint[TRAINING_STATE] = {
+            "history": self.history, "step_times": self.step_times, "nan_skips": self.nan_skips,
+            "amp_skipped_steps": self.amp_skipped_steps,
+            "stat_sums": dict(self.stat_sums), "stat_counts": dict(self.stat_counts), "stat_last": self.stat_last,
+            "epoch_stats": dict(self.epoch_stats), "epoch_lr": getattr(self, "_epoch_lr", None),
+            "engine_steps": self.engine.steps, "jacobian_mode": self.engine.resolved_mode,
+            "last_weights": self.method.last_weights, "resumes": self.resumes, "batches": self.batches,
+            "probe": [self.probe_seconds, self.probe_steps, sorted(self.probe_sources)],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore what :meth:`on_save_checkpoint` saved and note the resume (epoch and global step)."""
+        state = checkpoint[TRAINING_STATE]
+        self.history, self.step_times, self.nan_skips = state["history"], state["step_times"], state["nan_skips"]
+        self.amp_skipped_steps = state["amp_skipped_steps"]
+        self.stat_sums = defaultdict(float, state["stat_sums"])
+        self.stat_counts = defaultdict(int, state["stat_counts"])
+        self.stat_last = state["stat_last"]
+        self.epoch_stats = defaultdict(list, state["epoch_stats"])
+        if state["epoch_lr"] is not None:
+            self._epoch_lr = state["epoch_lr"]
+        self.engine.steps, self.engine.resolved_mode = state["engine_steps"], state["jacobian_mode"]
+        self.method.last_weights = state["last_weights"]
+        self.batches = state["batches"]
+        self.probe_seconds, self.probe_steps, sources = state["probe"]
+        self.probe_sources = set(sources)
+        self.resumes = [*state["resumes"], {"epoch": checkpoint["epoch"], "global_step": checkpoint["global_step"]}]
 
     def method_summary(self) -> dict[str, dict[str, float]]:
         """Per statistic: its mean over the steps that reported it, and its last value."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
@@ -15,13 +16,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from benchmark import tasks as T
+from benchmark.checkpointing import RunCheckpoint, check_resumable, checkpoint_path, fingerprint
 from benchmark.config import MethodConfig, SuiteConfig
 from benchmark.methods import Needs, create
 from benchmark.methods.presets import resolve
 from benchmark.methods.registry import PLUGIN_ORIGINS
 from benchmark.module import MTOModule
 from benchmark.names import unknown_name
-from benchmark.records import SCHEMA_VERSION, git_state, package_versions, record_path, write_json_atomic
+from benchmark.records import (
+    SCHEMA_VERSION,
+    check_writable,
+    git_state,
+    package_versions,
+    record_path,
+    write_json_atomic,
+)
 from benchmark.run_log import RunLog, run_log
 from benchmark.sweep import SWEEP_METHOD, simplex_grid, sweep_label
 from datamodules import DATAMODULES
@@ -149,9 +158,18 @@ class GridProgress(L.Callback):
         self.progress.remove_task(self.task)
 
 
-def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: RunLog | None = None) -> dict | None:
-    """Train one run and return its record (the caller writes it), None on DDP ranks other than 0; ``log``
-    (default: no W&B) logs its steps."""
+def run_fingerprint(suite: SuiteConfig, run: PlannedRun) -> str:
+    """What a checkpoint must match to be resumed: the run, its dataset and model, and the training settings."""
+    train = {k: v for k, v in dataclasses.asdict(suite.train).items() if k != "checkpoint_every_n_batches"}
+    return fingerprint({"run": dataclasses.asdict(run), "dataset": dataclasses.asdict(suite.dataset),
+                        "model": dataclasses.asdict(suite.model), "train": train})
+
+
+def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: RunLog | None = None,
+              out: Path | None = None) -> dict | None:
+    """Train one run and return its record (the caller writes it); None on DDP ranks other than 0. ``log``
+    (default: no W&B) logs its steps. With ``out``, the run checkpoints itself beside its record and resumes from
+    a checkpoint found there (``weights_only=True``)."""
     log = log if log is not None else RunLog()
     L.seed_everything(run.seed, workers=True, verbose=False)
     tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
@@ -164,16 +182,24 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: 
                        update_every=run.update_every, optimizer=t.optimizer, momentum=t.momentum,
                        lr_step_size=t.lr_step_size, lr_gamma=t.lr_gamma,
                        log_every_n_steps=suite.logging.log_every_n_steps)
+    train_loader = dm.train_dataloader(seed=run.seed)
+    callbacks, resume = [GridProgress(progress, run.run_id), log], None
+    if out is not None:
+        ckpt, key = checkpoint_path(out, run.run_id), run_fingerprint(suite, run)
+        callbacks.append(RunCheckpoint(ckpt, key, t.checkpoint_every_n_batches, getattr(train_loader, "sampler", None)))
+        if ckpt.exists():
+            check_resumable(ckpt, key)
+            resume = ckpt
+            console.print(f"[yellow]{run.run_id}: resuming from {ckpt}[/]")
     trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, precision=t.precision, logger=False,
                         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, sync_batchnorm=t.sync_batchnorm,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        deterministic=True, num_sanity_val_steps=0,
-                        callbacks=[GridProgress(progress, run.run_id), log])
+                        enable_checkpointing=out is not None, enable_progress_bar=False, enable_model_summary=False,
+                        deterministic=True, num_sanity_val_steps=0, callbacks=callbacks)
     if trainer.strategy.root_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=dm.train_dataloader(seed=run.seed),
-                val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()],
+                ckpt_path=resume, weights_only=True)
     wall = time.perf_counter() - start
     if not trainer.is_global_zero:
         return None
@@ -221,6 +247,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
         "timing": {"step_time_mean_s": float(times.mean()), "step_time_median_s": float(times.median()),
                    "steps": len(module.step_times), "wall_time_s": wall, **memory},
         "nan_skips": module.nan_skips,
+        "resumes": module.resumes,
         "amp_skipped_steps": module.amp_skipped_steps,
         "method_stats": module.method_summary(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -229,15 +256,20 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
 
 
 def run_suite(suite: SuiteConfig, force: bool = False, launcher: str = "none", workers: int = 1) -> list[Path]:
-    """Train every planned run whose record does not exist yet; return the record paths of the suite.
+    """Train every planned run whose record does not exist yet (resuming from its checkpoint, if any; ``force``
+    retrains from scratch); return the record paths of the suite.
 
     ``launcher`` ``local`` or ``slurm`` trains each run as a submitit job (``benchmark/launch.py``)."""
+    out = Path(suite.output_dir)
+    check_writable(out, "output_dir")
+    if suite.train.accelerator == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"suite {suite.name!r}: train.accelerator='cuda' but torch {torch.__version__} finds no CUDA "
+                         "device; set train.accelerator to 'cpu' or 'auto'")
     dm = create_datamodule(suite)
     dm.prepare_data()
     dm.setup("fit")
     check_methods(suite, dm.tasks)
     runs = plan_runs(suite, [t.name for t in dm.tasks if not t.auxiliary], [t.name for t in dm.tasks])
-    out = Path(suite.output_dir)
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
     if len(todo) < len(runs):
         console.print(f"[dim]{len(runs) - len(todo)} of {len(runs)} runs already have records in {out}; skipped[/]")
@@ -251,19 +283,30 @@ def run_suite(suite: SuiteConfig, force: bool = False, launcher: str = "none", w
     with Progress(*columns, console=console) as progress:
         grid = progress.add_task(f"suite {suite.name}", total=len(todo))
         for run in todo:
-            train_and_write(suite, run, dm, progress)
+            train_and_write(suite, run, dm, progress, force)
             progress.advance(grid)
     return [record_path(out, r.run_id) for r in runs]
 
 
-def train_and_write(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress) -> Path | None:
-    """Train ``run`` with its logging open and write its record; the record's path (None on DDP ranks > 0)."""
+def train_and_write(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, force: bool = False) -> Path | None:
+    """Train ``run`` with its logging open (resuming from its checkpoint unless ``force``), write its record and
+    drop the checkpoint; the record's path (None on DDP ranks > 0). A failed run keeps its checkpoint."""
+    out = Path(suite.output_dir)
+    ckpt = checkpoint_path(out, run.run_id)
+    if force:
+        ckpt.unlink(missing_ok=True)
     tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
-    with run_log(suite, run, metric_table(tasks)) as log:
-        record = train_one(suite, run, dm, progress, log)
-        if record is None:
-            return None
-        path = record_path(Path(suite.output_dir), run.run_id)
-        write_json_atomic(path, record)
-        log.attach_record(path, record)
-        return path
+    try:
+        with run_log(suite, run, metric_table(tasks)) as log:
+            record = train_one(suite, run, dm, progress, log, out)
+            if record is None:
+                return None
+            path = record_path(out, run.run_id)
+            write_json_atomic(path, record)
+            ckpt.unlink(missing_ok=True)
+            log.attach_record(path, record)
+            return path
+    except Exception as exc:
+        exc.add_note(f"run {run.run_id} (method {run.method!r}) failed; no record was written"
+                     + (f"; rerun to resume from {ckpt}" if ckpt.exists() else ""))
+        raise

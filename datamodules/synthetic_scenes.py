@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import lightning
@@ -21,6 +22,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.sampling import EpochShuffleSampler
 from datamodules.scene_render import CLASS_NAMES, GENERATOR_VERSION, render_quantised
 from datamodules.task_spec import TaskSpec
 
@@ -189,9 +191,29 @@ class SyntheticScenesDataModule(lightning.LightningDataModule):
         _atomic_write(self.cache_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
 
     def load_split(self, split: str) -> dict[str, np.ndarray]:
-        """The cached compact arrays of one split (uint8 image, int8 label, uint32 depth in 0.1 mm, float16)."""
-        with np.load(self.cache_dir / f"{split}.npz") as f:
-            return {key: f[key] for key in f.files}
+        """The cached compact arrays of one split (uint8 image, int8 label, uint32 depth in 0.1 mm, float16),
+        checked: a bad file raises ``ValueError`` naming it, the array and what was expected."""
+        path = self.cache_dir / f"{split}.npz"
+        try:
+            with np.load(path) as f:
+                arrays = {key: f[key] for key in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"synthetic_scenes: cannot read {path}: {exc}; delete it to regenerate") from exc
+        n, h, w = self.sizes[split], self.height, self.width
+        expected = {"image": (np.uint8, (n, 3, h, w)), "label": (np.int8, (n, h, w)),
+                    "depth": (np.uint32, (n, 1, h, w)), "normal": (np.float16, (n, 3, h, w))}
+        if set(arrays) != set(expected):
+            raise ValueError(f"synthetic_scenes: {path} holds arrays {sorted(arrays)}, expected {sorted(expected)}")
+        for key, (dtype, shape) in expected.items():
+            if arrays[key].dtype != dtype or arrays[key].shape != shape:
+                raise ValueError(f"synthetic_scenes: {path} array {key!r} is {arrays[key].dtype} {arrays[key].shape}, "
+                                 f"expected {np.dtype(dtype)} {shape}")
+        label = arrays["label"]
+        bad = (label != -1) & ((label < 0) | (label >= len(CLASS_NAMES)))
+        if bad.any():
+            raise ValueError(f"synthetic_scenes: {path} array 'label' has {int(bad.sum())} values outside "
+                             f"[0, {len(CLASS_NAMES)}) and not the ignore index -1, e.g. {int(label[bad][0])}")
+        return arrays
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
@@ -202,13 +224,15 @@ class SyntheticScenesDataModule(lightning.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, seed: int | None = None) -> DataLoader:
         if split not in self.datasets:
             self.setup()
-        generator = torch.Generator().manual_seed(self.seed if seed is None else seed) if shuffle else None
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          generator=generator, drop_last=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        seed = self.seed if seed is None else seed
+        sampler = EpochShuffleSampler(len(self.datasets[split]), seed) if shuffle else None
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, sampler=sampler,
+                          generator=torch.Generator().manual_seed(seed), drop_last=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self, seed: int | None = None) -> DataLoader:
-        """Shuffled training batches; the order is drawn from ``seed`` (a run's seed), else the dataset seed."""
+        """Shuffled training batches in an order drawn from ``(seed, epoch)`` (``seed``: a run's seed, else the
+        dataset seed; the epoch is set by Lightning through ``sampler.set_epoch``)."""
         return self._loader("train", shuffle=True, seed=seed)
 
     def val_dataloader(self) -> DataLoader:

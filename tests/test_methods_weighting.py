@@ -309,7 +309,7 @@ def test_famo_adam_matches_torch_adam_and_first_step_is_lr_sign():
 
 def test_famo_inner_optimizer_is_lazy_and_follows_the_logits():
     method = FAMO(2, optimizer="sgd", lr=0.1, gamma=0.5)
-    assert method._inner is None and method.get_extra_state() == {"optimizer": None}
+    assert method._inner is None and method.get_extra_state() == {"rng": None, "optimizer": None, "after_step_skips": 0}
     method.after_step(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 1.5]))
     assert isinstance(method.inner_optimizer(), torch.optim.SGD)
     moved = method.double()  # replaces the logits buffer: the next step must update the new tensor
@@ -340,7 +340,8 @@ def test_famo_state_round_trip_restores_logits_and_adam_state():
     loss = torch.tensor([1.0, 2.0, 3.0])
     assert torch.equal(first.loss_weights(loss), resumed.loss_weights(loss))
     first.reset()
-    assert first.logits.abs().max() == 0 and first.get_extra_state() == {"optimizer": None}
+    assert first.logits.abs().max() == 0
+    assert first.get_extra_state() == {"rng": None, "optimizer": None, "after_step_skips": 0}
 
 
 def test_famo_skips_non_finite_after_losses_and_keeps_logits_out_of_the_optimizer():

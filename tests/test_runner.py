@@ -149,8 +149,10 @@ def test_failed_run_leaves_no_record(tmp_path, test_methods):
     suite = load_suite(write_suite(tmp_path, "[{name: ew}, {name: test_exploding}]"), ["--suite.stl", "false"])
     with pytest.raises(RuntimeError, match="boom"):
         run_suite(suite)
-    names = sorted(p.name for p in (tmp_path / "runs").rglob("*") if p.is_file() and "wandb" not in p.parts)
-    assert names == ["seed0.json", "seed1.json"]
+    names = sorted(p.relative_to(tmp_path / "runs").as_posix() for p in (tmp_path / "runs").rglob("*")
+                   if p.is_file() and "wandb" not in p.parts)
+    failed = "tiny/synthetic_scenes/test_exploding/seed0"
+    assert names == ["tiny/synthetic_scenes/ew/seed0.json", "tiny/synthetic_scenes/ew/seed1.json", f"{failed}.ckpt"]
     assert all(json.loads(p.read_text())["method"] == "ew" for p in (tmp_path / "runs").rglob("*.json"))
 
 

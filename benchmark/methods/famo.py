@@ -123,10 +123,13 @@ class FAMO(Method):
 
     def get_extra_state(self) -> dict:
         state = self._inner_state if self._inner is None else self._inner.state_dict()
-        return {"optimizer": copy.deepcopy(state)}
+        return {**super().get_extra_state(), "optimizer": copy.deepcopy(state),
+                "after_step_skips": self.after_step_skips}
 
     def set_extra_state(self, state: dict) -> None:
+        super().set_extra_state(state)
         self._inner, self._inner_state = None, copy.deepcopy(state["optimizer"])
+        self.after_step_skips = int(state["after_step_skips"])
 
     def reset(self) -> None:
         super().reset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -77,6 +78,9 @@ class MGDA(Method):
             raise ValueError(f"{name}: normalization={normalization!r} is not one of {NORMALIZATIONS}")
         if solver not in SOLVERS:
             raise ValueError(f"{name}: solver={solver!r} is not one of {tuple(SOLVERS)}")
+        if solver == "qp" and importlib.util.find_spec("quadprog") is None:
+            raise ImportError(f"{name}: solver='qp' needs the QP solver quadprog (a dependency of mtobench), which is "
+                              "not installed: pip install 'quadprog>=0.1.12'")
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"{name}: max_iter must be a positive int, got {max_iter!r}")
         if isinstance(tol, bool) or not isinstance(tol, int | float) or not (math.isfinite(tol) and tol >= 0):
