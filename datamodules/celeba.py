@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.epoch_sampler import EpochSampler
+from datamodules.sampling import EpochShuffleSampler
 from datamodules.task_spec import TaskSpec
 
 NUM_ATTRIBUTES = 40
@@ -226,9 +226,10 @@ class CelebADataModule(lightning.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self, seed: int | None = None) -> DataLoader:
-        """Training batches in the order :func:`~datamodules.epoch_sampler.epoch_permutation` (seed, epoch)."""
+        """Training batches in the (seed, epoch) order of :class:`~datamodules.sampling.EpochShuffleSampler`."""
         self.setup()
-        return self._loader("train", EpochSampler(len(self.datasets["train"]), self.seed if seed is None else seed))
+        sampler = EpochShuffleSampler(len(self.datasets["train"]), self.seed if seed is None else seed)
+        return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.dense_io import EpochSampler, affine, normalize_image, read_split, sample_rng, warp
+from datamodules.dense_io import affine, normalize_image, read_split, sample_rng, warp
+from datamodules.sampling import EpochShuffleSampler
 from datamodules.task_spec import TaskSpec
 
 Augment = Callable[[np.random.Generator, float], tuple[torch.Tensor, bool]]
@@ -24,8 +25,9 @@ def _load_item(dm: DenseDataModule, ids: list[str], i: int) -> tuple[np.ndarray,
 
 
 class DenseDataset(Dataset):
-    """Items ``{"image": 3 x h x w, "targets": {task: tensor}}``. A key ``(epoch, i)`` (from :class:`EpochSampler`)
-    draws sample ``i``'s augmentation from (seed, epoch, i); a plain ``i`` only resizes to ``size``."""
+    """Items ``{"image": 3 x h x w, "targets": {task: tensor}}``. A key ``(epoch, i)`` (from a keyed
+    :class:`~datamodules.sampling.EpochShuffleSampler`) draws sample ``i``'s augmentation from (seed, epoch, i);
+    a plain ``i`` only resizes to ``size``."""
 
     def __init__(self, load: Callable[[int], tuple[np.ndarray, dict]], n: int, size: tuple[int, int],
                  augment: Augment | None = None, seed: int = 0) -> None:
@@ -133,7 +135,7 @@ class DenseDataModule(lightning.LightningDataModule):
         """Order and augmentation are functions of (``seed``, epoch, sample index) only."""
         seed = 0 if seed is None else seed
         dataset = self._dataset("train", seed)
-        return self._loader(dataset, EpochSampler(len(dataset), seed), drop_last=True)
+        return self._loader(dataset, EpochShuffleSampler(len(dataset), seed, keyed=True), drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("val"))

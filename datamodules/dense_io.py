@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Sampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -135,25 +134,6 @@ def unit_normals(n: np.ndarray) -> np.ndarray:
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The augmentation randomness of one sample: a pure function of (run seed, epoch, sample index)."""
     return np.random.default_rng([seed, epoch, index])
-
-
-class EpochSampler(Sampler):
-    """A permutation of ``range(n)`` drawn from (``seed``, epoch); yields ``(epoch, index)`` so the dataset can
-    draw the sample's augmentation from the same key. Lightning calls ``set_epoch`` before every epoch, so a
-    resumed run sees the same order and the same augmentations."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
-        return iter([(self.epoch, int(i)) for i in torch.randperm(self.n, generator=g)])
 
 
 def affine(scale: float = 1.0, angle_deg: float = 0.0, flip: bool = False, shift: tuple[float, float] = (0.0, 0.0),

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.npy_folder import (
     ArraySpec,
@@ -27,10 +27,11 @@ from datamodules.npy_folder import (
     matched_indices,
     resolve_root,
 )
+from datamodules.sampling import EpochShuffleSampler
 from datamodules.task_spec import TaskSpec
 
 SCALES = (1.0, 1.2, 1.5)
-_SPLIT_TAG, _ORDER_TAG, _AUG_TAG = 1, 2, 3
+_SPLIT_TAG, _AUG_TAG = 1, 3
 """First SeedSequence word of each random stream, so that no two streams share a seed."""
 
 
@@ -105,32 +106,11 @@ def to_tensor(array: np.ndarray, kind: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(array, dtype=np.float32), -1, 0)))
 
 
-class EpochShuffle(Sampler):
-    """A permutation of ``range(n)`` drawn from (seed, epoch); yields ``(epoch, position)`` keys.
-
-    Lightning calls ``set_epoch`` before every epoch, and the epoch travels with each key to the dataset, so
-    worker processes need no shared state.
-    """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        order = np.random.default_rng([_ORDER_TAG, self.seed, self.epoch]).permutation(self.n)
-        return iter([(self.epoch, int(i)) for i in order])
-
-
 class NpyFolderDataset(Dataset):
     """Samples ``split_dir/<folder>/<id>.npy`` for ``ids``; each file is value-checked when loaded.
 
-    A key is a position, or ``(epoch, position)`` from ``EpochShuffle``; with ``augment_seed`` set the latter
-    is augmented with ``draw_scale_crop_flip(augment_seed, epoch, id)``.
+    A key is a position, or ``(epoch, position)`` from a keyed ``EpochShuffleSampler``; with ``augment_seed`` set
+    the latter is augmented with ``draw_scale_crop_flip(augment_seed, epoch, id)``.
     """
 
     def __init__(self, split_dir: Path, ids: list[int], fields: list[Field], augment_seed: int | None = None):
@@ -264,7 +244,7 @@ class MTANFolderDataModule(lightning.LightningDataModule):
         """Batches in an order drawn from (``seed``, epoch), augmented from (``seed``, epoch, file) if enabled."""
         seed = 0 if seed is None else seed
         ds = self.dataset("train", seed if self.augment else None)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=EpochShuffle(len(ds), seed),
+        return DataLoader(ds, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(ds), seed, keyed=True),
                           drop_last=self.drop_last, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.epoch_sampler import EpochSampler
 from datamodules.idx import read_idx
+from datamodules.sampling import EpochShuffleSampler
 from datamodules.synthetic_scenes import _atomic_write
 from datamodules.task_spec import TaskSpec
 
@@ -260,10 +260,11 @@ class MultiMNISTDataModule(lightning.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self, seed: int | None = None) -> DataLoader:
-        """Training batches in the order :func:`~datamodules.epoch_sampler.epoch_permutation` (seed, epoch)."""
+        """Training batches in the (seed, epoch) order of :class:`~datamodules.sampling.EpochShuffleSampler`."""
         if "train" not in self.datasets:
             self.setup()
-        return self._loader("train", EpochSampler(len(self.datasets["train"]), self.seed if seed is None else seed))
+        sampler = EpochShuffleSampler(len(self.datasets["train"]), self.seed if seed is None else seed)
+        return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -16,19 +16,21 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A permutation of ``range(size)`` drawn from ``epoch_seed(seed, epoch)``.
+    """A permutation of ``range(size)`` drawn from ``epoch_seed(seed, epoch)``; with ``keyed``, yields
+    ``(epoch, index)`` keys instead, so a dataset can draw the sample's augmentation from the same key in any
+    worker process.
 
     Lightning calls ``set_epoch`` before every epoch. Nothing depends on how many numbers an earlier epoch
     drew, so a run resumed at epoch ``e`` gets the order an uninterrupted run gets. ``skip_once(n)`` makes the
     next iteration start after its first ``n`` indices (resuming mid-epoch); ``len`` stays the full epoch.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, keyed: bool = False) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"EpochShuffleSampler: size={size!r} must be a positive int")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"EpochShuffleSampler: seed={seed!r} must be an int")
-        self.size, self.seed, self.epoch = size, seed, 0
+        self.size, self.seed, self.epoch, self.keyed = size, seed, 0, keyed
         self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -44,9 +46,10 @@ class EpochShuffleSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
         return torch.randperm(self.size, generator=generator).tolist()
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         skip, self._skip = self._skip, 0
-        return iter(self.order()[skip:])
+        order = self.order()[skip:]
+        return iter([(self.epoch, i) for i in order] if self.keyed else order)
 
     def __len__(self) -> int:
         return self.size

@@ -14,7 +14,7 @@ from benchmark.config import load_suite
 from benchmark.runner import check_methods, create_datamodule, run_suite
 from datamodules import DATAMODULES
 from datamodules.celeba import CelebADataModule
-from datamodules.epoch_sampler import EpochSampler, epoch_permutation
+from datamodules.sampling import EpochShuffleSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
@@ -85,9 +85,9 @@ def test_classification_kind_subset_limits_and_official_layout(tmp_path, monkeyp
 def test_training_order_is_a_function_of_seed_and_epoch(celeba):
     dm = CelebADataModule(batch_size=4, root=str(celeba[0]), image_size=8)
     loader = dm.train_dataloader(seed=5)
-    assert isinstance(loader.sampler, EpochSampler) and loader.drop_last
+    assert isinstance(loader.sampler, EpochShuffleSampler) and loader.drop_last
     loader.sampler.set_epoch(3)
-    assert list(loader.sampler) == epoch_permutation(8, 5, 3).tolist()
+    assert list(loader.sampler) == EpochShuffleSampler(8, 5).order(3)
 
 
 def test_missing_root_explains_how_to_get_the_data(celeba):

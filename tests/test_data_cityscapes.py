@@ -163,5 +163,6 @@ def test_protocol_config_runs_on_a_small_fixture(tmp_path, config, methods):
     records = [read_record(p) for p in run_suite(suite)]
     assert len(records) == 4 and all(r["status"] == "finished" for r in records)
     assert {r["kind"] for r in records} == {"mtl", "stl"}
-    assert records[0]["dataset_info"]["val_is_test"] is True and records[0]["timing"]["steps"] == 3
-    assert set(records[0]["epochs"][0]["test"]) >= {"semseg/miou", "semseg/pix_acc", "depth/abs_err", "depth/rel_err"}
+    mtl = next(r for r in records if r["kind"] == "mtl")
+    assert mtl["dataset_info"]["val_is_test"] is True and mtl["timing"]["steps"] == 3
+    assert set(mtl["epochs"][0]["test"]) >= {"semseg/miou", "semseg/pix_acc", "depth/abs_err", "depth/rel_err"}

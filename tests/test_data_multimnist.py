@@ -14,9 +14,9 @@ from PIL import Image
 from benchmark.config import load_suite
 from benchmark.runner import check_methods, create_datamodule, run_suite
 from datamodules import DATAMODULES
-from datamodules.epoch_sampler import EpochSampler, epoch_permutation
 from datamodules.idx import IDXError, read_idx
 from datamodules.multi_mnist import MEAN, STD, MultiMNISTDataModule, overlay, resize_nearest_index
+from datamodules.sampling import EpochShuffleSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
@@ -270,15 +270,15 @@ def test_n_val_must_leave_training_items(sources):
 
 
 def test_epoch_sampler_is_a_function_of_seed_and_epoch():
-    s = EpochSampler(50, seed=3)
+    s = EpochShuffleSampler(50, seed=3)
     first = list(s)
     s.set_epoch(1)
     second = list(s)
     assert sorted(first) == list(range(50)) and first != second
-    again = EpochSampler(50, seed=3)
+    again = EpochShuffleSampler(50, seed=3)
     again.set_epoch(1)
-    assert list(again) == second == epoch_permutation(50, 3, 1).tolist()
-    assert list(EpochSampler(50, seed=4)) != first
+    assert list(again) == second == EpochShuffleSampler(50, 3).order(1)
+    assert list(EpochShuffleSampler(50, seed=4)) != first
 
 
 class _Recorder(L.LightningModule):
@@ -304,7 +304,7 @@ def test_lightning_sets_the_epoch_so_each_epoch_has_its_own_order(sources):
     trainer.fit(module, train_dataloaders=dm.train_dataloader(seed=7))
     first_pixels = dm.datasets["train"].image[:, 0, 0, 0]
     for epoch in (0, 1):
-        order = epoch_permutation(len(dm.datasets["train"]), 7, epoch)[:32].tolist()
+        order = EpochShuffleSampler(len(dm.datasets["train"]), 7).order(epoch)[:32]
         assert module.seen[epoch] == first_pixels[order].tolist()
 
 

@@ -15,8 +15,9 @@ from benchmark.config import load_suite
 from benchmark.leaderboard import build_leaderboard
 from benchmark.runner import run_suite
 from datamodules import DATAMODULES
-from datamodules.dense_io import IMAGENET_MEAN, IMAGENET_STD, EpochSampler, affine, warp
+from datamodules.dense_io import IMAGENET_MEAN, IMAGENET_STD, affine, warp
 from datamodules.nyud import ENV, NYUDDataModule
+from datamodules.sampling import EpochShuffleSampler
 from tests.fixtures_dense import check_cso_protocol, smoke_overrides, write_nyud
 
 H, W = 12, 16
@@ -106,7 +107,7 @@ def test_train_order_and_augmentation_are_functions_of_seed_epoch_index(data):
 
 
 def test_epoch_sampler_is_a_permutation_keyed_by_epoch():
-    s = EpochSampler(10, seed=1)
+    s = EpochShuffleSampler(10, seed=1, keyed=True)
     s.set_epoch(2)
     keys = list(s)
     assert sorted(i for _, i in keys) == list(range(10)) and {e for e, _ in keys} == {2}

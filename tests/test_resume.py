@@ -36,7 +36,7 @@ output_dir: {out}
 leaderboard: {out}/leaderboard.md
 """
 STATEFUL = "[{name: ew}, {name: uw}, {name: famo}, {name: nash_mtl}, {name: cso, model: {task_bn: true}}]"
-VOLATILE = ("timing", "created", "resumes", "git_dirty", "config")
+VOLATILE = ("timing", "created", "resumes", "git_dirty", "config", "logging")
 
 
 def write_suite(tmp_path: Path, out: str, methods: str) -> Path:
@@ -50,8 +50,11 @@ def records(folder: Path) -> dict[str, dict]:
 
 
 def stable(record: dict) -> dict:
-    """A record without wall-clock fields; the step count stays."""
-    return {k: v for k, v in record.items() if k not in VOLATILE} | {"steps": record["timing"]["steps"]}
+    """A record without wall-clock fields and paths; the step count and the logged step series (less its
+    timings) stay."""
+    points = [{k: v for k, v in p.items() if not k.endswith("time")} for p in record["step_log"]["points"]]
+    return ({k: v for k, v in record.items() if k not in VOLATILE}
+            | {"steps": record["timing"]["steps"], "step_log": points})
 
 
 def test_epoch_sampler_order_is_a_function_of_seed_and_epoch():
