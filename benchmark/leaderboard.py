@@ -465,6 +465,9 @@ def _summarize_group(
             if unmatched else []
         delta_keys = [s.key for s in scored if s.key in baseline] or None
     notes = [*skipped, *notes, *stl_notes]
+    if rule == "best-val" and any(r.get("dataset_info", {}).get("val_is_test") for r in records):
+        notes.append("**Warning:** the validation split of these runs is the test split (dataset `val_size: 0`), "
+                     "so `best-val` selects on test, as LibMTL does; the numbers are optimistic.")
     rows = _method_rows(mtl, specs, picks, baseline if delta_keys else None, delta_keys)
     sweep_rows = _method_rows(sweep, specs, picks, baseline if delta_keys else None, delta_keys) if sweep else []
     front, dominated = _judge(rows, sweep_rows, specs, baseline, delta_keys, notes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -79,11 +80,14 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def check_writable(folder: Path, field: str) -> None:
-    """Create ``folder`` if needed and prove a file can be written in it; else ``OSError`` naming it and ``field``."""
-    folder = Path(folder)
+    """Prove a file can be written in ``folder`` (or, if it does not exist yet, in its nearest existing parent,
+    which is where it would be created) without creating it; else ``OSError`` naming it and ``field``."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=folder)
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

@@ -287,3 +287,12 @@ def test_auxiliary_task_is_a_column_but_not_in_delta_m_or_rank():
     for r in records:
         r["tasks"][-1]["auxiliary"] = False
     assert summarize(records)[0].missing_stl_tasks == ["edge"]
+
+
+def test_best_val_on_a_test_split_is_flagged():
+    records = make_records(overfit=True)
+    assert "selects on test" not in build_leaderboard(records, rule="best-val")
+    for r in records:
+        r.setdefault("dataset_info", {})["val_is_test"] = True
+    assert "selects on test" in build_leaderboard(records, rule="best-val")
+    assert "selects on test" not in build_leaderboard(records, rule="last")

@@ -310,7 +310,7 @@ def test_each_model_trains_one_epoch_through_the_runner(tmp_path: Path, name: st
     path.write_text(SUITE.format(data=tmp_path / "data", out=tmp_path / "runs", model=name, params=params,
                                  methods=methods))
     run_suite(load_suite(path, []))
-    records = [read_record(p) for p in sorted((tmp_path / "runs").rglob("*.json"))]
+    records = [read_record(p) for p in sorted((tmp_path / "runs").rglob("seed*.json"))]
     assert len(records) == methods.count("name:")
     for rec in records:
         assert rec["model"]["name"] == name and rec["timing"]["steps"] == 2
