@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -25,7 +26,7 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         run_suite(suite, force=args.force, launcher=args.launcher, workers=args.workers)
     except JobsFailed as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return 1
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -62,7 +63,7 @@ def cmd_table(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         comparison, path = run_table(entry, suite, args.out)
     except DataMissing as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return 1
     console.print(comparison.markdown, highlight=False, markup=False)
     console.print(f"[green]comparison written to {path}[/]")
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, OSError, FloatingPointError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         notes = "".join(f"\n  {note}" for note in getattr(exc, "__notes__", []))
-        console.print(f"[red]error:[/] {message}{notes}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(message) + notes)}", highlight=False)
         return 1
 
 
