@@ -26,6 +26,7 @@ from benchmark.scoring import (
     SELECTION_RULES,
     SeedStats,
     delta_m,
+    delta_p,
     mean_rank,
     seed_mean,
     seed_stats,
@@ -49,9 +50,11 @@ DEFAULT_DECIMALS = 4
 ARROWS = {"higher": "↑", "lower": "↓"}
 LEGEND = (
     "Metrics and Δm% (vs the STL baseline, per seed): mean ± sample std over seeds; 95% CI: Student-t "
-    "half-width of the Δm mean. MR: mean over metrics of the rank among the rows above, on seed means (ties "
-    "averaged, NaN last). Step time and peak memory: ratio of seed means to EW's; peak memory is compared only "
-    "for CUDA runs (a CPU run records the process-wide max RSS, which is not per run)."
+    "half-width of the Δm mean. Δp% (LibMTL's task-level score, higher is better): the signed relative "
+    "improvement averaged within each task, then over tasks, per seed. MR: mean over metrics of the rank among "
+    "the rows above, on seed means (ties averaged, NaN last). Step time and peak memory: ratio of seed means to "
+    "EW's; peak memory is compared only for CUDA runs (a CPU run records the process-wide max RSS, which is not "
+    "per run)."
 )
 
 
@@ -78,6 +81,7 @@ class MethodRow:
     step_time_ratio: float | None
     memory_ratio: float | None
     diagnostics: dict[str, SeedStats] = field(default_factory=dict)
+    delta_p: SeedStats | None = None
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,10 @@ def _method_rows(
     ew_mem = _memory_mean(ew_records) if ew_records else None
     directions = {s.key: s.direction for s in specs if not s.auxiliary}
     delta_directions = {k: directions[k] for k in (delta_keys if delta_keys is not None else directions)}
+    groups: dict[str, list[str]] = defaultdict(list)
+    for spec in specs:
+        if spec.key in delta_directions:
+            groups[spec.task].append(spec.key)
     rows = []
     for (base_label, hparams), runs in variants.items():
         label = _variant_label(base_label, hparams, per_label[base_label] > 1)
@@ -345,6 +353,7 @@ def _method_rows(
         runs = sorted(runs, key=lambda r: r["seed"])
         values = [picks[r["run_id"]] for r in runs]
         dm = None if baseline is None else seed_stats([delta_m(v, baseline, delta_directions) for v in values])
+        dp = None if baseline is None else seed_stats([delta_p(v, baseline, delta_directions, groups) for v in values])
         rows.append(
             MethodRow(
                 label=label,
@@ -353,6 +362,7 @@ def _method_rows(
                 run_ids=tuple(r["run_id"] for r in runs),
                 metrics={s.key: seed_stats([v[s.key] for v in values]) for s in specs},
                 delta_m=dm,
+                delta_p=dp,
                 mean_rank=None,
                 step_time_ratio=_ratio(_timing_mean(runs, "step_time_mean_s"), ew_step),
                 memory_ratio=_ratio(_memory_mean(runs), ew_mem),
@@ -597,6 +607,7 @@ def _summary_markdown(summary: DatasetSummary) -> list[str]:
             *metric_heads,
             "Δm% ↓",
             "Δm% 95% CI",
+            "Δp% ↑",
             "MR ↓",
             "step time ×EW",
             "peak mem ×EW",
@@ -611,6 +622,7 @@ def _summary_markdown(summary: DatasetSummary) -> list[str]:
                     *(_pm(row.metrics[s.key], _decimals(s.unit)) for s in summary.metrics),
                     _pm(row.delta_m, 2),
                     ci,
+                    _pm(row.delta_p, 2),
                     "n/a" if row.mean_rank is None else f"{row.mean_rank:.2f}",
                     _times(row.step_time_ratio),
                     _times(row.memory_ratio),

@@ -89,6 +89,16 @@ def _independent_delta_m(values):
     return 100.0 * sum(terms) / len(terms)
 
 
+def _independent_delta_p(values):
+    """LibMTL's Δp: per task the mean signed improvement of its metrics, then the mean over tasks."""
+    baseline = {k: v for t in STL.values() for k, v in t.items()}
+    per_task = {}
+    for key, spec in METRICS.items():
+        sign = 1.0 if spec["direction"] == "higher" else -1.0
+        per_task.setdefault(key.split("/")[0], []).append(sign * (values[key] - baseline[key]) / baseline[key])
+    return 100.0 * statistics.mean(statistics.mean(v) for v in per_task.values())
+
+
 def _row(markdown, label):
     return next(line for line in markdown.splitlines() if line.startswith(f"| {label} |"))
 
@@ -108,6 +118,8 @@ def test_mean_std_and_delta_m_per_method():
         assert cells[3] == f"{statistics.mean(abs_err):.4f} ± {statistics.stdev(abs_err):.4f}"
         dm = [_independent_delta_m(v) for v in seeds]
         assert cells[5] == f"{statistics.mean(dm):.2f} ± {statistics.stdev(dm):.2f}"
+        dp = [_independent_delta_p(v) for v in seeds]
+        assert cells[7] == f"{statistics.mean(dp):.2f} ± {statistics.stdev(dp):.2f}"
         assert cells[1] == "2"
 
 
@@ -127,7 +139,7 @@ def test_rows_sorted_by_delta_m_with_ranks_and_ew_ratios():
     assert order[:3] == ["mgda_ub", "pcgrad", "ew"]
     ew, pcgrad, mgda = (_cells(_row(md, m)) for m in ("ew", "pcgrad", "mgda_ub"))
     assert ew[-2] == "1.00×" and pcgrad[-2] == "2.00×" and mgda[-2] == "4.00×"
-    assert mgda[7] == "1.00" and pcgrad[7] == "2.00" and ew[7] == "3.00"
+    assert mgda[8] == "1.00" and pcgrad[8] == "2.00" and ew[8] == "3.00"
 
 
 def test_no_ew_gives_na_ratio():
@@ -248,7 +260,7 @@ def test_rows_follow_method_label_and_null_metrics_are_nan():
     big = _cells(_row(md, "ew-big"))
     assert big[4] == "nan ± nan" and big[5] == "nan ± nan" and big[-2] == "n/a"
     assert (
-        big[7] == f"{(3.5 + 3.5 + 4) / 3:.2f}" and _cells(_row(md, "ew"))[7] == f"{(3.5 + 3.5 + 3) / 3:.2f}"
+        big[8] == f"{(3.5 + 3.5 + 4) / 3:.2f}" and _cells(_row(md, "ew"))[8] == f"{(3.5 + 3.5 + 3) / 3:.2f}"
     )
     order = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "±" in line]
     assert order[:4] == ["mgda_ub", "pcgrad", "ew", "ew-big"]
