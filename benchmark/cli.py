@@ -73,8 +73,8 @@ def cmd_table(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
     from benchmark.leaderboard import write_leaderboard
 
-    write_leaderboard(Path(args.runs_dir), Path(args.out), args.rule)
-    console.print(f"[green]leaderboard written to {args.out}[/]")
+    write_leaderboard(Path(args.runs_dir), Path(args.out), args.rule, plot=True)
+    console.print(f"[green]leaderboard written to {args.out} (plots beside it)[/]")
     return 0
 
 
