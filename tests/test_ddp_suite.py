@@ -57,7 +57,7 @@ def test_two_process_suite_run_writes_one_record_per_run_from_rank_zero(tmp_path
     done = subprocess.run([sys.executable, str(script), "run", str(path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    found = sorted((tmp_path / "runs").rglob("*.json"))
+    found = sorted((tmp_path / "runs").rglob("seed*.json"))
     assert len(found) == 2
     for record in map(read_record, found):
         assert record["world_size"] == 2 and record["amp_skipped_steps"] == 0

@@ -46,7 +46,7 @@ def write_suite(tmp_path: Path, out: str, methods: str) -> Path:
 
 
 def records(folder: Path) -> dict[str, dict]:
-    return {r["run_id"]: r for r in map(read_record, sorted(folder.rglob("*.json")))}
+    return {r["run_id"]: r for r in map(read_record, sorted(folder.rglob("seed*.json")))}
 
 
 def stable(record: dict) -> dict:
@@ -112,7 +112,7 @@ def kill_and_resume(tmp_path: Path, methods: str, count: int) -> None:
         assert len(ckpts) == 1 and not list(out.rglob("*.tmp"))
         state = read_checkpoint(ckpts[0])[TRAINING_STATE]
         assert state["step_times"] and isinstance(state["history"], list)
-        finished_at.update({p: p.stat().st_mtime_ns for p in out.rglob("*.json")})
+        finished_at.update({p: p.stat().st_mtime_ns for p in out.rglob("seed*.json")})
     proc = run_cli(suite_file)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {p: finished_at[p] for p in finished_at} == {p: p.stat().st_mtime_ns for p in finished_at}
@@ -159,7 +159,7 @@ def test_a_failed_record_write_keeps_the_checkpoint_which_resumes_only_its_own_c
     with pytest.raises(OSError, match="No space left") as info:
         run_suite(suite)
     assert f"rerun to resume from {ckpt}" in info.value.__notes__[0]
-    assert ckpt.exists() and not list((tmp_path / "runs").rglob("*.json"))
+    assert ckpt.exists() and not list((tmp_path / "runs").rglob("seed*.json"))
     monkeypatch.setattr(runner, "write_json_atomic", real_write)
     changed = load_suite(write_suite(tmp_path, "runs", "[{name: famo}]"),
                          ["--suite.train.epochs", "1", "--suite.train.lr", "0.01"])
@@ -181,7 +181,7 @@ def test_a_truncated_checkpoint_is_named_in_the_error(tmp_path):
     ckpt.write_bytes(b"PK\x03\x04 not a checkpoint")
     with pytest.raises(ValueError, match=f"checkpoint {ckpt} cannot be loaded safely"):
         run_suite(suite)
-    assert not list((tmp_path / "runs").rglob("*.json"))
+    assert not list((tmp_path / "runs").rglob("seed*.json"))
 
 
 def test_grid_rerun_skips_finished_runs_and_leftovers_are_not_counted(tmp_path, capsys):

@@ -35,7 +35,7 @@ def write_suite(tmp_path: Path, methods: str = "[{name: ew}, {name: mgda_ub}, {n
 
 
 def records(tmp_path: Path) -> dict[str, dict]:
-    return {r["run_id"]: r for r in map(read_record, sorted((tmp_path / "runs").rglob("*.json")))}
+    return {r["run_id"]: r for r in map(read_record, sorted((tmp_path / "runs").rglob("seed*.json")))}
 
 
 def test_suite_runs_end_to_end_and_skips_finished_runs(tmp_path, capsys):
@@ -57,11 +57,11 @@ def test_suite_runs_end_to_end_and_skips_finished_runs(tmp_path, capsys):
     for label in ("ew", "mgda_ub", "imtl_h", "Selection rule", "STL"):
         assert label in board
 
-    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.json")}
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("seed*.json")}
     capsys.readouterr()
     assert main(["run", str(suite_file)]) == 0
     assert "12 of 12 runs already have records" in capsys.readouterr().out.replace("\n", " ")
-    assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.json")}
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("seed*.json")}
     assert main(["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "lb.md")]) == 0
     assert (tmp_path / "lb.md").read_text().count("| ew |") == 1
 
@@ -153,7 +153,7 @@ def test_failed_run_leaves_no_record(tmp_path, test_methods):
                    if p.is_file() and "wandb" not in p.parts)
     failed = "tiny/synthetic_scenes/test_exploding/seed0"
     assert names == ["tiny/synthetic_scenes/ew/seed0.json", "tiny/synthetic_scenes/ew/seed1.json", f"{failed}.ckpt"]
-    assert all(json.loads(p.read_text())["method"] == "ew" for p in (tmp_path / "runs").rglob("*.json"))
+    assert all(json.loads(p.read_text())["method"] == "ew" for p in (tmp_path / "runs").rglob("seed*.json"))
 
 
 @pytest.mark.parametrize("policy", ["error", "skip"])
@@ -173,7 +173,7 @@ def test_nan_loss_is_never_applied(tmp_path, monkeypatch, policy):
     if policy == "error":
         with pytest.raises(FloatingPointError, match="'depth': nan"):
             run_suite(suite)
-        assert not list((tmp_path / "runs").rglob("*.json"))
+        assert not list((tmp_path / "runs").rglob("seed*.json"))
     else:
         run_suite(suite)
         (rec,) = records(tmp_path).values()
