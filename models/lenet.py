@@ -6,8 +6,10 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from models.multitask import EncoderWithHeads
 
-class MultiLeNet(nn.Module):
+
+class MultiLeNet(EncoderWithHeads):
     """Shared: Conv5x5 (in->10), MaxPool2, ReLU, Conv5x5 (10->20), channel dropout, MaxPool2, ReLU, Linear (->50),
     ReLU. Each head: Linear (50->50), ReLU, dropout, Linear (50->C) giving logits (the paper's log-softmax + NLL is
     the cross-entropy of the ``classification`` kind).
@@ -18,9 +20,7 @@ class MultiLeNet(nn.Module):
 
     def __init__(self, head_channels: Mapping[str, int], in_channels: int = 1, image_size: int = 28,
                  dropout: float = 0.5, hidden: int = 50):
-        super().__init__()
-        if not head_channels:
-            raise ValueError("MultiLeNet: head_channels is empty; at least one task is needed")
+        super().__init__(head_channels)
         if not 0 <= dropout < 1:
             raise ValueError(f"MultiLeNet: dropout={dropout!r} must be in [0, 1)")
         side = ((image_size - 4) // 2 - 4) // 2
@@ -37,21 +37,8 @@ class MultiLeNet(nn.Module):
             for name, c in head_channels.items()
         })
 
-    def encode(self, x: Tensor) -> Tensor:
+    def _encode(self, x: Tensor, task: str | None = None) -> Tensor:
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"MultiLeNet: image size {tuple(x.shape[-2:])} differs from image_size="
                              f"{self.image_size}")
         return self.encoder(x)
-
-    def head(self, task: str, z: Tensor) -> Tensor:
-        return self.heads[task](z)
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        z = self.encode(x)
-        return {task: head(z) for task, head in self.heads.items()}
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.encoder.parameters())
-
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        return list(self.heads[task].parameters())

@@ -78,6 +78,20 @@ class MultiTaskModel(nn.Module):
         return [p for p in self.parameters() if id(p) not in own]
 
 
+class EncoderWithHeads(MultiTaskModel):
+    """A shared ``self.encoder`` (image -> feature vector) and one ``self.heads[task]`` module per task, without
+    per-task BatchNorm: the shape of the classification models."""
+
+    def __init__(self, head_channels: Mapping[str, int]) -> None:
+        super().__init__(head_channels, task_bn=False)
+
+    def _encode(self, x: Tensor, task: str | None = None) -> Tensor:
+        return self.encoder(x)
+
+    def head(self, task: str, z: Tensor) -> Tensor:
+        return self.heads[task](z)
+
+
 def check_divisible(owner: str, x: Tensor, factor: int) -> None:
     """Raise unless the image's height and width are multiples of ``factor`` (the model's total stride)."""
     if x.shape[-1] % factor or x.shape[-2] % factor:

@@ -15,6 +15,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from models.multitask import EncoderWithHeads
+
 
 def load_encoder_checkpoint(encoder: nn.Module, path: str | Path) -> None:
     """Load a timm/torchvision-style ResNet-18 state dict (optionally under ``"state_dict"``) into ``encoder``.
@@ -46,14 +48,12 @@ def load_encoder_checkpoint(encoder: nn.Module, path: str | Path) -> None:
     encoder.load_state_dict(state)
 
 
-class ResNetCls(nn.Module):
+class ResNetCls(EncoderWithHeads):
     """timm ResNet-18 trunk shared by all tasks (``encode`` -> 512-d), one ``Linear(512, C)`` head per task."""
 
     def __init__(self, head_channels: Mapping[str, int], in_channels: int = 3, cifar_stem: bool = True,
                  checkpoint: str | None = None):
-        super().__init__()
-        if not head_channels:
-            raise ValueError("ResNetCls: head_channels is empty; at least one task is needed")
+        super().__init__(head_channels)
         self.encoder = timm.create_model("resnet18", pretrained=False, num_classes=0, in_chans=in_channels)
         if cifar_stem:
             self.encoder.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -62,19 +62,3 @@ class ResNetCls(nn.Module):
             load_encoder_checkpoint(self.encoder, checkpoint)
         width = self.encoder.num_features
         self.heads = nn.ModuleDict({name: nn.Linear(width, c) for name, c in head_channels.items()})
-
-    def encode(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
-
-    def head(self, task: str, z: Tensor) -> Tensor:
-        return self.heads[task](z)
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        z = self.encode(x)
-        return {task: head(z) for task, head in self.heads.items()}
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.encoder.parameters())
-
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        return list(self.heads[task].parameters())
