@@ -18,13 +18,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import lightning
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from datamodules.sampling import EpochShuffleSampler
+from datamodules.split_loaders import SplitLoaders
 from datamodules.task_spec import TaskSpec
 
 NUM_ATTRIBUTES = 40
@@ -113,7 +112,7 @@ class _CelebADataset(Dataset):
         return {"image": self.load_image(i), "targets": {n: row[k] for k, n in enumerate(self.names)}}
 
 
-class CelebADataModule(lightning.LightningDataModule):
+class CelebADataModule(SplitLoaders):
     """CelebA's 40 attributes as ``binary`` (or 2-class ``classification``) tasks on the official partition."""
 
     def __init__(self, batch_size: int = 256, root: str | None = None, image_size: int = 64, kind: str = "binary",
@@ -218,21 +217,3 @@ class CelebADataModule(lightning.LightningDataModule):
         if len(self.datasets["train"]) < self.batch_size:
             raise ValueError(f"celeba: batch_size={self.batch_size} exceeds the {len(self.datasets['train'])} "
                              "training images; with drop_last=True there would be no training batch")
-
-    def _loader(self, split: str, sampler=None) -> DataLoader:
-        self.setup()
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, sampler=sampler,
-                          drop_last=sampler is not None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self, seed: int | None = None) -> DataLoader:
-        """Training batches in the (seed, epoch) order of :class:`~datamodules.sampling.EpochShuffleSampler`."""
-        self.setup()
-        sampler = EpochShuffleSampler(len(self.datasets["train"]), self.seed if seed is None else seed)
-        return self._loader("train", sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

@@ -25,13 +25,12 @@ import json
 import os
 from pathlib import Path
 
-import lightning
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.idx import read_idx
-from datamodules.sampling import EpochShuffleSampler
+from datamodules.split_loaders import SplitLoaders
 from datamodules.synthetic_scenes import _atomic_write
 from datamodules.task_spec import TaskSpec
 
@@ -108,7 +107,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-class MultiMNISTDataModule(lightning.LightningDataModule):
+class MultiMNISTDataModule(SplitLoaders):
     """Two-item overlay datasets (module docstring), 1 x 28 x 28 images, tasks ``left`` and ``right``."""
 
     def __init__(self, batch_size: int = 256, variant: str = "multi_mnist", mnist_root: str | None = None,
@@ -251,23 +250,3 @@ class MultiMNISTDataModule(lightning.LightningDataModule):
             raise ValueError(f"{self.variant}: batch_size={self.batch_size} exceeds the "
                              f"{len(self.datasets['train'])} training images")
 
-    # ------------------------------------------------------------------ loaders
-    def _loader(self, split: str, sampler=None) -> DataLoader:
-        if split not in self.datasets:
-            self.setup()
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, sampler=sampler,
-                          drop_last=sampler is not None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self, seed: int | None = None) -> DataLoader:
-        """Training batches in the (seed, epoch) order of :class:`~datamodules.sampling.EpochShuffleSampler`."""
-        if "train" not in self.datasets:
-            self.setup()
-        sampler = EpochShuffleSampler(len(self.datasets["train"]), self.seed if seed is None else seed)
-        return self._loader("train", sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
