@@ -1,6 +1,6 @@
 """Losses and split-level metrics of the PASCAL-Context / NYUD-v2 task kinds: human_parts, saliency, edges.
 
-Definitions follow protocols.md §M.1 (Vandenhende variant), §M.4 and P5 (losses). Every metric keeps sum states
+Definitions follow docs/protocols.md §M.1 (Vandenhende variant), §M.4 and P5 (losses). Every metric keeps sum states
 (``dist_reduce_fx="sum"``), so a DDP sync gives what one process would compute over the whole split.
 """
 

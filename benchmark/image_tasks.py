@@ -3,7 +3,7 @@
 classification: cross-entropy on ``B x C`` logits against ``B`` int64 labels (``ignore_index`` skipped), the
 metric is accuracy in percent (MultiMNIST, Sener & Koltun, NeurIPS 2018, §5.1). binary: BCE-with-logits on
 ``B x 1`` logits against ``B`` 0/1 targets; the metrics are the error rate and F1 in percent, with F1 from the
-TP/FP/FN counts of the whole split at threshold 0.5 (protocols.md P6, the FAMO CelebA protocol). Both metrics
+TP/FP/FN counts of the whole split at threshold 0.5 (docs/protocols.md P6, the FAMO CelebA protocol). Both metrics
 accumulate integer sum states, so a DDP sync gives the single-process number.
 """
 

@@ -255,7 +255,7 @@ class MTOModule(L.LightningModule):
     @torch.no_grad()
     def _losses_after_step(self, batch: dict) -> Tensor:
         """The losses for ``after_step``: BatchNorm statistics untouched unless the method asks (FAMO's
-        ``bn_update``, methods.md §0.6)."""
+        ``bn_update``, docs/methods.md §0.6)."""
         losses = self.task_losses(batch) if self.method.after_step_updates_bn else self._losses_without_bn_update(batch)
         return self._global(losses)
 

@@ -1,7 +1,7 @@
 """Per task kind: head size, loss, prediction post-processing and split-level metrics.
 
 Target conventions are those of :class:`datamodules.task_spec.TaskSpec`; the metric definitions are the
-global (whole-split, pixel-level) variants of protocols.md §M.1-M.3. Every metric accumulates sum states
+global (whole-split, pixel-level) variants of docs/protocols.md §M.1-M.3. Every metric accumulates sum states
 (``dist_reduce_fx="sum"``), so a DDP sync gives the number a single process would compute over the split.
 The PASCAL-Context kinds (human_parts, saliency, edges) live in :mod:`benchmark.dense_tasks`.
 """
@@ -75,7 +75,7 @@ _METRIC_INFOS: dict[str, tuple[MetricInfo, ...]] = {
     "classification": (MetricInfo("acc", "higher", "percent"),),
     "binary": (MetricInfo("error", "lower", "percent"), MetricInfo("f1", "higher", "percent")),
 }
-"""Edges report their balanced BCE, not odsF: odsF needs the SEISM MATLAB toolbox (protocols.md §M.5)."""
+"""Edges report their balanced BCE, not odsF: odsF needs the SEISM MATLAB toolbox (docs/protocols.md §M.5)."""
 
 
 def head_channels(spec: TaskSpec) -> int:

@@ -1,6 +1,6 @@
 """CelebA (Liu et al., ICCV 2015): 40 face attributes as 40 tasks, in the layout of the official distribution.
 
-Files (data.md §4.6), under ``root`` (``dataset.params.root`` or ``$MTOBENCH_CELEBA``):
+Files (docs/data.md §4.6), under ``root`` (``dataset.params.root`` or ``$MTOBENCH_CELEBA``):
 
 * ``img_align_celeba/000001.jpg`` ... (the aligned and cropped 178x218 JPEGs);
 * ``list_attr_celeba.txt`` (or ``Anno/list_attr_celeba.txt``): line 1 the image count, line 2 the 40 attribute
@@ -8,7 +8,7 @@ Files (data.md §4.6), under ``root`` (``dataset.params.root`` or ``$MTOBENCH_CE
 * ``list_eval_partition.txt`` (or ``Eval/list_eval_partition.txt``): ``<file> <0|1|2>`` = train/val/test.
 
 Images are resized to ``image_size`` squared with PIL's bilinear filter and scaled to [0, 1] without
-normalisation, as the FAMO CelebA protocol does (protocols.md P6: ``Resize((64, 64))``, ``ToTensor``).
+normalisation, as the FAMO CelebA protocol does (docs/protocols.md P6: ``Resize((64, 64))``, ``ToTensor``).
 ``kind="binary"`` gives one logit per attribute with BCE (FAMO); ``kind="classification"`` two logits with
 cross-entropy (MGDA-UB, Sener & Koltun 2018, §5.2).
 """

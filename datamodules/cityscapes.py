@@ -1,6 +1,6 @@
 """Cityscapes in the MTAN preprocessed release: 7-class (or 19 / 2) segmentation and inverse depth, 128 x 256.
 
-Layout and values: data.md §4.2; protocol: protocols.md P4 (SegNet-MTAN: CAGrad, Nash-MTL, FAMO; LibMTL
+Layout and values: docs/data.md §4.2; protocol: docs/protocols.md P4 (SegNet-MTAN: CAGrad, Nash-MTL, FAMO; LibMTL
 DeepLab). Cordts et al., "The Cityscapes Dataset for Semantic Urban Scene Understanding", CVPR 2016;
 preprocessing by Liu et al. (MTAN), CVPR 2019. The depth target is MTAN's "inverse depth" (a normalised
 disparity, 0 = invalid) and cannot be rebuilt bit-exactly from raw Cityscapes (mtan issue #25).
@@ -33,7 +33,7 @@ class CityscapesDataModule(MTANFolderDataModule):
     """MTAN Cityscapes (``semseg``, ``depth``); ``val`` carved from ``train/`` (``val_size`` files).
 
     ``classes`` picks ``label_7/`` (default; ``label/`` accepted, LibMTL's name), ``label_19/`` or ``label_2/``.
-    The default ``val_size`` 595 follows Xin et al.'s Cityscapes validation split (protocols.md R.3).
+    The default ``val_size`` 595 follows Xin et al.'s Cityscapes validation split (docs/protocols.md R.3).
     """
 
     name = "cityscapes"

@@ -1,6 +1,6 @@
 """Shared pieces of the NYUD-v2 and PASCAL-Context loaders: root discovery, file readers that validate what they
 read (errors name the file, the field and the value), the seeded per-sample augmentation warp and an epoch-aware
-shuffling sampler. Conventions are those of ``TaskSpec`` (data.md §4.3-4.4; protocols.md P3, P5)."""
+shuffling sampler. Conventions are those of ``TaskSpec`` (docs/data.md §4.3-4.4; docs/protocols.md P3, P5)."""
 
 from __future__ import annotations
 

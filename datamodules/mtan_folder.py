@@ -1,8 +1,8 @@
-"""The MTAN ``.npy`` release layout shared by NYUv2 and Cityscapes (data.md §4.1-4.2, protocols.md P1, P4).
+"""The MTAN ``.npy`` release layout shared by NYUv2 and Cityscapes (docs/data.md §4.1-4.2, docs/protocols.md P1, P4).
 
 ``<root>/{train,val}/<folder>/<i>.npy``. MTAN's ``val`` is the papers' test split, so ``val`` here is carved
 from ``train`` (``val_size`` files, drawn with ``split_seed``, independent of the run seed). Training
-augmentation is MTAN's RandomScaleCrop + horizontal flip (protocols.md P1 "Augmentation"); every draw, and
+augmentation is MTAN's RandomScaleCrop + horizontal flip (docs/protocols.md P1 "Augmentation"); every draw, and
 the training order, is a pure function of (run seed, epoch, file index), so a resumed run sees the same data.
 """
 

@@ -1,7 +1,7 @@
 """MultiMNIST, MultiFashion and MultiFashion+MNIST: two overlapping 28x28 items per image, tasks ``left``/``right``.
 
 Construction (Sener & Koltun, NeurIPS 2018, §5.1 and their public loader; reused by Lin et al., Pareto MTL,
-NeurIPS 2019, §6.1; protocols.md P7), for every source item ``i`` of a split:
+NeurIPS 2019, §6.1; docs/protocols.md P7), for every source item ``i`` of a split:
 
 * a partner ``j`` is drawn uniformly at random (with replacement) from the same split's partner pool;
 * on a 36x36 zero canvas, item ``i`` is placed at rows/cols 0:28 (top-left) and ``j`` at 6:34 (bottom-right);

@@ -1,4 +1,4 @@
-"""Folders of per-sample ``.npy`` files (the MTAN release layout, data.md §4.1-4.2): root discovery, layout and
+"""Folders of per-sample ``.npy`` files (the MTAN release layout, docs/data.md §4.1-4.2): root discovery, layout and
 header checks at setup, full value checks per loaded array, and "data missing" messages.
 
 Every error names the file (or folder) and the field. Nothing here writes into the dataset folder.

@@ -1,6 +1,6 @@
 """NYUv2 in the MTAN preprocessed release: 13-class segmentation, depth and surface normals at 288 x 384.
 
-Layout and values: data.md §4.1; protocol: protocols.md P1 (SegNet-MTAN: Nash-MTL, CAGrad, FAMO) and P2
+Layout and values: docs/data.md §4.1; protocol: docs/protocols.md P1 (SegNet-MTAN: Nash-MTL, CAGrad, FAMO) and P2
 (LibMTL DeepLab). Silberman et al., "Indoor Segmentation and Support Inference from RGBD Images", ECCV 2012;
 preprocessing by Liu et al., "End-to-End Multi-Task Learning with Attention" (MTAN), CVPR 2019.
 """

@@ -1,4 +1,4 @@
-"""PASCAL-Context multi-task data in the ASTMT ``PASCAL_MT`` layout (data.md §4.4; protocols.md P5, the CSO setting).
+"""PASCAL-Context multi-task data in the ASTMT ``PASCAL_MT`` layout (docs/data.md §4.4; docs/protocols.md P5, the CSO setting).
 
 Tasks: 21-class semseg (255 ignore; ``semseg/VOC12`` first, else ``semseg/pascal-context``), human parts (6 parts
 + background from PASCAL-Part; an image without a person with parts is all 255), saliency (``sal_distill / 255 >
@@ -58,7 +58,7 @@ PART_GROUPS = {
     6: ("llleg", "rlleg", "lfoot", "rfoot"),
 }
 """The 24 PASCAL-Part person part names grouped into head, torso, upper arm, lower arm / hand, upper leg, lower
-leg / foot (data.md §4.4); authored here, the neck counted with the torso."""
+leg / foot (docs/data.md §4.4); authored here, the neck counted with the torso."""
 PART_IDS = {name: k for k, names in PART_GROUPS.items() for name in names}
 ROTATION_DEG = 20.0
 SCALE_RANGE = (0.75, 1.25)

@@ -1,4 +1,4 @@
-"""Pure-NumPy ray caster for the procedural "synthetic scenes" dataset (data.md §3).
+"""Pure-NumPy ray caster for the procedural "synthetic scenes" dataset (docs/data.md §3).
 
 A sample is a pure function of ``(dataset_seed, split, index)``: :func:`sample_scene` draws every scene
 parameter up front from its own generator (§3.2-3.3), :func:`render` casts the rays (§3.4-3.8), and
@@ -57,7 +57,7 @@ class SceneObject:
 
 @dataclass(frozen=True, eq=False)
 class Scene:
-    """All parameters of one scene (data.md §3.3); world frame y up, floor y = 0, camera at z = 0.
+    """All parameters of one scene (docs/data.md §3.3); world frame y up, floor y = 0, camera at z = 0.
 
     ``picture`` is ``(x_centre, y_bottom, width, height)`` on the back wall; ``rug`` is the floor ellipse
     ``(x, z, radius_x, radius_z, angle)``; material arrays are indexed floor, ceiling, walls, rug, picture,
@@ -82,7 +82,7 @@ class Scene:
 
 
 def scene_rng(dataset_seed: int, split: int, index: int) -> np.random.Generator:
-    """The per-sample generator of data.md §3.2."""
+    """The per-sample generator of docs/data.md §3.2."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([dataset_seed, split, index, GENERATOR_VERSION])))
 
 
@@ -98,7 +98,7 @@ def _sample_object(rng: np.random.Generator) -> tuple[int, tuple[float, ...], fl
 
 
 def sample_scene(dataset_seed: int, split: int, index: int) -> Scene:
-    """Draw one scene (data.md §3.3) in a fixed order from its own generator."""
+    """Draw one scene (docs/data.md §3.3) in a fixed order from its own generator."""
     rng = scene_rng(dataset_seed, split, index)
     rw, rd, rh = rng.uniform(4.0, 7.0), rng.uniform(5.0, 9.0), rng.uniform(2.5, 3.2)
     camera = (rng.uniform(-0.25, 0.25) * rw, rng.uniform(1.0, 1.7), 0.0)
@@ -129,7 +129,7 @@ def sample_scene(dataset_seed: int, split: int, index: int) -> Scene:
 
 
 def mirror_scene(scene: Scene) -> Scene:
-    """Mirror the scene in world x (data.md §3.13 item 5); the texture lattice is left unchanged."""
+    """Mirror the scene in world x (docs/data.md §3.13 item 5); the texture lattice is left unchanged."""
     (cx, cy, cz), (yaw, pitch, roll) = scene.camera, scene.angles
     px, py, pw, ph = scene.picture
     rx, rz, rrx, rrz, rangle = scene.rug
@@ -141,7 +141,7 @@ def mirror_scene(scene: Scene) -> Scene:
 
 
 def camera_frame(scene: Scene) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    """World-frame camera axes (right, down, forward) = the columns of R (data.md §3.4)."""
+    """World-frame camera axes (right, down, forward) = the columns of R (docs/data.md §3.4)."""
     yaw, pitch, roll = scene.angles
     fx, fy, fz = math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)
     norm = math.hypot(fz, fx)
@@ -154,7 +154,7 @@ def camera_frame(scene: Scene) -> tuple[tuple[float, ...], tuple[float, ...], tu
 
 
 def focal_length(width: int) -> float:
-    """Focal length in pixels, f = κ W with NYU's Kinect ratio κ (data.md §3.3)."""
+    """Focal length in pixels, f = κ W with NYU's Kinect ratio κ (docs/data.md §3.3)."""
     return FOCAL_RATIO * width
 
 
@@ -178,7 +178,7 @@ def _along(o, d, t):
 
 
 def _candidates(obj: SceneObject, o, d) -> np.ndarray:
-    """Broad phase (data.md §3.5): indices of rays that cross the object's bounding sphere."""
+    """Broad phase (docs/data.md §3.5): indices of rays that cross the object's bounding sphere."""
     (bx, by, bz), radius = obj.bounding_sphere()
     q = (o[0] - bx, o[1] - by, o[2] - bz)
     b = _dot(d, q)
@@ -186,7 +186,7 @@ def _candidates(obj: SceneObject, o, d) -> np.ndarray:
 
 
 def _hit_object(obj: SceneObject, o, d) -> tuple[np.ndarray, np.ndarray]:
-    """Entry distance t > EPS (inf on a miss) and part index of the rays o + t d (data.md §3.5)."""
+    """Entry distance t > EPS (inf on a miss) and part index of the rays o + t d (docs/data.md §3.5)."""
     qx, qz = o[0] - obj.x, o[2] - obj.z
     with np.errstate(divide="ignore", invalid="ignore"):
         if obj.kind == BOX:
@@ -235,7 +235,7 @@ def _object_normal(obj: SceneObject, part: np.ndarray, p) -> tuple[np.ndarray, .
 
 
 def _occluded(scene: Scene, o, d) -> np.ndarray:
-    """Whether an object blocks the segments o + t d, t in (EPS, 1) (shadow rays, data.md §3.7-3.8)."""
+    """Whether an object blocks the segments o + t d, t in (EPS, 1) (shadow rays, docs/data.md §3.7-3.8)."""
     blocked = np.zeros(d[0].shape, bool)
     for obj in scene.objects:
         idx = _candidates(obj, o, d)
@@ -264,7 +264,7 @@ def _trace(scene: Scene, o, d) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _surface_attributes(scene: Scene, surface: np.ndarray, p) -> tuple[tuple, np.ndarray, np.ndarray]:
-    """World normal, class and material of each hit, decals included (data.md §3.6)."""
+    """World normal, class and material of each hit, decals included (docs/data.md §3.6)."""
     normal = tuple(np.zeros(surface.shape) for _ in range(3))
     plane = np.minimum(surface, N_PLANES - 1)
     for axis in range(3):
@@ -289,7 +289,7 @@ def _surface_attributes(scene: Scene, surface: np.ndarray, p) -> tuple[tuple, np
 
 
 def _value_noise(lattice: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Trilinear value noise on a periodic 16³ lattice with smoothstep weights (data.md §3.7)."""
+    """Trilinear value noise on a periodic 16³ lattice with smoothstep weights (docs/data.md §3.7)."""
     base = np.floor(q)
     f = q - base
     w = f * f * (3.0 - 2.0 * f)
@@ -305,7 +305,7 @@ def _value_noise(lattice: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def _albedo(scene: Scene, material: np.ndarray, p) -> np.ndarray:
-    """Solid-texture albedo at the hit points, shape (N, 3) (data.md §3.7)."""
+    """Solid-texture albedo at the hit points, shape (N, 3) (docs/data.md §3.7)."""
     centre = np.zeros((len(scene.family), 3))
     yaw = np.zeros(len(scene.family))
     for i, obj in enumerate(scene.objects):
@@ -328,7 +328,7 @@ def _albedo(scene: Scene, material: np.ndarray, p) -> np.ndarray:
 
 
 def _shade(scene: Scene, p, normal, albedo: np.ndarray) -> np.ndarray:
-    """Lambertian point light with distance falloff and shadow rays (data.md §3.7), linear RGB (N, 3)."""
+    """Lambertian point light with distance falloff and shadow rays (docs/data.md §3.7), linear RGB (N, 3)."""
     to_light = tuple(lc - pc for lc, pc in zip(scene.light, p, strict=True))
     dist2 = _dot(to_light, to_light)
     cosine = _dot(normal, to_light) / np.sqrt(dist2)
@@ -347,7 +347,7 @@ def _pixels(x: np.ndarray, height: int, width: int, s: int) -> np.ndarray:
 
 
 def render(scene: Scene, height: int, width: int, supersample: int = 2) -> dict[str, np.ndarray]:
-    """Render a scene with s×s supersampling and Kinect-like validity (data.md §3.4-3.8)."""
+    """Render a scene with s×s supersampling and Kinect-like validity (docs/data.md §3.4-3.8)."""
     s = supersample
     right, down, forward = camera_frame(scene)
     scale = focal_length(width) * s
@@ -388,7 +388,7 @@ def render_scene(dataset_seed: int, split: int, index: int, height: int, width: 
 
 
 def quantise(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Compact storage dtypes (data.md §3.2): uint8 image, int8 label, uint32 depth in 0.1 mm, float16 normals."""
+    """Compact storage dtypes (docs/data.md §3.2): uint8 image, int8 label, uint32 depth in 0.1 mm, float16 normals."""
     return {
         "image": np.round(sample["image"] * 255.0).astype(np.uint8),
         "label": sample["label"].astype(np.int8),

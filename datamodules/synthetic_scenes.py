@@ -1,9 +1,9 @@
-"""Lightning datamodule for the procedural "synthetic scenes" dense multi-task dataset (data.md §3).
+"""Lightning datamodule for the procedural "synthetic scenes" dense multi-task dataset (docs/data.md §3).
 
 Three tasks: 8-class semantic segmentation (ignore -1), z-depth in metres (0 invalid) and camera-frame
 unit normals (zero vector invalid), all NYUv2 conventions. Splits are generated once with a process pool
 and cached as compressed ``.npz`` files keyed by generator version, NumPy version and every generation
-parameter (data.md §3.2, §3.11); a ``manifest.json`` holds their sha256 checksums.
+parameter (docs/data.md §3.2, §3.11); a ``manifest.json`` holds their sha256 checksums.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def decode_split(arrays: dict[str, np.ndarray]) -> _SceneDataset:
 
 
 class SyntheticScenesDataModule(lightning.LightningDataModule):
-    """Procedural indoor scenes with segmentation, depth and normals targets (data.md §3)."""
+    """Procedural indoor scenes with segmentation, depth and normals targets (docs/data.md §3)."""
 
     def __init__(self, data_dir: str = "data", height: int = 64, width: int = 96, n_train: int = 512,
                  n_val: int = 128, n_test: int = 128, seed: int = 0, supersample: int = 2,

@@ -1,4 +1,4 @@
-"""The 9-layer CNN of the FAMO CelebA protocol (Liu et al., FAMO, NeurIPS 2023, §5; protocols.md P6)."""
+"""The 9-layer CNN of the FAMO CelebA protocol (Liu et al., FAMO, NeurIPS 2023, §5; docs/protocols.md P6)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """ResNet-18 shared encoder (timm, built from scratch) with one linear head per task, for CelebA-style attributes.
 
-MGDA-UB's CelebA network (Sener & Koltun, NeurIPS 2018, §5.2; protocols.md P6) is a ResNet-18 whose stem suits
+MGDA-UB's CelebA network (Sener & Koltun, NeurIPS 2018, §5.2; docs/protocols.md P6) is a ResNet-18 whose stem suits
 64x64 inputs: a 3x3 stride-1 convolution and no max pooling (``cifar_stem=True``, the default here). The shared
 representation ``z`` is the globally average-pooled 512-d feature (MGDA-UB pools 4x4 into 2048-d instead); each
 head is ``Linear(512, C)``. No weights are downloaded; ``checkpoint`` loads a local state dict into the encoder.

@@ -1,5 +1,5 @@
 """SegNet "split" and SegNet-MTAN (Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019),
-the architecture of the NYUv2 / Cityscapes SegNet-MTAN protocol (``research/protocols.md`` P1, P4).
+the architecture of the NYUv2 / Cityscapes SegNet-MTAN protocol (``docs/protocols.md`` P1, P4).
 
 Layer for layer as the MTAN / Nash-MTL code builds them (nash-mtl ``experiments/nyuv2/models.py``): at full width
 (64) and NYUv2's 13/1/3 output channels SegNet-MTAN has 44,229,073 parameters and the standard split 25,055,185.
@@ -158,7 +158,7 @@ class SegNetMTAN(MultiTaskModel):
     of the shared attention convs gets one BN per task, CSO §4.2), ``encode(x, task)`` computes that task's block
     only and ``head`` reads all of ``z``.
 
-    ``attention_shared`` chooses what counts as shared (``research/methods.md`` §0.1):
+    ``attention_shared`` chooses what counts as shared (``docs/methods.md`` §0.1):
 
     * ``True`` (default, the Nash-MTL / FAMO / FairGrad code behind the SegNet-MTAN tables: every parameter not in a
       prediction head): the attention modules are shared parameters, on which the other tasks' gradients are 0;

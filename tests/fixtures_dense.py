@@ -1,5 +1,5 @@
 """Tiny NYUD-v2 (Vandenhende layout) and PASCAL-Context (ASTMT ``PASCAL_MT``) folders with the real file types,
-shapes, dtypes, sentinels, folder and split-file names of data.md §4.3-4.4, filled with random values."""
+shapes, dtypes, sentinels, folder and split-file names of docs/data.md §4.3-4.4, filled with random values."""
 
 from __future__ import annotations
 

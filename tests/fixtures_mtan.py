@@ -1,4 +1,4 @@
-"""Writers of MTAN-layout fixtures (data.md §4.7): random arrays with the release's shapes, dtypes, sentinels
+"""Writers of MTAN-layout fixtures (docs/data.md §4.7): random arrays with the release's shapes, dtypes, sentinels
 and folder names, small enough for tests. No real data is shipped."""
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def test_connection_strength_by_hand():
 
 def test_conv_weights_matter_only_through_the_normaliser():
     """Scaling one channel's weights changes every task's normaliser but never the per-channel ratio between
-    tasks' raw strengths: the note in cso.md §1.3."""
+    tasks' raw strengths: the note in docs/cso.md §1.3."""
     torch.manual_seed(0)
     w, gamma, var = torch.randn(5, 3, 3, 3), torch.rand(3, 5) + 0.1, torch.rand(3, 5) + 0.1
     w2 = w.clone()

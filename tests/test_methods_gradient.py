@@ -1,4 +1,4 @@
-"""Property tests of the gradient-manipulation methods PCGrad, CAGrad and UPGrad (research/methods.md §9, 12, 17)."""
+"""Property tests of the gradient-manipulation methods PCGrad, CAGrad and UPGrad (docs/methods.md §9, 12, 17)."""
 
 from __future__ import annotations
 

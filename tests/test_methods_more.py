@@ -1,4 +1,4 @@
-"""Property tests of GradDrop, GradVac, Aligned-MTL, GradNorm and DB-MTL (research/methods.md §10, 11, 14, 5, 16)."""
+"""Property tests of GradDrop, GradVac, Aligned-MTL, GradNorm and DB-MTL (docs/methods.md §10, 11, 14, 5, 16)."""
 
 from __future__ import annotations
 

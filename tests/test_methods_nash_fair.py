@@ -1,4 +1,4 @@
-"""Property tests of Nash-MTL and FairGrad (research/methods.md §13 and §18).
+"""Property tests of Nash-MTL and FairGrad (docs/methods.md §13 and §18).
 
 Every reference here is computed independently of the solver under test: from the Jacobian instead of the
 Gramian, by closed forms, or by scipy on the papers' own problems (the Nash product / alpha-fair utility over a
@@ -102,7 +102,7 @@ def test_nash_scale_equivariance(kind, num_tasks):
 
 
 def test_nash_hand_examples_and_two_task_closed_form():
-    # Orthogonal gradients: alpha_t = 1 / |g_t| (methods.md §13 hand case); d = (1, 1, 1).
+    # Orthogonal gradients: alpha_t = 1 / |g_t| (docs/methods.md §13 hand case); d = (1, 1, 1).
     g = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.25]])
     np.testing.assert_allclose(nash(g), [1.0, 0.5, 4.0], rtol=1e-12)
     np.testing.assert_allclose(nash(g) @ g, [1.0, 1.0, 1.0], rtol=1e-12)

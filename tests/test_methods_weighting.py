@@ -1,4 +1,4 @@
-"""Property tests of the loss-weighting methods: SI, UW, DWA, RLW and FAMO (methods.md §2, 3, 4, 6, 15)."""
+"""Property tests of the loss-weighting methods: SI, UW, DWA, RLW and FAMO (docs/methods.md §2, 3, 4, 6, 15)."""
 
 from __future__ import annotations
 

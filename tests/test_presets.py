@@ -1,4 +1,4 @@
-"""Reproduction presets (research/methods.md §0): every entry builds, explicit hparams win, suites inherit."""
+"""Reproduction presets (docs/methods.md §0): every entry builds, explicit hparams win, suites inherit."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""The paper-protocol suites (configs/protocols/) state the settings of research/protocols.md P1, P2 and P4, name
+"""The paper-protocol suites (configs/protocols/) state the settings of docs/protocols.md P1, P2 and P4, name
 a reference table that exists, and label their methods as that table's rows."""
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Tests of the synthetic-scenes generator and datamodule (data.md §3.13)."""
+"""Tests of the synthetic-scenes generator and datamodule (docs/data.md §3.13)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Aligned-MTL: align the task gradients to an orthogonal, equal-norm system, in Gram form (methods.md §14)."""
+"""Aligned-MTL: align the task gradients to an orthogonal, equal-norm system, in Gram form (docs/methods.md §14)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class AlignedMTL(Method):
     """Aligned-MTL (Senushkin et al., "Independent Component Alignment for Multi-Task Learning", CVPR 2023, arXiv
     2305.19000, the aligned update of its method section) by :func:`aligned_mtl_basis` on the Gramian.
 
-    methods.md §14 Recommended, the official form: ``scale_mode="min"``, ``update_scale="native"`` (= ``sum``:
+    docs/methods.md §14 Recommended, the official form: ``scale_mode="min"``, ``update_scale="native"`` (= ``sum``:
     ``alpha = B 1``; ``mean`` is torchjd's preference vector ``1/T``, a factor ``T`` smaller), ``eigh`` in
     float64 with the official rank threshold, heads get their own gradient. Aligned-MTL-UB is
     ``grad_source="rep_full"`` / ``"rep_batchsum"`` (LibMTL's ``--rep_grad``). ``stats()`` adds the rank ``R`` and the

@@ -67,9 +67,9 @@ class Method(nn.Module):
 
     needs: Needs = Needs.LOSSES
     param_lr: float | None = None
-    """Learning rate of the method's own parameter group (e.g. UW's 0.025, methods.md §3); None: the model's."""
+    """Learning rate of the method's own parameter group (e.g. UW's 0.025, docs/methods.md §3); None: the model's."""
     after_step_updates_bn: bool = False
-    """Whether the re-evaluation before ``after_step`` updates BatchNorm running statistics (methods.md §0.6)."""
+    """Whether the re-evaluation before ``after_step`` updates BatchNorm running statistics (docs/methods.md §0.6)."""
 
     def __init__(self, num_tasks: int, grad_source: str = "params", head_weighting: str = "own") -> None:
         super().__init__()

@@ -173,7 +173,7 @@ class CAGrad(Method):
     """CAGrad (Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS
     2021, arXiv 2110.14048, eq. 4 and Algorithm 1), solved on the Gramian by :func:`cagrad_weights`.
 
-    research/methods.md §12 Recommended: ``c = 0.4``, ``rescale = 1``, ``update_scale = "native"``, which for
+    docs/methods.md §12 Recommended: ``c = 0.4``, ``rescale = 1``, ``update_scale = "native"``, which for
     CAGrad is the sum scale ``T d`` of the CAGrad, nash-mtl, FAMO and fairgrad repos; ``"mean"`` keeps ``d``
     (LibMTL, whose preset also uses ``c = 0.5``). Heads get their own gradient. A solver failure raises.
     ``stats()`` adds the solver iterations of the last step.

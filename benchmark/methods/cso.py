@@ -1,5 +1,5 @@
 """CSO: connection strength-based optimization (Jeong & Yoon, "Quantifying Task Priority for Multi-Task
-Optimization", CVPR 2024). Spec: ``research/cso.md``.
+Optimization", CVPR 2024). Spec: ``docs/cso.md``.
 
 The maths is in pure functions of tensors; the :class:`CSO` method drives whole training steps through
 ``own_step`` and needs a model with per-task BatchNorm after its shared convs (``task_bn: true``).

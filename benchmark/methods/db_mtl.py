@@ -1,4 +1,4 @@
-"""DB-MTL: dual balancing of log-losses and of gradient magnitudes (methods.md §16)."""
+"""DB-MTL: dual balancing of log-losses and of gradient magnitudes (docs/methods.md §16)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class DBMTL(Method):
     * Gradient-magnitude balancing (:meth:`aggregate`): an EMA ``g^_t`` of the full per-task gradients
       (:func:`db_mtl_ema`, buffer starting at 0, ``beta_k = beta / k^beta_sigma``), then
       ``d = sum_t alpha_t g^_t`` with :func:`db_mtl_weights` (native scale: every term has the largest norm).
-    * methods.md §16 Recommended, as LibMTL: ``beta = 0.9``, ``beta_sigma = 0``, ``eps = 1e-8`` (both the log
+    * docs/methods.md §16 Recommended, as LibMTL: ``beta = 0.9``, ``beta_sigma = 0``, ``eps = 1e-8`` (both the log
       offset and the norm guard), shared parameters only (LibMTL rejects representation gradients: an EMA over
       per-sample ``grad_z`` of different batches is meaningless).
     * State: the ``[T, P]`` EMA buffer (in the Jacobian's dtype; its size follows the first Jacobian and is

@@ -1,4 +1,4 @@
-"""DWA: Dynamic Weight Average (methods.md §4)."""
+"""DWA: Dynamic Weight Average (docs/methods.md §4)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class DWA(Method):
       initialised with ones as in that code, the current step's losses included; from step index
       ``window + 1`` on, ``r`` = mean of the newer ``window`` / mean of the older ``window``, updated every step.
     * ``update_scale``: ``sum`` (weights sum to ``T``), ``mean`` (divided by ``T``, the nash-mtl
-      ``(w * losses).mean()``) or ``native`` (``sum`` for ``epoch``, ``mean`` for ``window``; methods.md §0.3).
+      ``(w * losses).mean()``) or ``native`` (``sum`` for ``epoch``, ``mean`` for ``window``; docs/methods.md §0.3).
     """
 
     needs = Needs.LOSSES

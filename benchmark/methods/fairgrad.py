@@ -73,7 +73,7 @@ class FairGrad(FixedPointMethod):
     §3, eq. 4 and Algorithm 1): the update ``sum_t w_t g_t`` with ``G G^T w = w^(-1/alpha)``
     (:func:`fairgrad_weights`), solved afresh on every step.
 
-    research/methods.md §18, Recommended: the official form (OptMN-Lab/fairgrad).
+    docs/methods.md §18, Recommended: the official form (OptMN-Lab/fairgrad).
 
     * ``alpha`` (1.0): the fairness parameter. The paper tunes it per dataset (its Tables 2, 3 and 8), values not
       transcribed yet; set it per protocol.
@@ -84,7 +84,7 @@ class FairGrad(FixedPointMethod):
     * Heads: ``own`` (official); LibMTL back-propagates ``sum_t w_t L_t``, i.e. ``head_weighting="weighted"``.
       The LibMTL form is ``update_scale="mean", max_norm=None, head_weighting="weighted"``.
     * ``max_iter`` (100), ``tol`` (1e-10): the Newton solve (:func:`~benchmark.methods.nash_mtl.solve_fixed_point`).
-    * ``max_solver_failures`` (10): the failure policy of research/methods.md §0.7 (:class:`FixedPointMethod`).
+    * ``max_solver_failures`` (10): the failure policy of docs/methods.md §0.7 (:class:`FixedPointMethod`).
 
     ``stats()`` adds ``solver_iterations``, ``solver_residual`` (``max_t |w_t^(1/alpha) (M w)_t - 1|``),
     ``solver_failed``, ``solver_failures`` and ``clip_coef``.

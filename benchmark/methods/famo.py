@@ -1,4 +1,4 @@
-"""FAMO: fast adaptive multitask optimization (methods.md §15)."""
+"""FAMO: fast adaptive multitask optimization (docs/methods.md §15)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class FAMO(Method):
       optimizer is created at the first weight step (and again if ``xi`` is replaced, e.g. by ``.to()``), and
       its ``state_dict()`` is saved with the module (``get_extra_state``), so a restored FAMO resumes exactly.
     * ``min_losses``: ``l*`` (default 0, as in every dense benchmark). ``bn_update``: the after-step forward pass
-      updates BatchNorm running statistics, as the FAMO repo (methods.md §0.6; off by default).
+      updates BatchNorm running statistics, as the FAMO repo (docs/methods.md §0.6; off by default).
     """
 
     needs = Needs.LOSSES

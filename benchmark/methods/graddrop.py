@@ -1,4 +1,4 @@
-"""GradDrop: gradient sign dropout on the task Jacobian (methods.md §10)."""
+"""GradDrop: gradient sign dropout on the task Jacobian (docs/methods.md §10)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class GradDrop(Method):
 
     * Form: the engine hands a Jacobian method the ``[T, P]`` Jacobian but not the activation, so this is the
       parameter-level form of the CAGrad/FAMO/fairgrad repos and torchjd (no ``sign(A)`` factor, no batch sum;
-      their ``mean x T`` is the sum used here). methods.md §10 recommends the paper form on the representation
+      their ``mean x T`` is the sum used here). docs/methods.md §10 recommends the paper form on the representation
       (:func:`graddrop_rep_direction`, tested), which needs the engine to pass ``A``; ``grad_source="rep_full"``
       applies the parameter-level rule to the flattened ``grad_z L_t`` (without ``sign(A)`` and batch sum).
     * ``leak`` (0): the fraction of every gradient kept regardless of the mask.

@@ -1,4 +1,4 @@
-"""GradNorm: learn loss weights that equalise the weighted gradient norms (methods.md §5)."""
+"""GradNorm: learn loss weights that equalise the weighted gradient norms (docs/methods.md §5)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class GradNorm(Method):
       ``lr`` (None: the model's learning rate, as LibMTL's main optimizer).
     * ``initial_loss``: ``L_t(0)`` is the mean training loss of epoch 0 (``epoch0_mean``, LibMTL; epoch 0 then
       runs EW, ``w = 1``, and GradNorm starts at epoch 1) or the first step's losses (``first_step``, the paper).
-    * ``alpha = 1.5`` (NYUv2). methods.md §5 Recommended: the LibMTL parameterisation; the paper's choice of the
+    * ``alpha = 1.5`` (NYUv2). docs/methods.md §5 Recommended: the LibMTL parameterisation; the paper's choice of the
       last shared layer (``norm_on: last_shared_layer``) needs per-layer gradient norms, which the engine does
       not compute, and is not offered.
     """

@@ -1,4 +1,4 @@
-"""GradVac: pull every pair of task gradients up to an EMA target cosine, in Gram form (methods.md §11)."""
+"""GradVac: pull every pair of task gradients up to an EMA target cosine, in Gram form (docs/methods.md §11)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class GradVac(Method):
     Optimization in Massively Multilingual Models", ICLR 2021, arXiv 2010.05874, the GradVac update rule), on the
     Gramian by :func:`gradvac_coefficients`: ``d = sum_i g_i^PC`` (weights = column sums of ``C``).
 
-    methods.md §11 Recommended: ``beta = 0.5`` (LibMTL; the paper used 1e-2 in its multilingual setting) with
+    docs/methods.md §11 Recommended: ``beta = 0.5`` (LibMTL; the paper used 1e-2 in its multilingual setting) with
     whole-model grouping, targets starting at 0 (so the first step is PCGrad), ``eps = 1e-8`` (LibMTL; 0 is
     exact), heads get their own gradient, sum scale. The per-layer and per-matrix groupings need one Gramian per
     group, which the engine does not compute; they are not offered. State: the ``[T, T]`` targets (a buffer) and

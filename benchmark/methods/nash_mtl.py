@@ -191,7 +191,7 @@ def _count(name: str, field: str, value, low: int) -> int:
 class FixedPointMethod(Method):
     """What Nash-MTL and FairGrad share: the solver's failure policy, the clipping, the state and the stats.
 
-    * **Failures** (research/methods.md §0.7 and §13 Recommended). A failed solve (:class:`BargainingError`)
+    * **Failures** (docs/methods.md §0.7 and §13 Recommended). A failed solve (:class:`BargainingError`)
       reuses the last solved weights, is counted (``solver_failures`` in ``stats()``, and a warning), and raises
       ``RuntimeError`` once the count exceeds ``max_solver_failures``. With no earlier solution to reuse it
       raises at once: there is never a fallback to equal weights.
@@ -300,7 +300,7 @@ class NashMTL(FixedPointMethod):
     Bargaining Game", ICML 2022, arXiv 2202.01017, §3 and Algorithm 1): the update ``sum_t alpha_t g_t`` with
     ``alpha > 0`` solving ``G G^T alpha = 1/alpha`` (:func:`nash_weights`), native scale (alpha as solved).
 
-    research/methods.md §13 (Recommended: the nash-mtl algorithm and defaults, clip 1.0, heads per §0.2):
+    docs/methods.md §13 (Recommended: the nash-mtl algorithm and defaults, clip 1.0, heads per §0.2):
 
     * ``update_weights_every`` (1): solve every k-th call and reuse ``alpha`` in between (nash-mtl's
       ``update_weights_every``). The engine still computes the Gramian on every step, so only the solve is saved,

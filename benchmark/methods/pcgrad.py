@@ -59,7 +59,7 @@ class PCGrad(Method):
     """PCGrad (Yu, Kumar, Gupta, Levine, Hausman & Finn, "Gradient Surgery for Multi-Task Learning", NeurIPS
     2020, arXiv 2001.06782, Algorithm 1 / eq. 1): ``d = sum_i g_i^PC`` (``reduction="mean"`` divides by T).
 
-    research/methods.md §9 Recommended: ``j = i`` excluded (``include_self=True`` reproduces LibMTL), projection
+    docs/methods.md §9 Recommended: ``j = i`` excluded (``include_self=True`` reproduces LibMTL), projection
     onto the original ``g_j``, ``eps = 1e-8``, sum reduction, heads get their own gradient, and one permutation
     per task and per step from the method's own RNG (seeded once from the global one and saved with the module,
     so a resumed run draws the same permutations).

@@ -1,4 +1,4 @@
-"""Reproduction presets (research/methods.md §0): the hyper-parameters where public implementations disagree.
+"""Reproduction presets (docs/methods.md §0): the hyper-parameters where public implementations disagree.
 
 ``PRESETS[preset][method]`` holds the constructor arguments that make ``method`` behave like the reference
 codebase ``preset``. A method without an entry behaves the same under every preset (its defaults). Explicit

@@ -1,4 +1,4 @@
-"""RLW: random loss weighting (methods.md §6)."""
+"""RLW: random loss weighting (docs/methods.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SI: scale-invariant linear scalarization (methods.md §2)."""
+"""SI: scale-invariant linear scalarization (docs/methods.md §2)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ UPDATE_SCALES = ("native", "mean", "sum")
 
 
 def require_quadprog() -> ModuleType:
-    """The ``quadprog`` module, or an ``ImportError`` with an install hint (research/methods.md §0.7)."""
+    """The ``quadprog`` module, or an ``ImportError`` with an install hint (docs/methods.md §0.7)."""
     try:
         import quadprog
     except ImportError as exc:
@@ -70,7 +70,7 @@ class UPGrad(Method):
     task gradients, so no task's loss increases to first order (up to ``reg_eps``), computed by
     :func:`upgrad_weights`.
 
-    research/methods.md §17 Recommended: ``norm_eps = reg_eps = 1e-4``, the mean preference vector, native
+    docs/methods.md §17 Recommended: ``norm_eps = reg_eps = 1e-4``, the mean preference vector, native
     scale = mean; ``update_scale="sum"`` multiplies the weights by T. Heads get their own gradient.
     """
 

@@ -1,4 +1,4 @@
-"""UW: uncertainty weighting with learnable homoscedastic log-variances (methods.md §3)."""
+"""UW: uncertainty weighting with learnable homoscedastic log-variances (docs/methods.md §3)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class UW(Method):
     task, ``sum_t 0.5 exp(-s_t) L_t + 0.5 s_t`` with ``s_t = log sigma_t^2``.
 
     ``s`` is an ``nn.Parameter`` trained by the main optimizer in the method's own group without weight decay.
-    Defaults (methods.md §3, the nash-mtl/FAMO setting): ``init=0`` and ``lr=0.025`` for that group. The LibMTL /
+    Defaults (docs/methods.md §3, the nash-mtl/FAMO setting): ``init=0`` and ``lr=0.025`` for that group. The LibMTL /
     MTAN setting is ``init=-0.5, lr=None`` (the model's learning rate).
     The logged ``scale_t = 0.5 exp(-s_t)`` is the effective weight of the raw loss ``L_t``.
     """
