@@ -1,7 +1,7 @@
 """Scores derived from run records: Δm, Δp, mean rank, epoch selection, seed statistics, reference tables.
 
 Everything here works on plain data (mappings of metric name to value, run records loaded from JSON) and
-needs neither torch nor a GPU. Definitions follow ``docs/protocols.md`` §M.6 of the shared research notes:
+needs neither torch nor a GPU. Definitions follow ``docs/protocols.md`` §M.6:
 
 * ``delta_m``: metric-level Δm% (Maninis et al.; the Nash-MTL convention), **lower is better**.
 * ``delta_p``: task-level Δp% (LibMTL ``count_improvement``), **higher is better**.
