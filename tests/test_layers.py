@@ -1,8 +1,9 @@
 """The import graph of ``benchmark``, ``models`` and ``datamodules`` has no cycle and no upward edge.
 
-The layers are those of the design (README "Layers"): 4 commands -> 3 orchestration and reports -> 2 the
-training step, records and scoring -> 1 methods, models, datamodules. A module may import its own layer or
-a lower one. Imports are read with ``ast`` from the source, function-local ones included, so the test needs
+Layers (imports only point down): 4 the commands (cli, launch, perf, submit) -> 3 orchestration and reports
+(runner / plan / train / suite, report, leaderboard, plots, sweep) -> 2 the training step, records and scoring
+(module, engine, tasks, records, scoring, ...) -> 1 methods, models, datamodules. A module may import its own
+layer or a lower one. Imports are read with ``ast`` from the source, function-local ones included, so the test needs
 no optional dependency and imports nothing it checks.
 """
 
