@@ -181,10 +181,9 @@ def group_metrics(records: Sequence[Mapping[str, Any]]) -> list[RecordMetric]:
             owner.setdefault(key, record["run_id"])
     for record in records:
         for key, entry in record["metrics"].items():
-            if key in specs and entry["direction"] != specs[key].direction:
-                raise ValueError(
-                    f"metric {key!r} has direction {entry['direction']!r} in run {record['run_id']}"
-                )
+            direction = record_metric(key, entry).direction
+            if key in specs and direction != specs[key].direction:
+                raise ValueError(f"metric {key!r} has direction {direction!r} in run {record['run_id']}")
     return list(specs.values())
 
 

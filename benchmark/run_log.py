@@ -156,7 +156,7 @@ def run_log(suite, run, metrics: Mapping[str, Mapping[str, Any]]) -> Iterator[Ru
                              name=f"{label}/seed{run.seed}", config=config)
         if baseline is not None:
             wandb_run.summary["delta_m_baseline"] = baseline.note
-    log = RunLog(wandb_run, mode, baseline, {k: v["direction"] for k, v in metrics.items()})
+    log = RunLog(wandb_run, mode, baseline, {k: record_metric(k, v).direction for k, v in metrics.items()})
     try:
         yield log
     except BaseException:

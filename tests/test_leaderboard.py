@@ -335,3 +335,26 @@ def test_write_leaderboard_summarizes_once(tmp_path, monkeypatch):
     monkeypatch.setattr(markdown, "summarize", lambda *a, **k: calls.append(a) or real(*a, **k))
     write_leaderboard(_write(tmp_path, make_records()), tmp_path / "out" / "leaderboard.md", plot=True)
     assert len(calls) == 1
+
+
+def test_reporting_layers_import_only_downward():
+    """records and scoring (layer 2) and run_log never import report/ (layer 3); report/ never imports the
+    commands (layer 4); report modules import each other one way: summary <- figures <- markdown."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "benchmark"
+
+    def imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        return names | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    for name in ("records.py", "scoring.py", "run_log.py", "sweep.py"):
+        assert not {m for m in imports(root / name) if m.startswith("benchmark.report")}, name
+    for path in (root / "report").glob("*.py"):
+        found = imports(path)
+        assert not found & {"benchmark.cli", "benchmark.launch", "benchmark.perf"}, path.name
+    assert "benchmark.report.markdown" not in imports(root / "report" / "figures.py")
+    assert not imports(root / "report" / "summary.py") & {"benchmark.report.figures", "benchmark.report.markdown"}
+    assert not (root / "leaderboard.py").exists() and not (root / "plots.py").exists()
