@@ -93,6 +93,7 @@ class DatasetSummary:
     dominated_by: dict[str, list[str]] = field(default_factory=dict)
     """Per method row: the front points that dominate it (empty: not dominated)."""
 
+
 def label_of(record: Mapping[str, Any]) -> str:
     return str(record.get("method_label") or record["method"])
 
