@@ -17,7 +17,7 @@ console = Console()
 def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     from benchmark.config import load_suite
     from benchmark.launch import JobsFailed
-    from benchmark.leaderboard import write_leaderboard
+    from benchmark.report.markdown import write_leaderboard
     from benchmark.runner import run_suite
 
     if args.no_wandb:
@@ -53,7 +53,7 @@ def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_table(args: argparse.Namespace, overrides: list[str]) -> int:
-    from benchmark.paper_tables import DataMissing, dry_run, load_protocol, resolve, run_table
+    from benchmark.report.paper_tables import DataMissing, dry_run, load_protocol, resolve, run_table
 
     entry = resolve(args.name, args.tables)
     suite = load_protocol(entry, overrides)
@@ -71,7 +71,7 @@ def cmd_table(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
-    from benchmark.leaderboard import write_leaderboard
+    from benchmark.report.markdown import write_leaderboard
 
     write_leaderboard(Path(args.runs_dir), Path(args.out), args.rule, plot=True)
     console.print(f"[green]leaderboard written to {args.out} (plots beside it)[/]")
@@ -112,7 +112,7 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmark.paper_tables import TABLES_FILE
+    from benchmark.report.paper_tables import TABLES_FILE
     from benchmark.scoring import SELECTION_RULES
 
     parser = argparse.ArgumentParser(prog="mtobench", description="Benchmark multi-task optimization methods.")

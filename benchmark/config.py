@@ -204,7 +204,7 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
         if not ok:
             raise ValueError(f"suite file {path}: {key}={value!r} {why}")
     if suite.stl_baseline != "measured":
-        from benchmark.baselines import published_baseline
+        from benchmark.report.baselines import published_baseline
 
         try:
             published_baseline(suite.stl_baseline)
