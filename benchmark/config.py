@@ -16,6 +16,12 @@ from benchmark.scoring import SELECTION_RULES
 class DatasetConfig:
     name: str = "synthetic_scenes"
     params: dict[str, Any] = field(default_factory=dict)
+    metric_aggregation: Literal["global", "per_batch"] = "global"
+    """Depth and normal metrics: ``global`` pools the valid pixels of the whole split (LibMTL, Vandenhende);
+    ``per_batch`` averages per-batch errors over the batches (MTAN, nash-mtl, CAGrad, FAMO; docs/protocols.md
+    §M.2-M.3)."""
+    depth_clamp: float | None = None
+    """Depth predictions <= 0 become this value before the depth metrics (Vandenhende's 1e-9, protocol P3)."""
 
 
 @dataclass
@@ -185,6 +191,8 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
          "needs a GPU (torch's SyncBatchNorm does not run on CPU)"),
         (t.clip_shared_grad_norm is None or t.clip_shared_grad_norm > 0, "train.clip_shared_grad_norm",
          t.clip_shared_grad_norm, "must be > 0 or null"),
+        (suite.dataset.depth_clamp is None or suite.dataset.depth_clamp > 0, "dataset.depth_clamp",
+         suite.dataset.depth_clamp, "must be > 0 or null"),
         (len(suite.methods) > 0, "methods", suite.methods, "must list at least one method"),
         (len(suite.seeds) > 0 and len(set(suite.seeds)) == len(suite.seeds), "seeds", suite.seeds,
          "must be a non-empty list of distinct ints"),

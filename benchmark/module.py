@@ -47,7 +47,7 @@ class MTOModule(L.LightningModule):
                  max_nan_skips: int = 10, clip_shared_grad_norm: float | None = None,
                  lr_schedule: str = "constant", update_every: int = 1, optimizer: str = "adam",
                  momentum: float = 0.9, lr_step_size: int = 100, lr_gamma: float = 0.5,
-                 log_every_n_steps: int = 0) -> None:
+                 log_every_n_steps: int = 0, metric_options: T.MetricOptions | None = None) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={nan_policy!r} is not one of {NAN_POLICIES}")
@@ -73,7 +73,7 @@ class MTOModule(L.LightningModule):
             raise ValueError(f"{type(method).__name__}: grad_source={method.grad_source!r} needs one shared "
                              "representation, but a task_bn model computes one per task; use grad_source='params'")
         self.metrics = nn.ModuleDict(
-            {split: nn.ModuleDict({t.name: T.make_metric(t) for t in self.tasks}) for split in SPLITS}
+            {split: nn.ModuleDict({t.name: T.make_metric(t, metric_options) for t in self.tasks}) for split in SPLITS}
         )
         self.history: list[dict] = []
         self.step_times: list[float] = []

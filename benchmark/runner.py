@@ -94,11 +94,6 @@ def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None)
         raise ValueError(f"model {suite.model.name!r}: bad model params {params}: {exc}") from exc
 
 
-def metric_table(tasks: list) -> dict[str, dict]:
-    """Direction and unit of every metric of ``tasks``, keyed ``<task>/<metric>``."""
-    return {f"{t.name}/{i.key}": {"direction": i.direction, "unit": i.unit} for t in tasks for i in T.metric_infos(t)}
-
-
 def plan_runs(suite: SuiteConfig, task_names: list[str], trained: list[str] | None = None) -> list[PlannedRun]:
     """The grid: single-task runs of ``task_names`` x seeds first (so MTL runs can log Δm against them), then
     methods x seeds, then the sweep's weight vectors x seeds.
@@ -181,7 +176,8 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: 
                        clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule,
                        update_every=run.update_every, optimizer=t.optimizer, momentum=t.momentum,
                        lr_step_size=t.lr_step_size, lr_gamma=t.lr_gamma,
-                       log_every_n_steps=suite.logging.log_every_n_steps)
+                       log_every_n_steps=suite.logging.log_every_n_steps,
+                       metric_options=T.MetricOptions(suite.dataset.metric_aggregation, suite.dataset.depth_clamp))
     train_loader = dm.train_dataloader(seed=run.seed)
     callbacks, resume = [GridProgress(progress, run.run_id), log], None
     if out is not None:
@@ -214,7 +210,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
     else:
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         memory = {"peak_memory_bytes": peak_rss, "peak_memory_kind": "process_max_rss"}
-    infos = metric_table(tasks)
+    infos = T.metric_table(tasks)
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run.run_id,
@@ -297,7 +293,7 @@ def train_and_write(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress,
         ckpt.unlink(missing_ok=True)
     tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
     try:
-        with run_log(suite, run, metric_table(tasks)) as log:
+        with run_log(suite, run, T.metric_table(tasks)) as log:
             record = train_one(suite, run, dm, progress, log, out)
             if record is None:
                 return None

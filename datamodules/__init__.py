@@ -7,7 +7,7 @@ from datamodules.nyud import NYUDDataModule
 from datamodules.nyuv2 import NYUv2DataModule
 from datamodules.pascal_context import PascalContextDataModule
 from datamodules.synthetic_scenes import SyntheticScenesDataModule
-from datamodules.task_spec import TASK_KINDS, TaskSpec
+from datamodules.task_spec import TaskSpec
 
 DATAMODULES = {
     "synthetic_scenes": SyntheticScenesDataModule,
@@ -19,5 +19,5 @@ DATAMODULES = {
     "celeba": CelebADataModule,
 }
 
-__all__ = ["DATAMODULES", "TASK_KINDS", "CelebADataModule", "CityscapesDataModule", "MultiMNISTDataModule",
+__all__ = ["DATAMODULES", "CelebADataModule", "CityscapesDataModule", "MultiMNISTDataModule",
            "NYUDDataModule", "NYUv2DataModule", "PascalContextDataModule", "SyntheticScenesDataModule", "TaskSpec"]

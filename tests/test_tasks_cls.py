@@ -21,7 +21,7 @@ def test_task_spec_kinds_and_head_channels():
     assert tasks.metric_directions([CLS, BIN]) == {"left/acc": "higher", "Smiling/error": "lower",
                                                    "Smiling/f1": "higher"}
     with pytest.raises(ValueError, match="classification needs num_classes >= 2, got None"):
-        TaskSpec("x", "classification")
+        tasks.check_specs([TaskSpec("x", "classification")])
 
 
 def test_classification_loss_is_mean_cross_entropy_over_labelled_images():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmark import tasks
-from benchmark.dense_tasks import SALIENCY_THRESHOLDS, balanced_bce
+from benchmark.tasks.binary_maps import SALIENCY_THRESHOLDS, balanced_bce
 from datamodules.task_spec import TaskSpec
 
 PARTS = TaskSpec("parts", "human_parts", num_classes=7, ignore_index=255)
@@ -69,9 +69,9 @@ def test_head_channels_and_predict():
 
 def test_taskspec_checks_new_fields():
     with pytest.raises(ValueError, match="human_parts needs num_classes"):
-        TaskSpec("parts", "human_parts")
+        tasks.check_specs([TaskSpec("parts", "human_parts")])
     with pytest.raises(ValueError, match="pos_weight=0.5 needs a kind"):
-        TaskSpec("depth", "depth", pos_weight=0.5)
+        tasks.check_specs([TaskSpec("depth", "depth", pos_weight=0.5)])
     with pytest.raises(ValueError, match="pos_weight=1.5"):
         TaskSpec("edge", "edges", pos_weight=1.5)
     assert not TaskSpec("d", "depth").auxiliary and EDGE.auxiliary

@@ -14,7 +14,8 @@ from benchmark.methods.base import Method, Needs
 from benchmark.methods.registry import _BUILTINS, register
 from benchmark.records import write_json_atomic
 from benchmark.run_log import StepSeries
-from benchmark.runner import create_datamodule, metric_table, run_suite
+from benchmark.runner import create_datamodule, run_suite
+from benchmark.tasks import metric_table
 from benchmark.wandb_log import find_offline_runs, resolve_mode, sync_command
 from tests.test_runner import records, write_suite
 from tests.wandb_offline import OfflineRun

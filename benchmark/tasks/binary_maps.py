@@ -1,7 +1,8 @@
-"""Losses and split-level metrics of the PASCAL-Context / NYUD-v2 task kinds: human_parts, saliency, edges.
+"""Binary per-pixel kinds of PASCAL-Context / NYUD-v2: ``saliency`` (maxF and mIoU, docs/protocols.md §M.4) and
+``edges`` (balanced BCE standing in for odsF, §M.5); both train with a balanced BCE (P5 losses).
 
-Definitions follow docs/protocols.md §M.1 (Vandenhende variant), §M.4 and P5 (losses). Every metric keeps sum states
-(``dist_reduce_fx="sum"``), so a DDP sync gives what one process would compute over the whole split.
+Targets are ``B x 1 x H x W`` floats in {0, 1} with ``ignore_index`` invalid; the head gives one logit and the
+prediction is its sigmoid.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
+
+from benchmark.tasks.base import MetricInfo, MetricOptions, TaskKind, check_raw_shape
+from benchmark.tasks.registry import register
+from datamodules.task_spec import TaskSpec
 
 SALIENCY_THRESHOLDS = tuple(float(t) for t in torch.linspace(0.2, 0.9, 15, dtype=torch.float64))
 """τ of §M.4: ``linspace(0.2, 0.9, 15)``."""
@@ -36,39 +41,6 @@ def balanced_bce(raw: Tensor, target: Tensor, pos_weight: float | None, ignore_i
     bce = F.binary_cross_entropy_with_logits(raw, positive.to(raw.dtype), reduction="none")
     weight = torch.where(positive, w, 1.0 - w)
     return torch.where(valid, weight * bce, 0.0).sum(), count
-
-
-class HumanPartsMetric(Metric):
-    """Human-parts mIoU (percent), Vandenhende's definition (§M.1): per class TP, FP, FN accumulated over the
-    split on valid pixels; IoU = TP / max(TP + FP + FN, 1e-8); the mean is over **all** classes (an absent class
-    counts 0). Images without annotated persons are all ``ignore_index``, so they add nothing.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if num_classes < 2:
-            raise ValueError(f"HumanPartsMetric: num_classes must be >= 2, got {num_classes}")
-        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
-        self.add_state("confmat", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        c = self.num_classes
-        labels = pred.argmax(dim=1) if pred.dim() == target.dim() + 1 else pred
-        if labels.shape != target.shape:
-            raise ValueError(f"HumanPartsMetric: prediction shape {tuple(pred.shape)} does not fit target shape "
-                             f"{tuple(target.shape)}")
-        valid = (target >= 0) & (target < c) & (target != self.ignore_index)
-        self.confmat += torch.bincount(target[valid] * c + labels[valid].long(), minlength=c * c).reshape(c, c)
-
-    def compute(self) -> dict[str, Tensor]:
-        h = self.confmat.double()
-        tp = h.diagonal()
-        iou = tp / (h.sum(dim=1) + h.sum(dim=0) - tp).clamp_min(1e-8)
-        return {"miou": (100.0 * iou.mean()).float()}
 
 
 class SaliencyMetric(Metric):
@@ -145,3 +117,46 @@ class EdgeLossMetric(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         return {"loss": (self.loss_sum / self.count.double()).float()}
+
+
+class BinaryMapKind(TaskKind):
+    """Shared by saliency and edges: one logit, sigmoid prediction, balanced BCE, targets 0/1/ignore."""
+
+    weighted = True
+
+    def head_channels(self, spec: TaskSpec) -> int:
+        return 1
+
+    def predict(self, raw: Tensor) -> Tensor:
+        return torch.sigmoid(raw)
+
+    def loss(self, spec: TaskSpec, raw: Tensor, target: Tensor) -> Tensor:
+        """:func:`balanced_bce` with ``spec.pos_weight``, averaged over the valid pixels."""
+        check_raw_shape(spec, raw, target)
+        total, count = balanced_bce(raw, target, spec.pos_weight, spec.ignore_index)
+        return total / count.clamp_min(1)
+
+    def check_values(self, spec: TaskSpec, t: Tensor) -> None:
+        super().check_values(spec, t)
+        bad = t[(t != 0) & (t != 1) & (t != spec.ignore_index)]
+        if bad.numel():
+            raise ValueError(f"task {spec.name!r}: target value {float(bad[0])} is not 0, 1 or "
+                             f"ignore_index={spec.ignore_index}")
+
+
+@register("saliency")
+class Saliency(BinaryMapKind):
+    metrics = (MetricInfo("maxf", "higher", "percent"), MetricInfo("miou", "higher", "percent"))
+
+    def make_metric(self, spec: TaskSpec, options: MetricOptions) -> Metric:
+        return SaliencyMetric(spec.ignore_index)
+
+
+@register("edges")
+class Edges(BinaryMapKind):
+    """Reports its balanced BCE, not odsF: odsF needs the SEISM MATLAB toolbox (§M.5)."""
+
+    metrics = (MetricInfo("loss", "lower", "bce"),)
+
+    def make_metric(self, spec: TaskSpec, options: MetricOptions) -> Metric:
+        return EdgeLossMetric(spec.pos_weight, spec.ignore_index)

@@ -1,4 +1,4 @@
-"""Image-level task kinds (one target per image): multi-class ``classification`` and one ``binary`` attribute.
+"""Image-level kinds (one target per image): multi-class ``classification`` and one ``binary`` attribute.
 
 classification: cross-entropy on ``B x C`` logits against ``B`` int64 labels (``ignore_index`` skipped), the
 metric is accuracy in percent (MultiMNIST, Sener & Koltun, NeurIPS 2018, §5.1). binary: BCE-with-logits on
@@ -14,31 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from benchmark.tasks.base import MetricInfo, MetricOptions, TaskKind
+from benchmark.tasks.registry import register
 from datamodules.task_spec import TaskSpec
-
-
-def image_head_channels(spec: TaskSpec) -> int:
-    """``num_classes`` logits for classification, one logit for binary."""
-    return int(spec.num_classes) if spec.kind == "classification" else 1
-
-
-def _check_raw(spec: TaskSpec, raw: Tensor, target: Tensor) -> None:
-    c = image_head_channels(spec)
-    if target.dim() != 1 or tuple(raw.shape) != (target.shape[0], c):
-        raise ValueError(
-            f"task {spec.name!r}: prediction shape {tuple(raw.shape)} does not match the expected (B, {c}) "
-            f"with target shape (B,) = {tuple(target.shape)}"
-        )
-
-
-def image_task_loss(spec: TaskSpec, raw: Tensor, target: Tensor) -> Tensor:
-    """Mean cross-entropy over the labelled images (exact 0, still connected to ``raw``, if none is), or mean
-    BCE-with-logits."""
-    _check_raw(spec, raw, target)
-    if spec.kind == "classification":
-        total = F.cross_entropy(raw, target, ignore_index=spec.ignore_index, reduction="sum")
-        return total / (target != spec.ignore_index).sum().clamp_min(1)
-    return F.binary_cross_entropy_with_logits(raw[:, 0], target.to(raw.dtype))
 
 
 class AccuracyMetric(Metric):
@@ -109,26 +87,70 @@ class BinaryMetric(Metric):
         return {"error": (100.0 * (fp + fn) / n).float(), "f1": (100.0 * f1).float()}
 
 
-def make_image_metric(spec: TaskSpec) -> Metric:
-    if spec.kind == "classification":
+class ImageKind(TaskKind):
+    """Shared by the image-level kinds: a ``(B, C)`` head output against a ``(B,)`` target."""
+
+    def check_raw(self, spec: TaskSpec, raw: Tensor, target: Tensor) -> None:
+        c = self.head_channels(spec)
+        if target.dim() != 1 or tuple(raw.shape) != (target.shape[0], c):
+            raise ValueError(
+                f"task {spec.name!r}: prediction shape {tuple(raw.shape)} does not match the expected (B, {c}) "
+                f"with target shape (B,) = {tuple(target.shape)}"
+            )
+
+    def check_target(self, spec: TaskSpec, t: Tensor, b: int, h: int, w: int) -> None:
+        if tuple(t.shape) != (b,):
+            raise ValueError(f"task {spec.name!r}: target shape {tuple(t.shape)} does not match the expected (B,) = "
+                             f"{(b,)}")
+        self.check_values(spec, t)
+
+
+@register("classification")
+class Classification(ImageKind):
+    metrics = (MetricInfo("acc", "higher", "percent"),)
+    needs_classes = True
+
+    def head_channels(self, spec: TaskSpec) -> int:
+        return int(spec.num_classes)
+
+    def loss(self, spec: TaskSpec, raw: Tensor, target: Tensor) -> Tensor:
+        """Mean cross-entropy over the labelled images (exact 0, still connected to ``raw``, if none is)."""
+        self.check_raw(spec, raw, target)
+        total = F.cross_entropy(raw, target, ignore_index=spec.ignore_index, reduction="sum")
+        return total / (target != spec.ignore_index).sum().clamp_min(1)
+
+    def make_metric(self, spec: TaskSpec, options: MetricOptions) -> Metric:
         return AccuracyMetric(int(spec.num_classes), spec.ignore_index)
-    return BinaryMetric()
 
-
-def check_image_target(spec: TaskSpec, t: Tensor, b: int) -> None:
-    """Shape ``(B,)``; classification int64 labels in [0, C) or ``ignore_index``; binary values 0/1."""
-    if tuple(t.shape) != (b,):
-        raise ValueError(f"task {spec.name!r}: target shape {tuple(t.shape)} does not match the expected (B,) = {(b,)}")
-    if spec.kind == "classification":
+    def check_values(self, spec: TaskSpec, t: Tensor) -> None:
+        """int64 labels in [0, C) or ``ignore_index``."""
         if t.dtype != torch.int64:
             raise ValueError(f"task {spec.name!r}: target dtype {t.dtype} does not match the expected torch.int64")
         bad = t[((t < 0) | (t >= spec.num_classes)) & (t != spec.ignore_index)]
         if bad.numel():
             raise ValueError(f"task {spec.name!r}: target label {int(bad[0])} is outside the expected "
                              f"[0, {spec.num_classes}) ∪ {{ignore_index={spec.ignore_index}}}")
-        return
-    if t.dtype == torch.bool or t.is_complex():
-        raise ValueError(f"task {spec.name!r}: target dtype {t.dtype} does not match the expected float or int 0/1")
-    bad = t[(t != 0) & (t != 1)]
-    if bad.numel():
-        raise ValueError(f"task {spec.name!r}: binary target value {float(bad[0])} is not 0 or 1")
+
+
+@register("binary")
+class Binary(ImageKind):
+    metrics = (MetricInfo("error", "lower", "percent"), MetricInfo("f1", "higher", "percent"))
+
+    def head_channels(self, spec: TaskSpec) -> int:
+        return 1
+
+    def loss(self, spec: TaskSpec, raw: Tensor, target: Tensor) -> Tensor:
+        """Mean BCE-with-logits."""
+        self.check_raw(spec, raw, target)
+        return F.binary_cross_entropy_with_logits(raw[:, 0], target.to(raw.dtype))
+
+    def make_metric(self, spec: TaskSpec, options: MetricOptions) -> Metric:
+        return BinaryMetric()
+
+    def check_values(self, spec: TaskSpec, t: Tensor) -> None:
+        """Float or int values 0/1."""
+        if t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"task {spec.name!r}: target dtype {t.dtype} does not match the expected float or int 0/1")
+        bad = t[(t != 0) & (t != 1)]
+        if bad.numel():
+            raise ValueError(f"task {spec.name!r}: binary target value {float(bad[0])} is not 0 or 1")
