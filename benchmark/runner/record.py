@@ -13,6 +13,7 @@ from benchmark.config import SuiteConfig
 from benchmark.methods.registry import PLUGIN_ORIGINS
 from benchmark.module import MTOModule
 from benchmark.records import SCHEMA_VERSION, git_state, package_versions
+from benchmark.run_log import RunLog
 from benchmark.runner.plan import PlannedRun, metric_table, model_params
 
 
@@ -22,8 +23,9 @@ def run_status(module: MTOModule) -> dict:
 
 
 def make_record(suite: SuiteConfig, run: PlannedRun, dm, tasks: list, module: MTOModule, trainer: L.Trainer,
-                wall: float) -> dict:
-    """The record of ``run``, trained as ``module`` by ``trainer`` in ``wall`` seconds on ``dm``'s ``tasks``."""
+                wall: float, log: RunLog) -> dict:
+    """The record of ``run``, trained as ``module`` by ``trainer`` in ``wall`` seconds on ``dm``'s ``tasks``, with
+    what ``log`` kept of its steps."""
     stats = module.stats
     device = trainer.strategy.root_device
     times = torch.tensor(stats.step_times[1:] or stats.step_times or [float("nan")], dtype=torch.float64)
@@ -33,7 +35,7 @@ def make_record(suite: SuiteConfig, run: PlannedRun, dm, tasks: list, module: MT
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         memory = {"peak_memory_bytes": peak_rss, "peak_memory_kind": "process_max_rss"}
     infos = metric_table(tasks)
-    return {
+    fields = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run.run_id,
         "suite": suite.name,
@@ -71,5 +73,6 @@ def make_record(suite: SuiteConfig, run: PlannedRun, dm, tasks: list, module: MT
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **run_status(module),
     }
+    return {**fields, **log.record_fields(module)}
 
 

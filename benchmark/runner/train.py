@@ -79,7 +79,7 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: 
     wall = time.perf_counter() - start
     if not trainer.is_global_zero:
         return None
-    return {**make_record(suite, run, dm, tasks, module, trainer, wall), **log.record_fields(module)}
+    return make_record(suite, run, dm, tasks, module, trainer, wall, log)
 
 
 def train_and_write(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, force: bool = False) -> Path | None:
