@@ -16,15 +16,14 @@ console = Console()
 
 def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     from benchmark.config import load_suite
-    from benchmark.launch import JobsFailed
+    from benchmark.launch import JobsFailed, run
     from benchmark.report.markdown import write_leaderboard
-    from benchmark.runner import run_suite
 
     if args.no_wandb:
         overrides = [*overrides, "--suite.logging.wandb", "off"]
     suite = load_suite(args.suite_file, overrides)
     try:
-        run_suite(suite, force=args.force, launcher=args.launcher, workers=args.workers)
+        run(suite, force=args.force, launcher=args.launcher, workers=args.workers)
     except JobsFailed as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return 1

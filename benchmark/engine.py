@@ -11,7 +11,7 @@ faster, and the run record names the choice.
 
 Under DDP (``sync`` given) the engine reduces across ranks what the method reads before it aggregates, so every
 rank applies the update a single process would compute on the concatenated global batch (``docs/ddp.md``).
-Under fp16 autocast (``loss_scale`` > 1) the per-task gradients come from the scaled losses and are unscaled to
+Under fp16 autocast (``scale`` > 1) the per-task gradients come from the scaled losses and are unscaled to
 float32 before the method sees them; a non-finite one turns the step into one the GradScaler skips.
 """
 
@@ -119,13 +119,14 @@ class Engine:
 
     ``sync``: the reductions across DDP ranks (None: one process). The losses passed to :meth:`step` must then
     carry the global value (their gradient stays local), and a ``Needs.LOSSES`` step relies on ``backward``
-    (DDP's own all-reduce). ``loss_scale``: the current GradScaler scale (fp16 autocast), or None.
+    (Lightning's strategy backward: DDP's own all-reduce and the precision hooks). The engine's own state (its
+    step count, the resolved Jacobian path and the method's ``last_weights``, which only the engine writes)
+    round-trips through :meth:`state_dict`.
     """
 
     def __init__(self, method: Method, shared: Sequence[nn.Parameter], heads: Sequence[nn.Parameter],
                  jacobian_mode: str = "auto", backward: Callable[[Tensor], None] | None = None,
-                 update_every: int = 1, sync: GradSync | None = None,
-                 loss_scale: Callable[[], float] | None = None) -> None:
+                 update_every: int = 1, sync: GradSync | None = None) -> None:
         if jacobian_mode not in JACOBIAN_MODES:
             raise ValueError(f"jacobian_mode={jacobian_mode!r} is not one of {JACOBIAN_MODES}")
         if not isinstance(update_every, int) or update_every < 1:
@@ -143,7 +144,6 @@ class Engine:
         self.backward = backward or (lambda loss: loss.backward())
         self.resolved_mode: str | None = None
         self.sync = sync
-        self.loss_scale = loss_scale or (lambda: 1.0)
         self.last_probe: Probe | None = None
         self._probing = False
 
@@ -151,18 +151,27 @@ class Engine:
     def uses_rep(self) -> bool:
         return self.method.grad_source != "params"
 
+    def state_dict(self) -> dict:
+        return {"engine_steps": self.steps, "jacobian_mode": self.resolved_mode,
+                "last_weights": self.method.last_weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.resolved_mode = state["engine_steps"], state["jacobian_mode"]
+        self.method.last_weights = state["last_weights"]
+
     def step(self, losses: Tensor, z: Tensor | None = None, z_in: Tensor | None = None,
-             probe: bool = False) -> StepInfo:
-        """Back-propagate the (already transformed) task losses ``[T]`` as the method prescribes.
+             probe: bool = False, scale: float = 1.0) -> StepInfo:
+        """Back-propagate the (already transformed) task losses ``[T]`` as the method prescribes; ``scale``: the
+        GradScaler's current scale (fp16 autocast), by which every gradient the engine writes is multiplied.
 
         With ``probe``, also leave in ``last_probe`` the Gramian of the per-task gradients of the shared
         parameters: the step's own (global under DDP) when it computes one there, else from extra backward
         passes before the step (this rank's batch).
         """
         with torch.autocast(losses.device.type, enabled=False):
-            return self._step(losses, z, z_in, probe)
+            return self._step(losses, z, z_in, probe, scale)
 
-    def _step(self, losses: Tensor, z: Tensor | None, z_in: Tensor | None, probe: bool) -> StepInfo:
+    def _step(self, losses: Tensor, z: Tensor | None, z_in: Tensor | None, probe: bool, scale: float) -> StepInfo:
         method = self.method
         self.last_probe, self._probing = None, probe
         reuses = method.last_weights is not None and self.steps % self.update_every != 0
@@ -174,14 +183,13 @@ class Engine:
             weights = checked(method, "loss_weights", method.loss_weights(losses.detach()), (len(losses),))
             total = (weights.detach() * losses).sum()
             self.backward(total)
-            return StepInfo(weights.detach(), _grad_norm(self.shared) / self.loss_scale())
+            return StepInfo(weights.detach(), _grad_norm(self.shared) / scale)
         if self.uses_rep and (z is None or z_in is None):
             raise ValueError(f"{type(method).__name__} uses grad_source={method.grad_source!r}: pass z and z_in")
         reuse = self.steps % self.update_every != 0 and method.last_weights is not None
         self.steps += 1
         if reuse:
-            return self._reuse_weights(losses, z, z_in)
-        scale = self.loss_scale()
+            return self._reuse_weights(losses, z, z_in, scale)
         combined = self._combine(losses, [z_in] if self.uses_rep else self.shared, scale, rep=z_in)
         if combined is None:
             for p in self.shared:
@@ -196,12 +204,11 @@ class Engine:
         self._backward_heads(losses, weights, scale)
         return StepInfo(weights, float(direction.norm()), mode)
 
-    def _reuse_weights(self, losses: Tensor, z: Tensor | None, z_in: Tensor | None) -> StepInfo:
+    def _reuse_weights(self, losses: Tensor, z: Tensor | None, z_in: Tensor | None, scale: float) -> StepInfo:
         """An amortised step (``update_every > 1``): the last weights, one backward pass, no Jacobian.
 
         The method is not consulted, so its state does not advance on these steps (as in Nash-MTL's paper).
         """
-        scale = self.loss_scale()
         weights = self.method.last_weights.to(losses)
         total = scale * (weights * losses).sum()
         if self.uses_rep:

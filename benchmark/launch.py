@@ -1,7 +1,7 @@
 """Run a suite's planned runs as submitit jobs: a SLURM job array, or local processes (the same code path).
 
-Each job trains one run with :func:`benchmark.runner.train_one` and writes its record, exactly as the sequential
-runner does; the leaderboard is built from the records after every job has finished. Records from many
+Each job trains one run with :func:`benchmark.runner.train.train_and_write` and writes its record, exactly as the
+sequential runner does; the leaderboard is built from the records after every job has finished. Records from many
 machines merge by folder.
 """
 
@@ -15,7 +15,9 @@ from rich.progress import Progress
 
 from benchmark.config import LauncherConfig, SuiteConfig
 from benchmark.records import record_path
-from benchmark.runner import PlannedRun, console, create_datamodule, train_and_write
+from benchmark.runner.plan import PlannedRun, create_datamodule
+from benchmark.runner.suite import plan_suite, run_suite
+from benchmark.runner.train import console, train_and_write
 
 LAUNCHERS = ("none", "local", "slurm")
 
@@ -24,6 +26,17 @@ class JobsFailed(RuntimeError):
     """Some jobs of a launched grid failed; the message names each run and its log folder."""
 
 POLL_S = 0.5
+
+
+def run(suite: SuiteConfig, force: bool = False, launcher: str = "none", workers: int = 1) -> list[Path]:
+    """Train the runs of ``suite`` that have no record yet (all with ``force``) and return its record paths: in
+    this process (``launcher`` ``none``, :func:`benchmark.runner.run_suite`) or as submitit jobs (``local``,
+    ``slurm``; their checkpoints are resumed even with ``force``)."""
+    if launcher == "none":
+        return run_suite(suite, force)
+    plan = plan_suite(suite, force)
+    launch_runs(suite, plan.todo, launcher, workers)
+    return plan.record_paths()
 
 
 def run_job(suite: SuiteConfig, run: PlannedRun) -> str | None:

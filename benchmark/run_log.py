@@ -1,7 +1,7 @@
 """Logging of one training run: the thinned per-step series kept in its record, and the same numbers, the
 per-epoch metrics and Δm against the suite's single-task runs, sent to W&B when it is on.
 
-The series holds what ``MTOModule.logged_step`` leaves every ``log_every_n_steps`` batches: task losses,
+The series holds what ``MTOModule.stats.logged_step`` leaves every ``log_every_n_steps`` batches: task losses,
 weights, gradient norms and cosines, method statistics (CSO's priority shares) and step time.
 """
 
@@ -81,10 +81,10 @@ class RunLog(L.Callback):
         self.epochs_logged = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        entry = pl_module.logged_step
+        entry = pl_module.stats.logged_step
         if entry is None:
             return
-        point = {"batch": pl_module.batches - 1, "epoch": trainer.current_epoch, **entry}
+        point = {"batch": pl_module.stats.batches - 1, "epoch": trainer.current_epoch, **entry}
         self.series.add(point)
         if self.wandb_run is not None:
             self.wandb_run.log({"epoch": point["epoch"], **{f"train/{k}": v for k, v in entry.items()}},
@@ -92,10 +92,10 @@ class RunLog(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         """Each new epoch entry goes to the W&B row of the epoch's last batch."""
-        for entry in pl_module.history[self.epochs_logged:]:
+        for entry in pl_module.stats.history[self.epochs_logged:]:
             if self.wandb_run is not None:
-                self.wandb_run.log(self.epoch_payload(entry), step=max(pl_module.batches - 1, 0))
-        self.epochs_logged = len(pl_module.history)
+                self.wandb_run.log(self.epoch_payload(entry), step=max(pl_module.stats.batches - 1, 0))
+        self.epochs_logged = len(pl_module.stats.history)
 
     def epoch_payload(self, entry: Mapping[str, Any]) -> dict[str, float]:
         """One epoch's W&B row: val and test metrics, Δm of the test metrics (if a baseline exists), val loss,
@@ -113,15 +113,15 @@ class RunLog(L.Callback):
         """What a run record keeps of the logging: the thinned step series and how it was logged."""
         run = self.wandb_run
         return {
-            "step_log": {"every": module.log_every_n_steps, "stride": self.series.stride,
+            "step_log": {"every": module.config.log_every_n_steps, "stride": self.series.stride,
                          "logged_steps": self.series.seen, "points": self.series.points},
             "logging": {
                 "wandb": self.mode,
                 "wandb_run_id": None if run is None else run.id,
                 "wandb_run_dir": None if run is None else str(Path(run.dir).parent),
-                "grad_stats": {"sources": sorted(module.probe_sources), "steps": module.probe_steps,
-                               "seconds": module.probe_seconds,
-                               "seconds_per_probe": module.probe_seconds / max(module.probe_steps, 1)},
+                "grad_stats": {"sources": sorted(module.stats.probe_sources), "steps": module.stats.probe_steps,
+                               "seconds": module.stats.probe_seconds,
+                               "seconds_per_probe": module.stats.probe_seconds / max(module.stats.probe_steps, 1)},
                 "delta_m_baseline": None if self.baseline is None else self.baseline.note,
             },
         }

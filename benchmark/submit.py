@@ -57,10 +57,10 @@ def with_plugin(suite: SuiteConfig, name: str) -> SuiteConfig:
 def submit(name: str, suite: SuiteConfig, force: bool = False, launcher: str = "none", workers: int = 1) -> Path:
     """Validate the plugin ``name``, train ``suite`` with it (runs that have records are reused) and write the
     leaderboard; returns its path."""
+    from benchmark.launch import run
     from benchmark.report.markdown import write_leaderboard
-    from benchmark.runner import run_suite
 
     validate_plugin(name)
     suite = with_plugin(suite, name)
-    run_suite(suite, force=force, launcher=launcher, workers=workers)
+    run(suite, force=force, launcher=launcher, workers=workers)
     return write_leaderboard(Path(suite.output_dir) / suite.name, Path(suite.leaderboard), suite.selection)

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from benchmark.methods import Needs, available, create, get
-from benchmark.module import MTOModule
+from benchmark.module import ModuleConfig, MTOModule
+from benchmark.optim import OptimConfig
 from datamodules.task_spec import TaskSpec
 from models.segnet import SegNetMTL
 
@@ -97,8 +98,9 @@ def train(v: Variant, batch: dict, devices: int) -> MTOModule:
     model = FrozenBNSegNet({"semseg": 3, "depth": 1, "normal": 3}, width=2, levels=1, task_bn=v.name == "cso")
     method = create(v.name, len(TASKS), **v.hparams)
     method.generator()
-    module = MTOModule(model, TASKS, method, lr=1.0, optimizer="sgd", momentum=0.0, jacobian_mode="loop",
-                       update_every=v.update_every)
+    config = ModuleConfig(OptimConfig(lr=1.0, optimizer="sgd", momentum=0.0), jacobian_mode="loop",
+                          update_every=v.update_every)
+    module = MTOModule(model, TASKS, method, config)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                         max_steps=v.steps,
                         limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False, logger=False,

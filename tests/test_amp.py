@@ -8,7 +8,8 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from benchmark.engine import jacobian_loop
 from benchmark.methods import create
 from benchmark.methods.base import Method, Needs
-from benchmark.module import MTOModule
+from benchmark.module import ModuleConfig, MTOModule
+from benchmark.optim import OptimConfig
 from models.segnet import SegNetMTL
 from tests import ddp_harness as H
 
@@ -39,7 +40,8 @@ def fit(method: Method, steps: int, task_bn: bool = False, **trainer_kwargs):
     init = {k: v.clone() for k, v in model.state_dict().items()}
     dtypes = []
     model.stem[0].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
-    module = MTOModule(model, H.TASKS, method, lr=0.1, optimizer="sgd", momentum=0.0, jacobian_mode="loop")
+    config = ModuleConfig(OptimConfig(lr=0.1, optimizer="sgd", momentum=0.0), jacobian_mode="loop")
+    module = MTOModule(model, H.TASKS, method, config)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         **trainer_kwargs)
@@ -66,7 +68,7 @@ def test_bf16_training_runs(name, task_bn):
     module, init, dtypes = fit(create(name, 3), steps=2, task_bn=task_bn, precision="bf16-mixed")
     assert torch.bfloat16 in dtypes and changed(module, init)
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
-    assert module.amp_skipped_steps == 0
+    assert module.stats.amp_skipped_steps == 0
 
 
 def forced_overflow() -> MixedPrecision:
@@ -79,11 +81,11 @@ def test_fp16_overflow_is_skipped_counted_and_the_next_step_sees_unscaled_gradie
     method = RecordingSum(3)
     module, init, dtypes = fit(method, steps=2, plugins=[forced_overflow()])
     assert torch.float16 in dtypes
-    assert module.amp_skipped_steps == 1
+    assert module.stats.amp_skipped_steps == 1
     assert len(method.seen) == 1 and method.seen[0].dtype == torch.float32
     assert changed(module, init)
-    assert len(module.step_times) == 1 and "update_norm" in module.stat_counts
-    assert module.stat_counts["update_norm"] == 1
+    assert len(module.stats.step_times) == 1 and "update_norm" in module.stats.stat_counts
+    assert module.stats.stat_counts["update_norm"] == 1
     # the step that ran started from the initial parameters (the first was skipped): its Jacobian, unscaled
     # from the 2^10 scale, matches the float32 one up to fp16 rounding
     torch.manual_seed(0)
@@ -96,5 +98,5 @@ def test_fp16_overflow_is_skipped_counted_and_the_next_step_sees_unscaled_gradie
 @pytest.mark.parametrize("name, task_bn", [("ew", False), ("mgda_ub", False), ("cso", True)])
 def test_fp16_overflow_skips_loss_representation_and_own_step_methods_too(name, task_bn):
     module, init, _ = fit(create(name, 3), steps=2, task_bn=task_bn, plugins=[forced_overflow()])
-    assert module.amp_skipped_steps == 1 and changed(module, init)
+    assert module.stats.amp_skipped_steps == 1 and changed(module, init)
     assert all(torch.isfinite(p).all() for p in module.model.parameters())

@@ -19,7 +19,7 @@ from benchmark.engine import Engine
 from benchmark.methods import create
 from benchmark.methods.base import Method, Needs
 from benchmark.methods.registry import _BUILTINS, register
-from benchmark.module import MTOModule
+from benchmark.module import ModuleConfig, MTOModule
 from benchmark.runner import check_methods, create_datamodule, run_suite
 from datamodules import SyntheticScenesDataModule, TaskSpec
 from datamodules.synthetic_scenes import _sha256
@@ -234,7 +234,7 @@ def test_a_raising_method_is_named_with_its_run_and_leaves_no_record(tmp_path, p
 
 def nan_module(policy: str, limit: int = 2) -> MTOModule:
     model = MODELS["segnet"]({t.name: T.head_channels(t) for t in TASKS}, width=4, levels=2)
-    return MTOModule(model, TASKS, create("ew", 3), nan_policy=policy, max_nan_skips=limit)
+    return MTOModule(model, TASKS, create("ew", 3), ModuleConfig(nan_policy=policy, max_nan_skips=limit))
 
 
 def test_nan_loss_policy_error_names_the_task_and_skip_stops_at_its_limit():
@@ -244,7 +244,7 @@ def test_nan_loss_policy_error_names_the_task_and_skip_stops_at_its_limit():
         nan_module("error")._finite(bad)
     module = nan_module("skip", limit=2)
     assert module._finite(torch.ones(3))
-    assert not module._finite(bad) and not module._finite(bad) and module.nan_skips == 2
+    assert not module._finite(bad) and not module._finite(bad) and module.stats.nan_skips == 2
     with pytest.raises(FloatingPointError, match="over max_nan_skips=2 bad steps"):
         module._finite(bad)
 

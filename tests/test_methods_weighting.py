@@ -16,7 +16,8 @@ from benchmark.methods.famo import FAMO, famo_logit_grad, famo_weights
 from benchmark.methods.rlw import RLW, rlw_weights
 from benchmark.methods.si import SI, si_weights
 from benchmark.methods.uw import UW, uw_loss
-from benchmark.module import MTOModule
+from benchmark.module import ModuleConfig, MTOModule
+from benchmark.optim import OptimConfig
 from benchmark.runner import run_suite
 from datamodules.task_spec import TaskSpec
 from models.segnet import SegNetMTL
@@ -110,8 +111,8 @@ def test_uw_init_options_and_parameter_group(hparams, init, lr):
     method.reset()
     assert method.log_var.tolist() == [init, init]
     tasks = [TaskSpec("semseg", "segmentation", num_classes=3), TaskSpec("depth", "depth")]
-    module = MTOModule(SegNetMTL({"semseg": 3, "depth": 1}, width=4, levels=2), tasks, method, lr=1e-3,
-                       weight_decay=1e-4)
+    module = MTOModule(SegNetMTL({"semseg": 3, "depth": 1}, width=4, levels=2), tasks, method,
+                       ModuleConfig(OptimConfig(lr=1e-3, weight_decay=1e-4)))
     model_group, method_group = module.configure_optimizers().param_groups
     assert model_group["lr"] == 1e-3 and model_group["weight_decay"] == 1e-4
     assert method_group["params"] == [method.log_var] and method_group["weight_decay"] == 0.0

@@ -146,7 +146,7 @@ def test_stateful_methods_killed_and_resumed_match_an_uninterrupted_run(tmp_path
 
 
 def test_a_failed_record_write_keeps_the_checkpoint_which_resumes_only_its_own_configuration(tmp_path, monkeypatch):
-    import benchmark.runner as runner
+    import benchmark.runner.train as runner
 
     suite = load_suite(write_suite(tmp_path, "runs", "[{name: famo}]"), ["--suite.train.epochs", "1"])
     ckpt = checkpoint_path(tmp_path / "runs", "tiny/synthetic_scenes/famo/seed0")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmark.module import _PolyFactor, _StepFactor
+from benchmark.optim import _PolyFactor, _StepFactor
 from benchmark.records import read_record
 from benchmark.runner import run_suite
 from tests.test_runner import load_suite, write_suite

@@ -4,7 +4,6 @@ published reference tables (``benchmark/reference_tables.yaml``)."""
 from __future__ import annotations
 
 import math
-
 import re
 
 import pytest

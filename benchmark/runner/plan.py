@@ -1,0 +1,123 @@
+"""The plan of a suite: its grid of runs (method x seed, single-task baselines, sweep points) and how each run's
+datamodule, model and method are built, checked before any training."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark import tasks as T
+from benchmark.checkpointing import fingerprint
+from benchmark.config import MethodConfig, SuiteConfig
+from benchmark.methods import Needs, create
+from benchmark.methods.presets import resolve
+from benchmark.names import unknown_name
+from benchmark.sweep import SWEEP_METHOD, simplex_grid, sweep_label
+from datamodules import DATAMODULES
+from models import MODELS
+
+STL_METHOD = "ew"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One cell of the grid. ``stl_task`` is set for a single-task baseline run."""
+
+    method: str
+    hparams: dict
+    seed: int
+    run_id: str
+    stl_task: str | None = None
+    model_overrides: dict = field(default_factory=dict)
+    update_every: int = 1
+    preset: str | None = None
+    sweep: bool = False
+
+
+def method_preset(suite: SuiteConfig, m: MethodConfig) -> str | None:
+    """The method's own preset, else the suite's default."""
+    return m.preset if m.preset is not None else suite.preset
+
+
+def resolved_hparams(suite: SuiteConfig, m: MethodConfig) -> dict:
+    """The constructor arguments of ``m``: its preset's entry overridden by its explicit ``hparams``."""
+    return resolve(method_preset(suite, m), m.name, m.hparams)
+
+
+def create_datamodule(suite: SuiteConfig):
+    if suite.dataset.name not in DATAMODULES:
+        raise unknown_name("dataset", suite.dataset.name, DATAMODULES)
+    cls = DATAMODULES[suite.dataset.name]
+    try:
+        return cls(batch_size=suite.train.batch_size, **suite.dataset.params)
+    except TypeError as exc:
+        raise ValueError(f"dataset {suite.dataset.name!r}: bad dataset.params {suite.dataset.params}: {exc}") from exc
+
+
+def model_params(suite: SuiteConfig, overrides: dict | None = None) -> dict:
+    return {**suite.model.params, **(overrides or {})}
+
+
+def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None) -> torch.nn.Module:
+    if suite.model.name not in MODELS:
+        raise unknown_name("model", suite.model.name, MODELS)
+    params = model_params(suite, overrides)
+    biases = {t.name: t.output_bias for t in tasks if t.output_bias}
+    if biases:
+        params["head_bias"] = biases
+    try:
+        return MODELS[suite.model.name]({t.name: T.head_channels(t) for t in tasks}, **params)
+    except TypeError as exc:
+        raise ValueError(f"model {suite.model.name!r}: bad model params {params}: {exc}") from exc
+
+
+def plan_runs(suite: SuiteConfig, task_names: list[str], trained: list[str] | None = None) -> list[PlannedRun]:
+    """The grid: single-task runs of ``task_names`` x seeds first (so MTL runs can log Δm against them), then
+    methods x seeds, then the sweep's weight vectors x seeds.
+
+    ``trained``: every task in the model's order, auxiliary ones included (default ``task_names``); the sweep
+    varies the weights of ``task_names`` and gives auxiliary tasks weight 1."""
+    base = f"{suite.name}/{suite.dataset.name}"
+    runs = [
+        PlannedRun(STL_METHOD, {}, seed, f"{base}/stl-{task}/seed{seed}", stl_task=task)
+        for task in (task_names if suite.stl else [])
+        for seed in suite.seeds
+    ]
+    runs += [
+        PlannedRun(m.name, resolved_hparams(suite, m), seed, f"{base}/{m.key}/seed{seed}",
+                   model_overrides=dict(m.model), update_every=m.update_every, preset=method_preset(suite, m))
+        for m in suite.methods
+        for seed in suite.seeds
+    ]
+    if suite.sweep.points:
+        order = trained or task_names
+        for grid in simplex_grid(len(task_names), suite.sweep.points):
+            w = [dict(zip(task_names, grid)).get(t, 1.0) for t in order]
+            runs += [PlannedRun(SWEEP_METHOD, {"weights": w}, seed, f"{base}/{sweep_label(w)}/seed{seed}", sweep=True)
+                     for seed in suite.seeds]
+    return runs
+
+
+def check_methods(suite: SuiteConfig, tasks: list) -> None:
+    """Build every method and its model once before training, so a bad name, hyper-parameter or model override
+    fails before any run."""
+    for m in suite.methods:
+        try:
+            method = create(m.name, len(tasks), **resolved_hparams(suite, m))
+            method.check_model(create_model(suite, tasks, m.model))
+            if m.update_every != 1 and (m.update_every < 1 or method.needs is not Needs.GRAMIAN):
+                raise ValueError(f"update_every={m.update_every} must be >= 1, and > 1 only for Gramian methods "
+                                 f"({m.name} needs {method.needs.value})")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"suite {suite.name!r}: method {m.key!r}: {exc}") from exc
+
+
+def run_fingerprint(suite: SuiteConfig, run: PlannedRun) -> str:
+    """What a checkpoint must match to be resumed: the run, its dataset and model, and the training settings."""
+    train = {k: v for k, v in dataclasses.asdict(suite.train).items() if k != "checkpoint_every_n_batches"}
+    return fingerprint({"run": dataclasses.asdict(run), "dataset": dataclasses.asdict(suite.dataset),
+                        "model": dataclasses.asdict(suite.model), "train": train})
+
+
