@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.methods.base import Method, StepContext
+from benchmark.methods.hparams import choice
 from benchmark.methods.registry import register
 
 MODES = ("mixed", "phase1", "phase2", "sequential")
@@ -98,8 +99,7 @@ class CSO(Method):
         super().__init__(num_tasks)
         for name, value, allowed in (("mode", mode, MODES), ("draw", draw, DRAWS), ("order", order, ORDERS),
                                      ("degenerate", degenerate, DEGENERATE)):
-            if value not in allowed:
-                raise ValueError(f"CSO: {name}={value!r} is not one of {allowed}")
+            choice(self, name, value, allowed)
         if weights is not None and (len(weights) != num_tasks or any(w < 0 for w in weights)):
             raise ValueError(f"CSO: weights={list(weights)} must be {num_tasks} non-negative numbers")
         self.mode, self.draw, self.order, self.degenerate, self.eps = mode, draw, order, degenerate, eps
@@ -110,10 +110,6 @@ class CSO(Method):
         if not getattr(model, "connections", None) or not model.connections():
             raise ValueError(f"CSO needs per-task BatchNorm after the shared convs, but {type(model).__name__} has "
                              "no connections(); build the model with task_bn: true (a method's `model:` override)")
-
-    def hparams(self) -> dict:
-        return {"mode": self.mode, "draw": self.draw, "order": self.order, "degenerate": self.degenerate,
-                "weights": self.weights, "eps": self.eps}
 
     def use_phase1(self, epoch: int, epochs: int) -> bool:
         if self.mode in ("phase1", "phase2"):
@@ -212,9 +208,6 @@ class CSO(Method):
                 stats[f"priority/{name}/{task}"] = float((owner == k).float().mean())
         return stats
 
-    def reset(self) -> None:
-        super().reset()
-        self._epoch_draw = None
 
 
 def _sum_present(grads: list[Tensor | None]) -> Tensor | None:

@@ -41,9 +41,6 @@ class IMTLG(Method):
 
     needs = Needs.GRAMIAN
 
-    def __init__(self, num_tasks: int, grad_source: str = "params", head_weighting: str = "own") -> None:
-        super().__init__(num_tasks, grad_source=grad_source, head_weighting=head_weighting)
-
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         self.last_weights = imtl_g_weights(gramian).detach()
         return self.last_weights

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from torch import Tensor
 
 from benchmark.methods.base import Method, Needs
+from benchmark.methods.hparams import choice, flag, number
 from benchmark.methods.registry import register
 
 REDUCTIONS = ("sum", "mean")
@@ -77,16 +77,9 @@ class PCGrad(Method):
         head_weighting: str = "own",
     ) -> None:
         super().__init__(num_tasks, grad_source=grad_source, head_weighting=head_weighting)
-        name = type(self).__name__
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not (math.isfinite(eps) and eps >= 0):
-            raise ValueError(f"{name}: eps must be a non-negative finite number, got {eps!r}")
-        if not isinstance(include_self, bool):
-            raise ValueError(f"{name}: include_self must be a bool, got {include_self!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"{name}: reduction={reduction!r} is not one of {REDUCTIONS}")
-        self.eps = float(eps)
-        self.include_self = include_self
-        self.reduction = reduction
+        self.eps = number(self, "eps", eps, low=0)
+        self.include_self = flag(self, "include_self", include_self)
+        self.reduction = choice(self, "reduction", reduction, REDUCTIONS)
 
     def permutations(self) -> list[list[int]]:
         """One random order of all T tasks per task, drawn from the method's RNG."""
@@ -99,10 +92,3 @@ class PCGrad(Method):
             weights = weights / self.num_tasks
         self.last_weights = weights.detach()
         return self.last_weights
-
-    def reset(self) -> None:
-        super().reset()
-
-    def hparams(self) -> dict:
-        return {"eps": self.eps, "include_self": self.include_self, "reduction": self.reduction,
-                **super().hparams()}

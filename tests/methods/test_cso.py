@@ -6,7 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.methods import StepContext, create
+from benchmark.methods import (
+    Needs,
+    StepContext,
+    create,
+)
 from benchmark.methods.cso import (
     connection_strength,
     normalized_strength,
@@ -16,6 +20,12 @@ from benchmark.methods.cso import (
 )
 from models.segnet import SegNetMTL
 from models.task_norm import TaskBatchNorm2d, conditioned_on
+from tests.methods.shared import shared_asserts
+
+test_shared = shared_asserts(
+    "cso", Needs.LOSSES,
+)
+
 
 TASKS = ["a", "b", "c"]
 
@@ -256,7 +266,7 @@ def test_mixed_phase_schedule_has_the_expected_phase1_fraction(draw):
         return
     firsts = []
     for _ in range(2000):
-        method.reset()
+        method = create("cso", 2, draw=draw)
         per_epoch = []
         for e in range(epochs):
             picks = {method.use_phase1(e, epochs) for _ in range(4)}
