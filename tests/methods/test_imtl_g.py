@@ -87,3 +87,19 @@ def test_imtl_g_zero_gradients():
     opposite = adversarial_jacobians()["opposite"]
     assert np.abs(imtl_g_weights(torch.as_tensor(gram(opposite))).numpy()).max() == 0.0
 
+
+
+@pytest.mark.parametrize(("dim", "corr"), [(10, 0.0), (64, 0.9)])
+@pytest.mark.parametrize("seed", range(10))
+def test_imtl_g_equal_projections_on_badly_scaled_gradients(dim, corr, seed):
+    """T = 10 with one gradient 1e-6 of the others (Gramian condition 1e12 to 1e15): the projections of ``d`` on
+    every ``g_t/|g_t|`` agree to 1e-10 |d| (the unscaled pseudo-inverse missed by up to 0.3 |d|)."""
+    rng = np.random.default_rng(seed)
+    g = corr * rng.standard_normal(dim) + (1 - corr) * rng.standard_normal((10, dim))
+    g[0] *= 1e-6
+    jac = torch.as_tensor(g)
+    alpha = imtl_g_weights(jac @ jac.T)
+    d = alpha @ jac
+    projections = (jac @ d) / jac.norm(dim=1)
+    assert float(alpha.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(projections.max() - projections.min()) <= 1e-10 * float(d.norm())
