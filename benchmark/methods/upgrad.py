@@ -7,7 +7,7 @@ from torch import Tensor
 from benchmark.methods.base import Method, Needs
 from benchmark.methods.hparams import choice, number
 from benchmark.methods.registry import register
-from benchmark.methods.solvers.dual_cone import require_quadprog, upgrad_weights
+from benchmark.methods.solvers.dual_cone import is_mean_fallback, require_quadprog, upgrad_weights
 
 UPDATE_SCALES = ("native", "mean", "sum")
 
@@ -21,6 +21,11 @@ class UPGrad(Method):
 
     docs/methods.md §17 Recommended: ``norm_eps = reg_eps = 1e-4``, the mean preference vector, native
     scale = mean; ``update_scale="sum"`` multiplies the weights by T. Heads get their own gradient.
+
+    ``norm_eps`` is absolute, in the units of ``|g_t|^2`` (the dual-cone projection itself is scale-free, so
+    the paper offers no relative form): gradients with ``sum_t |g_t|^2 < norm_eps`` get the plain mean, and
+    ``stats()["norm_eps_fallback"]`` is 1 on every such step (its run mean is the fraction of steps; set
+    ``norm_eps=0`` to project at every scale).
     """
 
     needs = Needs.GRAMIAN
@@ -42,6 +47,7 @@ class UPGrad(Method):
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         weights = upgrad_weights(gramian, self.norm_eps, self.reg_eps)
+        self.step_stats = {"norm_eps_fallback": float(is_mean_fallback(gramian, self.norm_eps))}
         if self.update_scale == "sum":
             weights = weights * self.num_tasks
         self.last_weights = weights.detach()

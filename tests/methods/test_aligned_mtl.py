@@ -15,7 +15,8 @@ from tests.methods.shared import shared_asserts
 
 test_shared = shared_asserts(
     "aligned_mtl", Needs.GRAMIAN,
-    defaults={"scale_mode": "min", "update_scale": "native", "grad_source": "params", "head_weighting": "own"},
+    defaults={"scale_mode": "min", "update_scale": "native", "rank_tol": None, "grad_source": "params",
+              "head_weighting": "own"},
     bad_values=[
         ({"scale_mode": "mean"}, "AlignedMTL: scale_mode='mean'"),
         ({"update_scale": "T"}, "AlignedMTL: update_scale='T'"),
@@ -83,3 +84,18 @@ def test_aligned_mtl_hand_examples():
     torch.testing.assert_close(method.gramian_weights(m, torch.ones(3)), base / 3)
     assert method.stats()["rank"] == 3.0 and method.stats()["gramian_condition"] == pytest.approx(9.0)
 
+
+
+def test_aligned_mtl_counts_the_tasks_its_rank_threshold_drops():
+    """A task whose gradient is 1e-4 of another's (eigenvalue ratio ~1e-8 < 2 eps(float32)): the official rank
+    threshold drops it and counts it; ``rank_tol=1e-12`` keeps it, so every task improves."""
+    g = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1e-4, 0.0]], dtype=torch.float64)
+    official = AlignedMTL(2)
+    official.gramian_weights(g @ g.T, torch.ones(2))
+    assert official.stats()["rank"] == 1 and official.stats()["rank_dropped"] == 1
+    kept = AlignedMTL(2, rank_tol=1e-12)
+    d = kept.gramian_weights(g @ g.T, torch.ones(2)) @ g
+    assert kept.stats()["rank"] == 2 and kept.stats()["rank_dropped"] == 0
+    assert torch.all(g @ d > 0)
+    with pytest.raises(ValueError, match="AlignedMTL: rank_tol.*1.5"):
+        AlignedMTL(2, rank_tol=1.5)

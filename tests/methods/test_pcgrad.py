@@ -13,7 +13,7 @@ from tests.methods.shared import shared_asserts
 
 test_shared = shared_asserts(
     "pcgrad", Needs.GRAMIAN,
-    defaults={"eps": 1e-08, "include_self": False, "reduction": "sum", "grad_source": "params",
+    defaults={"eps": 1e-08, "include_self": False, "reduction": "sum", "relative_eps": False, "grad_source": "params",
         "head_weighting": "own"},
     bad_values=[
         ({"eps": -1.0}, "PCGrad: eps.*-1.0"),
@@ -161,3 +161,21 @@ def test_pcgrad_weights_use_the_drawn_permutations(monkeypatch):
     w = method.gramian_weights(gram(g), torch.ones(3)).numpy()
     np.testing.assert_allclose(w @ g, pcgrad_reference(g, perms).sum(axis=0), atol=1e-12)
 
+
+
+def test_pcgrad_counts_projections_that_the_absolute_eps_shrinks():
+    """Two opposite-leaning gradients of norm 1e-5: LibMTL's absolute eps = 1e-8 barely projects (counted as
+    shrunk), the relative eps projects them as at norm 1."""
+    g = jacobian("conflicting", 2, seed=1)
+    unit = pcgrad_weights(gram(g), [[0, 1], [1, 0]])
+    tiny = gram(g * 1e-5)
+    method = PCGrad(2)
+    absolute = method.gramian_weights(tiny, torch.ones(2))
+    assert method.stats()["projections"] == 2 and method.stats()["eps_shrunk_projections"] == 2
+    assert float((absolute - unit).abs().max()) > 0.1 * float(unit.abs().max())
+    relative = PCGrad(2, relative_eps=True)
+    torch.testing.assert_close(relative.gramian_weights(tiny, torch.ones(2)), unit, rtol=1e-7, atol=0)
+    assert relative.stats()["projections"] == 2 and relative.stats()["eps_shrunk_projections"] == 0
+    big = PCGrad(2)
+    torch.testing.assert_close(big.gramian_weights(gram(g), torch.ones(2)), unit, rtol=1e-7, atol=0)
+    assert big.stats()["eps_shrunk_projections"] == 0

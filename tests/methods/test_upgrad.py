@@ -143,3 +143,21 @@ def test_upgrad_needs_quadprog_and_raises_on_solver_failure(monkeypatch):
     with pytest.raises(ImportError, match="quadprog"):
         create("upgrad", 3)
 
+
+
+def test_upgrad_counts_the_mean_fallback_below_norm_eps():
+    """Below ``sum_t |g_t|^2 = norm_eps`` the update is the plain mean, and the step is counted in the stats;
+    ``norm_eps=0`` projects at every scale (a scale-free rule: the same weights as the gradients times 1e4)."""
+    g = jacobian("conflicting", 3, seed=4) * 1e-3
+    small = gram(g)
+    method = UPGrad(3)
+    mean = torch.full((3,), 1 / 3, dtype=torch.float64)
+    torch.testing.assert_close(method.gramian_weights(small, torch.ones(3)), mean)
+    assert method.stats()["norm_eps_fallback"] == 1.0
+    exact = UPGrad(3, norm_eps=0.0)
+    torch.testing.assert_close(exact.gramian_weights(small, torch.ones(3)), upgrad_weights(gram(g * 1e4)))
+    assert exact.stats()["norm_eps_fallback"] == 0.0
+    assert method.gramian_weights(gram(g * 1e4), torch.ones(3)) is not None
+    assert method.stats()["norm_eps_fallback"] == 0.0
+    zero = torch.zeros(3, 3, dtype=torch.float64)
+    assert UPGrad(3, norm_eps=0.0).gramian_weights(zero, torch.ones(3)).isfinite().all()

@@ -21,6 +21,12 @@ def require_quadprog() -> ModuleType:
     return quadprog
 
 
+def is_mean_fallback(gramian: Tensor, norm_eps: float) -> bool:
+    """Whether ``trace(M) = sum_t |g_t|^2`` is below ``norm_eps`` (or 0), where UPGrad is the plain mean."""
+    trace = float(gramian.detach().double().diagonal().sum())
+    return not (trace >= norm_eps and trace > 0)
+
+
 def upgrad_weights(gramian: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> Tensor:
     """Weights ``w`` with ``w @ G = (1/T) sum_i Pi(g_i)``, ``Pi`` the projection onto the dual cone
     ``{x : G x >= 0}`` (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232,
@@ -29,7 +35,8 @@ def upgrad_weights(gramian: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-
     ``M <- M / trace(M)`` (all zeros if ``trace(M) < norm_eps``), ``M <- M + reg_eps I``; for each task ``i``,
     ``v^(i) = argmin_{v >= e_i / T} v^T M v``; ``w = sum_i v^(i)``. With ``M = G G^T`` exactly
     (``reg_eps = 0``), ``G^T v^(i) = Pi(g_i / T)`` by QP duality. ``norm_eps`` is an absolute threshold on
-    ``trace(M) = sum_t |g_t|^2`` (TorchJD's and LibMTL's 1e-4): below it UPGrad is the mean of the gradients.
+    ``trace(M) = sum_t |g_t|^2`` (TorchJD's and LibMTL's 1e-4): below it, or at ``trace(M) = 0``, UPGrad is the
+    mean of the gradients (:func:`is_mean_fallback`).
     The regularisation keeps the QP strictly convex; by its KKT conditions
     ``<g_j, d> >= -reg_eps trace(M) w_j``. Each QP is solved by quadprog (Goldfarb-Idnani) in float64 on the
     CPU; a failure raises ``RuntimeError``.
@@ -42,7 +49,7 @@ def upgrad_weights(gramian: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-
         raise ValueError("UPGrad: the Gramian has non-finite entries")
     t = m.shape[0]
     trace = float(np.trace(m))
-    m = m / trace if trace >= norm_eps else np.zeros_like(m)
+    m = np.zeros_like(m) if is_mean_fallback(gramian, norm_eps) else m / trace
     m = 0.5 * (m + m.T) + reg_eps * np.eye(t)
     total = np.zeros(t)
     for i in range(t):
