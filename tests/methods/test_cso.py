@@ -385,3 +385,12 @@ def test_a_suite_clipping_the_shared_gradient_refuses_cso(tmp_path):
     with pytest.raises(ValueError, match=r"train.clip_shared_grad_norm=1.0 is not applied .*\(cso\)"):
         load_suite(suite, ["--suite.train.clip_shared_grad_norm", "1.0"])
     assert load_suite(write_suite(tmp_path, "[{name: ew}]"), ["--suite.train.clip_shared_grad_norm", "1.0"])
+
+
+def test_name_rule_on_hrnet_pairs_the_authors_84_of_its_144_connections():
+    from models.hrnet import HRNetMTL
+
+    model = HRNetMTL({"a": 1, "b": 1}, task_bn=True)
+    paired = name_rule(model, model.connections())
+    assert len(model.connections()) == 144 and len(paired) == 84
+    assert not any(k in c.name for c in paired for k in ("downsample", "transition", "fuse"))
