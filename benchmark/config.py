@@ -211,6 +211,14 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
     for ok, key, value, why in checks:
         if not ok:
             raise ValueError(f"suite file {path}: {key}={value!r} {why}")
+    if t.clip_shared_grad_norm is not None:
+        from benchmark.methods import Method, available, get
+
+        owners = [m.name for m in suite.methods
+                  if m.name in available() and get(m.name).own_step is not Method.own_step]
+        if owners:
+            raise ValueError(f"suite file {path}: train.clip_shared_grad_norm={t.clip_shared_grad_norm!r} is not "
+                             f"applied by methods that take their own steps ({', '.join(owners)}); set it to null")
     if suite.stl_baseline != "measured":
         from benchmark.report.baselines import published_baseline
 

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmark.methods.hparams import choice, constructor_hparams
+
 GRAD_SOURCES = ("params", "rep_full", "rep_batchsum")
 HEAD_WEIGHTINGS = ("own", "weighted")
 
@@ -62,7 +64,8 @@ class Method(nn.Module):
 
     Learnable state (e.g. IMTL-L's scales) is registered as ``nn.Parameter`` so that it is checkpointed and
     optimised (in its own parameter group, without weight decay, at the learning rate ``param_lr``, or the
-    model's when ``None``). Stateful methods override ``reset``.
+    model's when ``None``). Each constructor argument is kept as the attribute of its name, so ``hparams()``
+    needs no override.
     """
 
     needs: Needs = Needs.LOSSES
@@ -75,12 +78,8 @@ class Method(nn.Module):
         super().__init__()
         if not isinstance(num_tasks, int) or num_tasks < 1:
             raise ValueError(f"{type(self).__name__}: num_tasks must be a positive int, got {num_tasks!r}")
-        if grad_source not in GRAD_SOURCES:
-            raise ValueError(f"{type(self).__name__}: grad_source={grad_source!r} is not one of {GRAD_SOURCES}")
-        if head_weighting not in HEAD_WEIGHTINGS:
-            raise ValueError(
-                f"{type(self).__name__}: head_weighting={head_weighting!r} is not one of {HEAD_WEIGHTINGS}"
-            )
+        choice(self, "grad_source", grad_source, GRAD_SOURCES)
+        choice(self, "head_weighting", head_weighting, HEAD_WEIGHTINGS)
         if self.needs is Needs.LOSSES and grad_source != "params":
             raise ValueError(f"{type(self).__name__} weights losses only; grad_source={grad_source!r} is meaningless")
         self.num_tasks = num_tasks
@@ -154,12 +153,6 @@ class Method(nn.Module):
             self._rng = torch.Generator()
             self._rng.set_state(state["rng"])
 
-    def reset(self) -> None:
-        """Reset any state accumulated during training."""
-        self.last_weights = None
-        self._rng = None
-        self.step_stats = {}
-
     def stats(self) -> dict[str, float]:
         """Scalars to log after each step: the current task weights plus ``step_stats``, which a method fills
         with its own per-step diagnostics (solver iterations, ranks, projection rates, ...)."""
@@ -168,5 +161,6 @@ class Method(nn.Module):
         return {**weights, **self.step_stats}
 
     def hparams(self) -> dict:
-        """The constructor arguments that define this method, recorded in every result."""
-        return {"grad_source": self.grad_source, "head_weighting": self.head_weighting}
+        """The constructor arguments that define this method, recorded in every result: the attribute of each
+        argument's name (:func:`~benchmark.methods.hparams.constructor_hparams`)."""
+        return constructor_hparams(self)

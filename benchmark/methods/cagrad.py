@@ -10,6 +10,7 @@ from scipy.optimize import minimize, minimize_scalar, nnls
 from torch import Tensor
 
 from benchmark.methods.base import Method, Needs
+from benchmark.methods.hparams import choice, integer, number
 from benchmark.methods.registry import register
 
 RESCALES = (0, 1, 2)
@@ -193,22 +194,11 @@ class CAGrad(Method):
         head_weighting: str = "own",
     ) -> None:
         super().__init__(num_tasks, grad_source=grad_source, head_weighting=head_weighting)
-        name = type(self).__name__
-        if isinstance(c, bool) or not isinstance(c, int | float) or not (math.isfinite(c) and c >= 0):
-            raise ValueError(f"{name}: c must be a non-negative finite number, got {c!r}")
-        if isinstance(rescale, bool) or rescale not in RESCALES:
-            raise ValueError(f"{name}: rescale={rescale!r} is not one of {RESCALES}")
-        if update_scale not in UPDATE_SCALES:
-            raise ValueError(f"{name}: update_scale={update_scale!r} is not one of {UPDATE_SCALES}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"{name}: max_iter must be a positive int, got {max_iter!r}")
-        if isinstance(tol, bool) or not isinstance(tol, int | float) or not (math.isfinite(tol) and tol > 0):
-            raise ValueError(f"{name}: tol must be a positive finite number, got {tol!r}")
-        self.c = float(c)
-        self.rescale = int(rescale)
-        self.update_scale = update_scale
-        self.max_iter = max_iter
-        self.tol = float(tol)
+        self.c = number(self, "c", c, low=0)
+        self.rescale = int(choice(self, "rescale", rescale, RESCALES))
+        self.update_scale = choice(self, "update_scale", update_scale, UPDATE_SCALES)
+        self.max_iter = integer(self, "max_iter", max_iter, 1)
+        self.tol = number(self, "tol", tol, low=0, open_low=True)
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         alpha, iterations = cagrad_weights(gramian, self.c, self.rescale, self.max_iter, self.tol)
@@ -217,7 +207,3 @@ class CAGrad(Method):
             alpha = alpha * self.num_tasks
         self.last_weights = alpha.detach()
         return self.last_weights
-
-    def hparams(self) -> dict:
-        return {"c": self.c, "rescale": self.rescale, "update_scale": self.update_scale,
-                "max_iter": self.max_iter, "tol": self.tol, **super().hparams()}

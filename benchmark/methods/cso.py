@@ -13,12 +13,23 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.methods.base import Method, StepContext
+from benchmark.methods.hparams import choice
 from benchmark.methods.registry import register
 
 MODES = ("mixed", "phase1", "phase2", "sequential")
 DRAWS = ("iteration", "epoch")
 ORDERS = ("fixed", "shuffle")
 DEGENERATE = ("sum", "project")
+PAIRINGS = ("all", "name_rule")
+
+
+def name_rule(model: nn.Module, connections: Sequence) -> list:
+    """The connections the official code projects: the conv's name contains ``conv`` and the per-task BN is named
+    like it with ``conv`` replaced by ``bn`` (``layer1.conv2`` -> ``layer1.bn2``); every other conv is summed.
+    On timm's HRNet this keeps the block convs and drops the ``downsample``, ``transition`` and ``fuse`` ones."""
+    names = {id(m): n for n, m in model.named_modules()}
+    return [c for c in connections
+            if "conv" in names[id(c.conv)] and names[id(c.conv)].replace("conv", "bn") == names[id(c.norm)]]
 
 
 def connection_strength(weight: Tensor, gamma: Tensor, running_var: Tensor, eps: float = 1e-5) -> Tensor:
@@ -91,18 +102,32 @@ class CSO(Method):
     * ``mode``: ``mixed`` (Phase 1 when ``P >= e/E``, P drawn per ``draw``: iteration as the official code, or
       epoch as the paper's text), ``phase1``, ``phase2``, or ``sequential`` (Phase 1 for ``e < E/2``, then Phase 2).
     * ``weights``: the loss weights ``w_k`` applied in both phases (default all 1).
+    * ``degenerate``: a paired conv whose channels all have one top task is plain-summed (``"sum"``, the official
+      code, the default) or projected (``"project"``, Algorithm 1 read literally).
+    * ``pairing``: which of the model's conv -> per-task BN connections are projected. ``"all"`` (default):
+      every one, e.g. all 144 encoder convs of HRNet-W18-small-v2, including its downsample, transition and fuse
+      convs, which the authors' code plain-sums; so on HRNet Phase 2 projects 60 more layers than the official
+      code. ``"name_rule"``: the official pairing by name (:func:`name_rule`, 84 on HRNet); a model whose
+      convs and BNs are not named ``*conv*`` / ``*bn*`` then has nothing to project, which is refused.
+    * Priorities (Eq. 4-7) are read from the per-task BN ``running_var`` at the start of the step, before its
+      K task-conditioned forward passes; the official code reads them after those passes, so its ``running_var``
+      already holds this batch (momentum 0.1: a 10 % weight). We keep the start-of-step read: the priorities are
+      then a function of the checkpointed state alone, the same for every task of the step and in both phases.
+    * Gradient clipping (``train.clip_shared_grad_norm``) is not applied inside these steps; a suite that asks
+      for it with CSO is refused at load time (``benchmark/config.py``).
     """
 
     def __init__(self, num_tasks: int, mode: str = "mixed", draw: str = "iteration", order: str = "fixed",
-                 degenerate: str = "sum", weights: Sequence[float] | None = None, eps: float = 1e-5) -> None:
+                 degenerate: str = "sum", weights: Sequence[float] | None = None, eps: float = 1e-5,
+                 pairing: str = "all") -> None:
         super().__init__(num_tasks)
         for name, value, allowed in (("mode", mode, MODES), ("draw", draw, DRAWS), ("order", order, ORDERS),
-                                     ("degenerate", degenerate, DEGENERATE)):
-            if value not in allowed:
-                raise ValueError(f"CSO: {name}={value!r} is not one of {allowed}")
+                                     ("degenerate", degenerate, DEGENERATE), ("pairing", pairing, PAIRINGS)):
+            choice(self, name, value, allowed)
         if weights is not None and (len(weights) != num_tasks or any(w < 0 for w in weights)):
             raise ValueError(f"CSO: weights={list(weights)} must be {num_tasks} non-negative numbers")
         self.mode, self.draw, self.order, self.degenerate, self.eps = mode, draw, order, degenerate, eps
+        self.pairing = pairing
         self.weights = [1.0] * num_tasks if weights is None else [float(w) for w in weights]
         self._epoch_draw: tuple[int, float] | None = None
 
@@ -110,10 +135,13 @@ class CSO(Method):
         if not getattr(model, "connections", None) or not model.connections():
             raise ValueError(f"CSO needs per-task BatchNorm after the shared convs, but {type(model).__name__} has "
                              "no connections(); build the model with task_bn: true (a method's `model:` override)")
+        if not self.paired(model):
+            raise ValueError(f"CSO: pairing='name_rule' pairs none of the {len(model.connections())} connections of "
+                             f"{type(model).__name__} (no conv named *conv* with its BN named *bn*); use pairing='all'")
 
-    def hparams(self) -> dict:
-        return {"mode": self.mode, "draw": self.draw, "order": self.order, "degenerate": self.degenerate,
-                "weights": self.weights, "eps": self.eps}
+    def paired(self, model: nn.Module) -> list:
+        """The connections whose gradients Phase 2 projects (``pairing``); the others are summed."""
+        return model.connections() if self.pairing == "all" else name_rule(model, model.connections())
 
     def use_phase1(self, epoch: int, epochs: int) -> bool:
         if self.mode in ("phase1", "phase2"):
@@ -139,7 +167,7 @@ class CSO(Method):
     def priorities(self, model: nn.Module, task_names: Sequence[str]) -> dict[str, Tensor]:
         """The top-priority task of every output channel of every paired conv, by connection name."""
         owners = {}
-        for c in model.connections():
+        for c in self.paired(model):
             norms = [c.norm.norms[t] for t in task_names]
             gamma = torch.stack([n.weight if n.weight is not None else torch.ones_like(n.running_var) for n in norms])
             var = torch.stack([n.running_var for n in norms])
@@ -185,7 +213,7 @@ class CSO(Method):
         index = {id(p): i for i, p in enumerate(params)}
         combined = [_sum_present([g[i] for g in per_task]) for i in range(len(params))]
         fired_all = tested_all = 0
-        for c in ctx.model.connections():
+        for c in self.paired(ctx.model):
             i = index[id(c.conv.weight)]
             grads = [g[i] for g in per_task]
             if any(g is None for g in grads):
@@ -212,9 +240,6 @@ class CSO(Method):
                 stats[f"priority/{name}/{task}"] = float((owner == k).float().mean())
         return stats
 
-    def reset(self) -> None:
-        super().reset()
-        self._epoch_draw = None
 
 
 def _sum_present(grads: list[Tensor | None]) -> Tensor | None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.methods.base import Method, Needs
+from benchmark.methods.hparams import number
 from benchmark.methods.registry import register
 
 
@@ -54,16 +53,9 @@ class DBMTL(Method):
 
     def __init__(self, num_tasks: int, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> None:
         super().__init__(num_tasks)
-        for field, value in (("beta", beta), ("beta_sigma", beta_sigma), ("eps", eps)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"DBMTL: {field} must be a finite number, got {value!r}")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"DBMTL: beta must be in [0, 1), got {beta!r}")
-        if beta_sigma < 0:
-            raise ValueError(f"DBMTL: beta_sigma must be >= 0, got {beta_sigma!r}")
-        if eps < 0:
-            raise ValueError(f"DBMTL: eps must be >= 0, got {eps!r}")
-        self.beta, self.beta_sigma, self.eps = float(beta), float(beta_sigma), float(eps)
+        self.beta = number(self, "beta", beta, low=0, high=1, open_high=True)
+        self.beta_sigma = number(self, "beta_sigma", beta_sigma, low=0)
+        self.eps = number(self, "eps", eps, low=0)
         self.register_buffer("grad_buffer", torch.zeros(0, 0))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
@@ -88,11 +80,3 @@ class DBMTL(Method):
         if isinstance(saved, Tensor):
             self.grad_buffer = torch.empty(saved.shape, dtype=saved.dtype, device=self.grad_buffer.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def reset(self) -> None:
-        super().reset()
-        self.grad_buffer = torch.zeros(0, 0, device=self.grad_buffer.device)
-        self.steps.zero_()
-
-    def hparams(self) -> dict:
-        return {"beta": self.beta, "beta_sigma": self.beta_sigma, "eps": self.eps}

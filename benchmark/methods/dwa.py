@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.methods.base import Method, Needs
+from benchmark.methods.hparams import choice, integer, number
 from benchmark.methods.registry import register
 
 MODES = ("epoch", "window")
@@ -53,15 +52,10 @@ class DWA(Method):
     def __init__(self, num_tasks: int, tau: float = 2.0, mode: str = "epoch", window: int = 25,
                  update_scale: str = "native") -> None:
         super().__init__(num_tasks)
-        if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) or tau <= 0:
-            raise ValueError(f"DWA: tau must be a positive finite number, got {tau!r}")
-        if mode not in MODES:
-            raise ValueError(f"DWA: mode={mode!r} is not one of {MODES}")
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"DWA: window must be a positive int, got {window!r}")
-        if update_scale not in UPDATE_SCALES:
-            raise ValueError(f"DWA: update_scale={update_scale!r} is not one of {UPDATE_SCALES}")
-        self.tau, self.mode, self.window, self.update_scale = float(tau), mode, window, update_scale
+        self.tau = number(self, "tau", tau, low=0, open_low=True)
+        self.mode = choice(self, "mode", mode, MODES)
+        self.window = integer(self, "window", window, 1)
+        self.update_scale = choice(self, "update_scale", update_scale, UPDATE_SCALES)
         self.register_buffer("weights", torch.ones(num_tasks, dtype=torch.float64))
         if mode == "epoch":
             self.register_buffer("history", torch.ones(2, num_tasks, dtype=torch.float64))  # [k-2, k-1]
@@ -104,18 +98,3 @@ class DWA(Method):
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
         """The current weights applied to the Jacobian (no loss is recorded)."""
         return (self.scale * self.weights).to(jacobian) @ jacobian
-
-    def reset(self) -> None:
-        super().reset()
-        self.weights.fill_(1.0)
-        if self.mode == "epoch":
-            self.history.fill_(1.0)
-            self.epochs_seen.zero_()
-            self.epoch_sum.zero_()
-            self.epoch_steps.zero_()
-        else:
-            self.fifo.fill_(1.0)
-            self.steps.zero_()
-
-    def hparams(self) -> dict:
-        return {"tau": self.tau, "mode": self.mode, "window": self.window, "update_scale": self.update_scale}

@@ -28,6 +28,3 @@ class EW(Method):
 
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
         return jacobian.sum(dim=0)
-
-    def hparams(self) -> dict:
-        return {}

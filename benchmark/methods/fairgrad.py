@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from benchmark.methods.nash_mtl import (
+from benchmark.methods.bargaining import FixedPointMethod
+from benchmark.methods.hparams import choice, number
+from benchmark.methods.registry import register
+from benchmark.methods.solvers.fixed_point import (
     FixedPoint,
-    FixedPointMethod,
     gramian_array,
     require_nonzero_gradients,
     solve_fixed_point,
 )
-from benchmark.methods.registry import register
 
 UPDATE_SCALES = ("native", "sum", "mean")
-
-
-def check_alpha(alpha, name: str = "FairGrad") -> float:
-    """The fairness parameter as a float; it must be positive and finite, else ``ValueError``."""
-    bad = isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha)
-    if bad or alpha <= 0:
-        raise ValueError(f"{name}: alpha must be a positive finite number, got {alpha!r}")
-    return float(alpha)
 
 
 def fairgrad_weights(gramian: Tensor | np.ndarray, alpha: float = 1.0, start: np.ndarray | None = None,
@@ -46,10 +37,11 @@ def fairgrad_weights(gramian: Tensor | np.ndarray, alpha: float = 1.0, start: np
     runs scipy's ``least_squares`` on ``M w - w^(-1/alpha)`` from ``1/T`` with bounds ``[0, inf)``; the root is
     unique, so both give the same weights up to their tolerances. Unlike Nash-MTL, FairGrad is not equivariant
     to per-task gradient scale for ``alpha != 1``. A zero gradient, or 0 in the convex hull of the gradients,
-    leaves no solution and raises :class:`~benchmark.methods.nash_mtl.BargainingError`. Returns ``(w, solve)``.
+    leaves no solution and raises :class:`~benchmark.methods.solvers.fixed_point.BargainingError`.
+    Returns ``(w, solve)``.
     """
     name = "FairGrad"
-    alpha = check_alpha(alpha, name)
+    alpha = number(name, "alpha", alpha, low=0, open_low=True)
     m = gramian_array(gramian, name)
     diag = require_nonzero_gradients(m, name)
     p = 1.0 / alpha
@@ -83,7 +75,8 @@ class FairGrad(FixedPointMethod):
       clip (``None``). How, and the caveat for ``head_weighting="weighted"``: :class:`FixedPointMethod`.
     * Heads: ``own`` (official); LibMTL back-propagates ``sum_t w_t L_t``, i.e. ``head_weighting="weighted"``.
       The LibMTL form is ``update_scale="mean", max_norm=None, head_weighting="weighted"``.
-    * ``max_iter`` (100), ``tol`` (1e-10): the Newton solve (:func:`~benchmark.methods.nash_mtl.solve_fixed_point`).
+    * ``max_iter`` (100), ``tol`` (1e-10): the Newton solve
+      (:func:`~benchmark.methods.solvers.fixed_point.solve_fixed_point`).
     * ``max_solver_failures`` (10): the failure policy of docs/methods.md §0.7 (:class:`FixedPointMethod`).
 
     ``stats()`` adds ``solver_iterations``, ``solver_residual`` (``max_t |w_t^(1/alpha) (M w)_t - 1|``),
@@ -103,17 +96,11 @@ class FairGrad(FixedPointMethod):
         head_weighting: str = "own",
     ) -> None:
         super().__init__(num_tasks, max_norm, max_iter, tol, max_solver_failures, grad_source, head_weighting)
-        name = type(self).__name__
-        self.alpha = check_alpha(alpha, name)
-        if update_scale not in UPDATE_SCALES:
-            raise ValueError(f"{name}: update_scale={update_scale!r} is not one of {UPDATE_SCALES}")
-        self.update_scale = update_scale
+        self.alpha = number(self, "alpha", alpha, low=0, open_low=True)
+        self.update_scale = choice(self, "update_scale", update_scale, UPDATE_SCALES)
 
     def solve(self, m: np.ndarray, start: np.ndarray | None) -> FixedPoint:
         return fairgrad_weights(m, self.alpha, tol=self.tol, max_iter=self.max_iter)[1]
 
     def scale(self) -> float:
         return float(self.num_tasks) if self.update_scale in ("native", "sum") else 1.0
-
-    def hparams(self) -> dict:
-        return {"alpha": self.alpha, "update_scale": self.update_scale, **super().hparams()}

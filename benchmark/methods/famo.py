@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from benchmark.methods.base import Method, Needs
+from benchmark.methods.hparams import choice, flag, number
 from benchmark.methods.registry import register
 
 OPTIMIZERS = ("adam", "sgd")
@@ -68,23 +69,14 @@ class FAMO(Method):
     def __init__(self, num_tasks: int, lr: float = 0.025, gamma: float = 1e-3, optimizer: str = "adam",
                  min_losses: Sequence[float] | None = None, bn_update: bool = False) -> None:
         super().__init__(num_tasks)
-        for name, value in (("lr", lr), ("gamma", gamma)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"FAMO: {name} must be a finite number, got {value!r}")
-        if lr <= 0:
-            raise ValueError(f"FAMO: lr must be > 0, got {lr!r}")
-        if gamma < 0:
-            raise ValueError(f"FAMO: gamma must be >= 0, got {gamma!r}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"FAMO: optimizer={optimizer!r} is not one of {OPTIMIZERS}")
+        self.lr = number(self, "lr", lr, low=0, open_low=True)
+        self.gamma = number(self, "gamma", gamma, low=0)
+        self.optimizer = choice(self, "optimizer", optimizer, OPTIMIZERS)
         if min_losses is not None and (len(min_losses) != num_tasks
                                        or not all(math.isfinite(float(v)) for v in min_losses)):
             raise ValueError(f"FAMO: min_losses={list(min_losses)} must be {num_tasks} finite numbers")
-        if not isinstance(bn_update, bool):
-            raise ValueError(f"FAMO: bn_update must be a bool, got {bn_update!r}")
-        self.lr, self.gamma, self.optimizer = float(lr), float(gamma), optimizer
         self.min_losses = None if min_losses is None else [float(v) for v in min_losses]
-        self.after_step_updates_bn = bn_update
+        self.bn_update = self.after_step_updates_bn = flag(self, "bn_update", bn_update)
         self.register_buffer("logits", torch.zeros(num_tasks))
         self._inner: torch.optim.Optimizer | None = None
         self._inner_state: dict | None = None
@@ -131,16 +123,6 @@ class FAMO(Method):
         self._inner, self._inner_state = None, copy.deepcopy(state["optimizer"])
         self.after_step_skips = int(state["after_step_skips"])
 
-    def reset(self) -> None:
-        super().reset()
-        self.logits.zero_()
-        self._inner, self._inner_state = None, None
-        self.after_step_skips = 0
-
     def stats(self) -> dict[str, float]:
         return {**super().stats(), **{f"logit_{t}": float(x) for t, x in enumerate(self.logits.tolist())},
                 "after_step_skips": float(self.after_step_skips)}
-
-    def hparams(self) -> dict:
-        return {"lr": self.lr, "gamma": self.gamma, "optimizer": self.optimizer, "min_losses": self.min_losses,
-                "bn_update": self.after_step_updates_bn}

@@ -35,6 +35,3 @@ class FixedWeights(Method):
 
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
         return torch.tensor(self.weights, dtype=jacobian.dtype, device=jacobian.device) @ jacobian
-
-    def hparams(self) -> dict:
-        return {"weights": list(self.weights)}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from benchmark.methods.base import Method, Needs
+from benchmark.methods.hparams import choice, number
 from benchmark.methods.registry import register
 
 
@@ -74,16 +73,9 @@ class GradDrop(Method):
 
     def __init__(self, num_tasks: int, leak: float = 0.0, eps: float = 0.0, grad_source: str = "params") -> None:
         super().__init__(num_tasks, grad_source=grad_source)
-        if grad_source == "rep_batchsum":
-            raise ValueError("GradDrop: grad_source='rep_batchsum' is for Gramian methods; use 'params' or 'rep_full'")
-        for field, value in (("leak", leak), ("eps", eps)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"GradDrop: {field} must be a finite number, got {value!r}")
-        if not 0.0 <= leak <= 1.0:
-            raise ValueError(f"GradDrop: leak must be in [0, 1], got {leak!r}")
-        if eps < 0:
-            raise ValueError(f"GradDrop: eps must be >= 0, got {eps!r}")
-        self.leak, self.eps = float(leak), float(eps)
+        choice(self, "grad_source", grad_source, ("params", "rep_full"))
+        self.leak = number(self, "leak", leak, low=0, high=1)
+        self.eps = number(self, "eps", eps, low=0)
 
     def uniform(self, size: int, device: torch.device | str = "cpu") -> Tensor:
         """``size`` float64 uniforms in ``[0, 1)`` on ``device``, from a generator seeded by the method's RNG."""
@@ -96,6 +88,3 @@ class GradDrop(Method):
         mixed = (jacobian > 0).any(dim=0) & (jacobian < 0).any(dim=0)
         self.step_stats = {"sign_conflict_fraction": float(mixed.double().mean()) if mixed.numel() else 0.0}
         return direction
-
-    def hparams(self) -> dict:
-        return {"leak": self.leak, "eps": self.eps, "grad_source": self.grad_source}

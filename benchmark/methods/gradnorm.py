@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from benchmark.methods.base import Method, Needs
+from benchmark.methods.hparams import choice, number
 from benchmark.methods.registry import register
 
 INITIAL_LOSSES = ("epoch0_mean", "first_step")
@@ -66,15 +65,9 @@ class GradNorm(Method):
     def __init__(self, num_tasks: int, alpha: float = 1.5, initial_loss: str = "epoch0_mean",
                  lr: float | None = None, grad_source: str = "params", head_weighting: str = "own") -> None:
         super().__init__(num_tasks, grad_source=grad_source, head_weighting=head_weighting)
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"GradNorm: alpha must be a non-negative finite number, got {alpha!r}")
-        if initial_loss not in INITIAL_LOSSES:
-            raise ValueError(f"GradNorm: initial_loss={initial_loss!r} is not one of {INITIAL_LOSSES}")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float)
-                               or not math.isfinite(lr) or lr <= 0):
-            raise ValueError(f"GradNorm: lr must be a positive finite number or None, got {lr!r}")
-        self.alpha, self.initial_loss = float(alpha), initial_loss
-        self.param_lr = None if lr is None else float(lr)
+        self.alpha = number(self, "alpha", alpha, low=0)
+        self.initial_loss = choice(self, "initial_loss", initial_loss, INITIAL_LOSSES)
+        self.lr = self.param_lr = number(self, "lr", lr, low=0, open_low=True, none=True)
         self.beta = nn.Parameter(torch.ones(num_tasks))
         self.register_buffer("initial_losses", torch.zeros(num_tasks, dtype=torch.float64))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
@@ -111,14 +104,3 @@ class GradNorm(Method):
     def on_train_epoch_end(self) -> None:
         if not self.started and self.epoch_steps > 0:
             self._start(self.epoch_sum / self.epoch_steps)
-
-    def reset(self) -> None:
-        super().reset()
-        with torch.no_grad():
-            self.beta.fill_(1.0)
-        self.beta.grad = None
-        for buffer in (self.initial_losses, self.started, self.epoch_sum, self.epoch_steps):
-            buffer.zero_()
-
-    def hparams(self) -> dict:
-        return {"alpha": self.alpha, "initial_loss": self.initial_loss, "lr": self.param_lr, **super().hparams()}

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from benchmark.methods.base import Method, Needs
+from benchmark.methods.hparams import number
 from benchmark.methods.registry import register
 
 
@@ -75,14 +76,8 @@ class GradVac(Method):
     def __init__(self, num_tasks: int, beta: float = 0.5, eps: float = 1e-8, grad_source: str = "params",
                  head_weighting: str = "own") -> None:
         super().__init__(num_tasks, grad_source=grad_source, head_weighting=head_weighting)
-        for field, value in (("beta", beta), ("eps", eps)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"GradVac: {field} must be a finite number, got {value!r}")
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"GradVac: beta must be in [0, 1], got {beta!r}")
-        if eps < 0:
-            raise ValueError(f"GradVac: eps must be >= 0, got {eps!r}")
-        self.beta, self.eps = float(beta), float(eps)
+        self.beta = number(self, "beta", beta, low=0, high=1)
+        self.eps = number(self, "eps", eps, low=0)
         self.register_buffer("targets", torch.zeros(num_tasks, num_tasks, dtype=torch.float64))
 
     def orders(self) -> list[list[int]]:
@@ -96,10 +91,3 @@ class GradVac(Method):
         self.targets.copy_(targets)
         self.last_weights = coeffs.sum(dim=0).detach()
         return self.last_weights
-
-    def reset(self) -> None:
-        super().reset()
-        self.targets.zero_()
-
-    def hparams(self) -> dict:
-        return {"beta": self.beta, "eps": self.eps, **super().hparams()}

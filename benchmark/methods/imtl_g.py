@@ -16,14 +16,17 @@ def imtl_g_weights(gramian: Tensor) -> Tensor:
 
     Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021 (OpenReview IMPnRXEWpvr): the closed-form
     gradient balance of IMTL-G in torchjd's Gram form, ``n_t = sqrt(M_tt)``, ``v = pinv(M) n``,
-    ``alpha = v / sum(v)``. Zero gradients get weight 0 through the pseudo-inverse. When
+    ``alpha = v / sum(v)``, solved on the unit-diagonal ``D M D`` (``D = diag(1/n_t)``, 0 for a zero gradient)
+    as ``v = D pinv(D M D) 1``: the same ``v`` wherever ``M`` is invertible, but a task whose gradient is 1e-6 of
+    the others no longer sets the conditioning (docs/methods.md §8). Zero gradients get weight 0. When
     ``|sum(v)| max_t n_t < 1e-12`` (all gradients zero, or exactly opposite ones whose balanced direction is
     0) the weights are all 0: torchjd's ``|sum(v)| < 1e-12`` made invariant to the gradient scale (the two
     agree when the largest gradient has norm 1). Float64.
     """
     m = gramian.double()
     norms = m.diagonal().clamp(min=0.0).sqrt()
-    v = torch.linalg.pinv(m, hermitian=True) @ norms
+    inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+    v = inv * (torch.linalg.pinv(m * torch.outer(inv, inv), hermitian=True) @ (norms > 0).to(m))
     total = v.sum()
     ok = torch.isfinite(total) & (total.abs() * norms.max() >= DEGENERATE_SUM)
     return torch.where(ok, v / torch.where(ok, total, torch.ones_like(total)), torch.zeros_like(v))
@@ -40,9 +43,6 @@ class IMTLG(Method):
     """
 
     needs = Needs.GRAMIAN
-
-    def __init__(self, num_tasks: int, grad_source: str = "params", head_weighting: str = "own") -> None:
-        super().__init__(num_tasks, grad_source=grad_source, head_weighting=head_weighting)
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         self.last_weights = imtl_g_weights(gramian).detach()

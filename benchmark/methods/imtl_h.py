@@ -30,9 +30,5 @@ class IMTLH(IMTLG):
         scaled = self.scale.factors().to(jacobian).unsqueeze(1) * jacobian
         return super().aggregate(scaled, losses)
 
-    def reset(self) -> None:
-        super().reset()
-        self.scale.reset()
-
     def stats(self) -> dict[str, float]:
         return {**super().stats(), **self.scale.stats()}

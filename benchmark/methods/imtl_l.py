@@ -28,10 +28,6 @@ class LossScale(nn.Module):
         """``exp(s)``: the derivative of each scaled loss w.r.t. its raw loss (detached)."""
         return self.log_scale.detach().exp()
 
-    def reset(self) -> None:
-        with torch.no_grad():
-            self.log_scale.zero_()
-
     def stats(self) -> dict[str, float]:
         return {f"scale_{t}": float(c) for t, c in enumerate(self.factors().tolist())}
 
@@ -60,12 +56,5 @@ class IMTLL(Method):
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
         return self.scale.factors().to(jacobian) @ jacobian
 
-    def reset(self) -> None:
-        super().reset()
-        self.scale.reset()
-
     def stats(self) -> dict[str, float]:
         return {**super().stats(), **self.scale.stats()}
-
-    def hparams(self) -> dict:
-        return {}

@@ -38,9 +38,3 @@ class RLW(Method):
         """A fresh draw applied to the Jacobian."""
         self.last_weights = rlw_weights(self.num_tasks, self.generator()).to(jacobian)
         return self.last_weights @ jacobian
-
-    def reset(self) -> None:
-        super().reset()
-
-    def hparams(self) -> dict:
-        return {}

@@ -42,6 +42,3 @@ class SI(Method):
         if losses is None:
             raise ValueError("SI: aggregate needs the task losses")
         return si_weights(losses).to(jacobian) @ jacobian
-
-    def hparams(self) -> dict:
-        return {}

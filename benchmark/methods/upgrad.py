@@ -2,65 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from types import ModuleType
-
-import numpy as np
-import torch
 from torch import Tensor
 
 from benchmark.methods.base import Method, Needs
+from benchmark.methods.hparams import choice, number
 from benchmark.methods.registry import register
+from benchmark.methods.solvers.dual_cone import is_mean_fallback, require_quadprog, upgrad_weights
 
 UPDATE_SCALES = ("native", "mean", "sum")
-
-
-def require_quadprog() -> ModuleType:
-    """The ``quadprog`` module, or an ``ImportError`` with an install hint (docs/methods.md §0.7)."""
-    try:
-        import quadprog
-    except ImportError as exc:
-        raise ImportError(
-            "UPGrad needs the QP solver quadprog (a dependency of mtobench): pip install 'quadprog>=0.1.12'"
-        ) from exc
-    return quadprog
-
-
-def upgrad_weights(gramian: Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> Tensor:
-    """Weights ``w`` with ``w @ G = (1/T) sum_i Pi(g_i)``, ``Pi`` the projection onto the dual cone
-    ``{x : G x >= 0}`` (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232,
-    Prop. 1 / Algorithm UPGrad, in TorchJD's Gram form).
-
-    ``M <- M / trace(M)`` (all zeros if ``trace(M) < norm_eps``), ``M <- M + reg_eps I``; for each task ``i``,
-    ``v^(i) = argmin_{v >= e_i / T} v^T M v``; ``w = sum_i v^(i)``. With ``M = G G^T`` exactly
-    (``reg_eps = 0``), ``G^T v^(i) = Pi(g_i / T)`` by QP duality. ``norm_eps`` is an absolute threshold on
-    ``trace(M) = sum_t |g_t|^2`` (TorchJD's and LibMTL's 1e-4): below it UPGrad is the mean of the gradients.
-    The regularisation keeps the QP strictly convex; by its KKT conditions
-    ``<g_j, d> >= -reg_eps trace(M) w_j``. Each QP is solved by quadprog (Goldfarb-Idnani) in float64 on the
-    CPU; a failure raises ``RuntimeError``.
-    """
-    quadprog = require_quadprog()
-    m = gramian.detach().double().cpu().numpy()
-    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
-        raise ValueError(f"UPGrad: expected a square [T, T] Gramian, got shape {m.shape}")
-    if not np.all(np.isfinite(m)):
-        raise ValueError("UPGrad: the Gramian has non-finite entries")
-    t = m.shape[0]
-    trace = float(np.trace(m))
-    m = m / trace if trace >= norm_eps else np.zeros_like(m)
-    m = 0.5 * (m + m.T) + reg_eps * np.eye(t)
-    total = np.zeros(t)
-    for i in range(t):
-        lower = np.zeros(t)
-        lower[i] = 1.0 / t
-        try:
-            v = quadprog.solve_qp(m, np.zeros(t), np.eye(t), lower)[0]
-        except ValueError as exc:
-            raise RuntimeError(f"UPGrad: quadprog failed on the QP of task {i}: {exc}") from exc
-        if not np.all(np.isfinite(v)):
-            raise RuntimeError(f"UPGrad: quadprog returned non-finite weights {v.tolist()} for task {i}")
-        total += v
-    return torch.from_numpy(total).to(gramian.device)
 
 
 @register("upgrad")
@@ -72,6 +21,11 @@ class UPGrad(Method):
 
     docs/methods.md §17 Recommended: ``norm_eps = reg_eps = 1e-4``, the mean preference vector, native
     scale = mean; ``update_scale="sum"`` multiplies the weights by T. Heads get their own gradient.
+
+    ``norm_eps`` is absolute, in the units of ``|g_t|^2`` (the dual-cone projection itself is scale-free, so
+    the paper offers no relative form): gradients with ``sum_t |g_t|^2 < norm_eps`` get the plain mean, and
+    ``stats()["norm_eps_fallback"]`` is 1 on every such step (its run mean is the fraction of steps; set
+    ``norm_eps=0`` to project at every scale).
     """
 
     needs = Needs.GRAMIAN
@@ -86,25 +40,15 @@ class UPGrad(Method):
         head_weighting: str = "own",
     ) -> None:
         super().__init__(num_tasks, grad_source=grad_source, head_weighting=head_weighting)
-        name = type(self).__name__
         require_quadprog()
-        for field, value, low in (("norm_eps", norm_eps, "non-negative"), ("reg_eps", reg_eps, "positive")):
-            bad = isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
-            if bad or value < 0 or (low == "positive" and value == 0):
-                raise ValueError(f"{name}: {field} must be a {low} finite number, got {value!r}")
-        if update_scale not in UPDATE_SCALES:
-            raise ValueError(f"{name}: update_scale={update_scale!r} is not one of {UPDATE_SCALES}")
-        self.norm_eps = float(norm_eps)
-        self.reg_eps = float(reg_eps)
-        self.update_scale = update_scale
+        self.norm_eps = number(self, "norm_eps", norm_eps, low=0)
+        self.reg_eps = number(self, "reg_eps", reg_eps, low=0, open_low=True)
+        self.update_scale = choice(self, "update_scale", update_scale, UPDATE_SCALES)
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         weights = upgrad_weights(gramian, self.norm_eps, self.reg_eps)
+        self.step_stats = {"norm_eps_fallback": float(is_mean_fallback(gramian, self.norm_eps))}
         if self.update_scale == "sum":
             weights = weights * self.num_tasks
         self.last_weights = weights.detach()
         return self.last_weights
-
-    def hparams(self) -> dict:
-        return {"norm_eps": self.norm_eps, "reg_eps": self.reg_eps, "update_scale": self.update_scale,
-                **super().hparams()}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from benchmark.methods.base import Method, Needs
+from benchmark.methods.hparams import number
 from benchmark.methods.registry import register
 
 
@@ -37,13 +36,8 @@ class UW(Method):
 
     def __init__(self, num_tasks: int, init: float = 0.0, lr: float | None = 0.025) -> None:
         super().__init__(num_tasks)
-        if isinstance(init, bool) or not isinstance(init, int | float) or not math.isfinite(init):
-            raise ValueError(f"UW: init must be a finite number, got {init!r}")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float)
-                               or not math.isfinite(lr) or lr <= 0):
-            raise ValueError(f"UW: lr must be a positive finite number or None, got {lr!r}")
-        self.init = float(init)
-        self.param_lr = None if lr is None else float(lr)
+        self.init = number(self, "init", init)
+        self.lr = self.param_lr = number(self, "lr", lr, low=0, open_low=True, none=True)
         self.log_var = nn.Parameter(torch.full((num_tasks,), self.init))
 
     def transform_losses(self, losses: Tensor) -> Tensor:
@@ -60,15 +54,7 @@ class UW(Method):
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
         return self.factors().to(jacobian) @ jacobian
 
-    def reset(self) -> None:
-        super().reset()
-        with torch.no_grad():
-            self.log_var.fill_(self.init)
-
     def stats(self) -> dict[str, float]:
         return {**super().stats(),
                 **{f"scale_{t}": float(c) for t, c in enumerate(self.factors().tolist())},
                 **{f"log_var_{t}": float(s) for t, s in enumerate(self.log_var.detach().tolist())}}
-
-    def hparams(self) -> dict:
-        return {"init": self.init, "lr": self.param_lr}

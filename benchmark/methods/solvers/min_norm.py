@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
+from torch import Tensor
 
 OFFICIAL_GAMMA_MAX = 0.999
 OFFICIAL_GAMMA_MIN = 0.001
@@ -211,3 +213,36 @@ SOLVERS: dict[str, Callable[..., tuple[np.ndarray, int]]] = {
     "qp": min_norm_qp,
 }
 ITERATIVE_SOLVERS = ("pgd", "frank_wolfe")
+
+
+NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+_TINY = 1e-30
+
+
+def gradient_normalizers(gramian: Tensor, losses: Tensor, normalization: str) -> Tensor:
+    """Per-task divisors ``n_t`` of the gradients before the solve (Sener & Koltun's code, not in the paper).
+
+    ``none``: 1; ``l2``: ``|g_t|``; ``loss``: ``L_t``; ``loss+``: ``L_t |g_t|``. A zero divisor (zero gradient
+    or zero loss) is replaced by 1, which leaves that row of the Gramian as it is. Negative losses raise.
+    """
+    m = gramian.double()
+    ones = torch.ones(m.shape[0], dtype=m.dtype, device=m.device)
+    if normalization == "none":
+        return ones
+    norms = m.diagonal().clamp(min=0.0).sqrt()
+    if normalization == "l2":
+        n = norms
+    else:
+        losses = losses.detach().to(m)
+        if not bool(torch.all(losses >= 0)):
+            raise ValueError(
+                f"MGDA normalization={normalization!r} needs non-negative losses, got {losses.tolist()}"
+            )
+        n = losses if normalization == "loss" else losses * norms
+    return torch.where(n > _TINY, n, ones)
+
+
+def normalized_gramian(gramian: Tensor, losses: Tensor, normalization: str) -> Tensor:
+    """``M_ij / (n_i n_j)``: the Gramian of the normalised gradients ``g_t / n_t``."""
+    n = gradient_normalizers(gramian, losses, normalization)
+    return gramian.double() / torch.outer(n, n)

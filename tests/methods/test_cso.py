@@ -6,16 +6,32 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.methods import StepContext, create
+from benchmark.config import load_suite
+from benchmark.methods import (
+    Needs,
+    StepContext,
+    create,
+)
 from benchmark.methods.cso import (
     connection_strength,
+    name_rule,
     normalized_strength,
     phase1_mixed,
     project_on_owners,
     top_task,
 )
 from models.segnet import SegNetMTL
-from models.task_norm import TaskBatchNorm2d, conditioned_on
+from models.task_norm import Connection, TaskBatchNorm2d, conditioned_on
+from tests.methods.shared import shared_asserts
+from tests.test_runner import write_suite
+
+test_shared = shared_asserts(
+    "cso", Needs.LOSSES,
+    defaults={"mode": "mixed", "draw": "iteration", "order": "fixed", "degenerate": "sum", "weights": [1.0] * 3,
+              "eps": 1e-5, "pairing": "all"},
+    bad_values=[({"pairing": "names"}, "CSO: pairing='names'"), ({"degenerate": "skip"}, "CSO: degenerate='skip'")],
+)
+
 
 TASKS = ["a", "b", "c"]
 
@@ -256,7 +272,7 @@ def test_mixed_phase_schedule_has_the_expected_phase1_fraction(draw):
         return
     firsts = []
     for _ in range(2000):
-        method.reset()
+        method = create("cso", 2, draw=draw)
         per_epoch = []
         for e in range(epochs):
             picks = {method.use_phase1(e, epochs) for _ in range(4)}
@@ -313,3 +329,68 @@ def test_phase_draws_resume_from_the_state_dict():
     resumed = create("cso", 3)
     resumed.load_state_dict(saved)
     assert [resumed.use_phase1(1, 4) for _ in range(40)] == expected and len(set(first + expected)) == 2
+
+
+def test_degenerate_default_sums_a_single_owner_layer():
+    """The default (the official code's) leaves a layer whose channels all have one owner unprojected."""
+    grads = torch.tensor([[[1.0, 0.0]], [[-1.0, 1.0]]])
+    same, fired, tested = project_on_owners(grads, torch.tensor([0]))
+    assert same is grads and fired == tested == 0
+    assert create("cso", 2).degenerate == "sum"
+
+
+def test_phase1_steps_on_the_weighted_task_loss():
+    """Phase 1's step k moves the parameters by ``-lr w_k grad L_k`` (SGD, no momentum): the weights apply."""
+    weights = [2.0, 0.5, 0.0]
+    model, batch = tiny_problem(1)
+    opt = Recording(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    start = copy.deepcopy(model.state_dict())
+    create("cso", 3, mode="phase1", weights=weights).own_step(context(model, batch, opt))
+    states = [start, *opt.snapshots]
+    probe, _ = tiny_problem(1)
+    for k, task in enumerate(TASKS):
+        probe.load_state_dict(states[k])
+        probe.zero_grad(set_to_none=True)
+        loss_fn(probe, batch, task).backward()
+        for name, p in probe.named_parameters():
+            expected = states[k][name] - 0.1 * weights[k] * (0 if p.grad is None else p.grad)
+            torch.testing.assert_close(states[k + 1][name], expected, rtol=1e-5, atol=1e-7)
+
+
+class Named(nn.Module):
+    """Two conv -> per-task BN pairs, one named like the official code expects (conv1 / bn1), one not."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3), TaskBatchNorm2d(4, TASKS)
+        self.fuse = nn.Sequential(nn.Conv2d(4, 4, 1), TaskBatchNorm2d(4, TASKS))
+
+    def connections(self):
+        return [Connection("conv1", self.conv1, self.bn1), Connection("fuse.0", self.fuse[0], self.fuse[1])]
+
+
+def test_name_rule_pairing_projects_only_conv_bn_named_pairs():
+    model = Named()
+    assert [c.name for c in name_rule(model, model.connections())] == ["conv1"]
+    assert set(create("cso", 3).priorities(model, TASKS)) == {"conv1", "fuse.0"}
+    assert set(create("cso", 3, pairing="name_rule").priorities(model, TASKS)) == {"conv1"}
+    tiny, _ = tiny_problem()
+    with pytest.raises(ValueError, match="pairing='name_rule' pairs none"):
+        create("cso", 3, pairing="name_rule").check_model(tiny)
+
+
+def test_a_suite_clipping_the_shared_gradient_refuses_cso(tmp_path):
+    """CSO's own steps skip ``train.clip_shared_grad_norm``, so asking for both is an error at load time."""
+    suite = write_suite(tmp_path, "[{name: ew}, {name: cso, model: {task_bn: true}}]")
+    with pytest.raises(ValueError, match=r"train.clip_shared_grad_norm=1.0 is not applied .*\(cso\)"):
+        load_suite(suite, ["--suite.train.clip_shared_grad_norm", "1.0"])
+    assert load_suite(write_suite(tmp_path, "[{name: ew}]"), ["--suite.train.clip_shared_grad_norm", "1.0"])
+
+
+def test_name_rule_on_hrnet_pairs_the_authors_84_of_its_144_connections():
+    from models.hrnet import HRNetMTL
+
+    model = HRNetMTL({"a": 1, "b": 1}, task_bn=True)
+    paired = name_rule(model, model.connections())
+    assert len(model.connections()) == 144 and len(paired) == 84
+    assert not any(k in c.name for c in paired for k in ("downsample", "transition", "fuse"))

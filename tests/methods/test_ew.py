@@ -1,0 +1,13 @@
+"""Tests of Equal weighting: the shared asserts, then its defining properties."""
+
+from __future__ import annotations
+
+from benchmark.methods import Needs
+from tests.methods.shared import shared_asserts
+
+test_shared = shared_asserts(
+    "ew", Needs.LOSSES,
+    defaults={},
+)
+
+
