@@ -9,7 +9,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
 SCHEMA_VERSION = 1
@@ -18,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def package_versions() -> dict[str, str]:
+    """Python, torch's build and CUDA, the tracked packages, and every installed method plugin's package."""
     import torch
 
     found = {"python": platform.python_version(), "torch_build": torch.__version__, "cuda": str(torch.version.cuda)}
@@ -26,6 +27,9 @@ def package_versions() -> dict[str, str]:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = "not installed"
+    for ep in entry_points(group="mtobench.methods"):
+        if ep.dist is not None:
+            found[ep.dist.name] = ep.dist.version
     return found
 
 

@@ -7,7 +7,6 @@ import logging
 import resource
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -17,12 +16,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmark import tasks as T
 from benchmark.checkpointing import RunCheckpoint, check_resumable, checkpoint_path, fingerprint
-from benchmark.config import MethodConfig, SuiteConfig
+from benchmark.config import SuiteConfig
 from benchmark.methods import Needs, create
-from benchmark.methods.presets import resolve
 from benchmark.methods.registry import PLUGIN_ORIGINS
 from benchmark.module import MTOModule
 from benchmark.names import unknown_name
+from benchmark.plan import STL_METHOD, PlannedRun, method_preset, plan_runs, resolved_hparams  # noqa: F401
 from benchmark.records import (
     SCHEMA_VERSION,
     check_writable,
@@ -32,39 +31,12 @@ from benchmark.records import (
     write_json_atomic,
 )
 from benchmark.run_log import RunLog, run_log
-from benchmark.sweep import SWEEP_METHOD, simplex_grid, sweep_label
 from datamodules import DATAMODULES
 from models import MODELS
 
-STL_METHOD = "ew"
 console = Console()
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """One cell of the grid. ``stl_task`` is set for a single-task baseline run."""
-
-    method: str
-    hparams: dict
-    seed: int
-    run_id: str
-    stl_task: str | None = None
-    model_overrides: dict = field(default_factory=dict)
-    update_every: int = 1
-    preset: str | None = None
-    sweep: bool = False
-
-
-def method_preset(suite: SuiteConfig, m: MethodConfig) -> str | None:
-    """The method's own preset, else the suite's default."""
-    return m.preset if m.preset is not None else suite.preset
-
-
-def resolved_hparams(suite: SuiteConfig, m: MethodConfig) -> dict:
-    """The constructor arguments of ``m``: its preset's entry overridden by its explicit ``hparams``."""
-    return resolve(method_preset(suite, m), m.name, m.hparams)
 
 
 def create_datamodule(suite: SuiteConfig):
@@ -97,33 +69,6 @@ def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None)
 def metric_table(tasks: list) -> dict[str, dict]:
     """Direction and unit of every metric of ``tasks``, keyed ``<task>/<metric>``."""
     return {f"{t.name}/{i.key}": {"direction": i.direction, "unit": i.unit} for t in tasks for i in T.metric_infos(t)}
-
-
-def plan_runs(suite: SuiteConfig, task_names: list[str], trained: list[str] | None = None) -> list[PlannedRun]:
-    """The grid: single-task runs of ``task_names`` x seeds first (so MTL runs can log Δm against them), then
-    methods x seeds, then the sweep's weight vectors x seeds.
-
-    ``trained``: every task in the model's order, auxiliary ones included (default ``task_names``); the sweep
-    varies the weights of ``task_names`` and gives auxiliary tasks weight 1."""
-    base = f"{suite.name}/{suite.dataset.name}"
-    runs = [
-        PlannedRun(STL_METHOD, {}, seed, f"{base}/stl-{task}/seed{seed}", stl_task=task)
-        for task in (task_names if suite.stl else [])
-        for seed in suite.seeds
-    ]
-    runs += [
-        PlannedRun(m.name, resolved_hparams(suite, m), seed, f"{base}/{m.key}/seed{seed}",
-                   model_overrides=dict(m.model), update_every=m.update_every, preset=method_preset(suite, m))
-        for m in suite.methods
-        for seed in suite.seeds
-    ]
-    if suite.sweep.points:
-        order = trained or task_names
-        for grid in simplex_grid(len(task_names), suite.sweep.points):
-            w = [dict(zip(task_names, grid)).get(t, 1.0) for t in order]
-            runs += [PlannedRun(SWEEP_METHOD, {"weights": w}, seed, f"{base}/{sweep_label(w)}/seed{seed}", sweep=True)
-                     for seed in suite.seeds]
-    return runs
 
 
 def check_methods(suite: SuiteConfig, tasks: list) -> None:
@@ -271,6 +216,9 @@ def run_suite(suite: SuiteConfig, force: bool = False, launcher: str = "none", w
     check_methods(suite, dm.tasks)
     runs = plan_runs(suite, [t.name for t in dm.tasks if not t.auxiliary], [t.name for t in dm.tasks])
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
+    if not todo:
+        console.print(f"all {len(runs)} runs already have records in {out}; nothing to train (--force retrains)")
+        return [record_path(out, r.run_id) for r in runs]
     if len(todo) < len(runs):
         console.print(f"[dim]{len(runs) - len(todo)} of {len(runs)} runs already have records in {out}; skipped[/]")
     if launcher != "none":
