@@ -65,6 +65,8 @@ class DatasetInfo:
     model_params: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    task_count: int = 0
+    """Where ``tasks`` is empty: how many tasks the data declares."""
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -85,9 +87,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "multi_mnist": DatasetInfo("MultiMNIST / MultiFashion overlays (1x28x28): left, right", ("left", "right"), "lenet",
                                train={"epochs": 10, "batch_size": 256, "lr": 1e-3}),
     "celeba": DatasetInfo("CelebA: 40 face attributes as 40 binary tasks (official partition)", (), "resnet18_cls",
-                          train={"epochs": 10, "batch_size": 256, "lr": 1e-3}),
+                          train={"epochs": 10, "batch_size": 256, "lr": 1e-3}, task_count=40),
 }
-"""``celeba`` lists no tasks here: its 40 names are read from the annotation file when the data is loaded."""
+"""``celeba`` lists no task names here: its 40 are read from the annotation file when the data is loaded."""
 
 
 def plugin_methods() -> dict[str, str]:

@@ -199,8 +199,8 @@ def check_yaml_keys(data: Any, source: str, cls: type = SuiteConfig, prefix: str
     for key, value in data.items():
         if key not in hints:
             close = difflib.get_close_matches(str(key), list(hints), n=1, cutoff=0.6)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {', '.join(hints)}"
-            raise UsageError(f"{source}: unknown key {prefix}{key!r}{hint}")
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {', '.join(hints)}"
+            raise UsageError(f"{source}: unknown key {prefix + str(key)!r}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             check_yaml_keys(value, source, hint, f"{prefix}{key}.")

@@ -237,10 +237,11 @@ def estimate_step_seconds(suite: SuiteConfig, tasks: list, input_shape: Sequence
     return elapsed / steps, str(device)
 
 
-def stored_step_cost(name: str, path: Path = STEP_COSTS_FILE) -> dict[str, Any] | None:
-    """The stored step-time measurement of table ``name`` (``configs/step_costs.yaml``), if any."""
+def stored_step_cost(name: str, path: Path | None = None) -> dict[str, Any] | None:
+    """The stored step-time measurement of table ``name`` (default file ``configs/step_costs.yaml``), if any."""
     import yaml
 
+    path = STEP_COSTS_FILE if path is None else path
     if not path.is_file():
         return None
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("tables", {}).get(name)
@@ -248,11 +249,14 @@ def stored_step_cost(name: str, path: Path = STEP_COSTS_FILE) -> dict[str, Any] 
 
 def grid_tasks(suite: SuiteConfig) -> tuple[list[str], list[str]]:
     """The tasks the grid plans for (non-auxiliary ones, and all in model order), from the static dataset
-    catalog when it knows them (no torch), else from the datamodule."""
+    catalog when it knows them (no torch; CelebA's, named in its annotation file, as ``task01``...), else from
+    the datamodule."""
     from benchmark.catalog import DATASETS, dataset_tasks
 
-    known = dataset_tasks(suite.dataset.name, suite.dataset.params) if suite.dataset.name in DATASETS else None
-    if known:
+    if suite.dataset.name in DATASETS:
+        known = dataset_tasks(suite.dataset.name, suite.dataset.params)
+        if known is None:
+            known = tuple(f"task{i:02d}" for i in range(1, DATASETS[suite.dataset.name].task_count + 1))
         return list(known), list(known)
     from benchmark.runner import create_datamodule
 
@@ -287,7 +291,7 @@ def dry_run(entry: TableEntry, suite: SuiteConfig, time_steps: int = 0) -> str:
     else:
         stored = stored_step_cost(entry.name)
         if stored is None:
-            lines.append(f"estimated cost: no stored step time for {entry.name} in {STEP_COSTS_FILE.name}; "
+            lines.append(f"estimated cost: no stored step time for {entry.name} in {Path(STEP_COSTS_FILE).name}; "
                          "add --time-steps N to time N real steps here")
             return "\n".join(lines)
         step_s, device = float(stored["step_s"]), str(stored["device"])

@@ -23,7 +23,7 @@ def suite_path(given: str) -> Path:
     if path.suffix == "" and (SUITES_DIR / f"{given}.yaml").is_file():
         return SUITES_DIR / f"{given}.yaml"
     message = unknown_name("suite", given, suites()).args[0]
-    raise UsageError(f"suite file {given} does not exist and {message} (in {SUITES_DIR})")
+    raise UsageError(f"{given}: no such file, and {message} (in {SUITES_DIR})")
 
 
 def flag_origins(args: argparse.Namespace) -> dict[str, str]:
