@@ -82,7 +82,7 @@ def grid_text(suite) -> str:
 
 def train_suite(suite, args: argparse.Namespace, before: set[Path]) -> int:
     from benchmark.launch import JobsFailed
-    from benchmark.leaderboard import write_leaderboard
+    from benchmark.report.markdown import write_leaderboard
     from benchmark.runner import run_suite
 
     try:
@@ -118,7 +118,8 @@ def foreign_leaderboard(path: Path, suite_name: str) -> str | None:
 
 def top_rows(runs_dir: Path, suite_name: str, rule: str, n: int = 3) -> list[str]:
     """The first ``n`` rows of the suite's leaderboard (its order: Δm%, lower is better), ``label Δm% mean ± std``."""
-    from benchmark.leaderboard import load_records, summarize
+    from benchmark.records import load_records
+    from benchmark.report.summary import summarize
 
     lines = []
     for summary in summarize(load_records(runs_dir)[0], rule):
@@ -167,7 +168,7 @@ def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_table(args: argparse.Namespace, overrides: list[str]) -> int:
     from benchmark.config import UsageError
-    from benchmark.paper_tables import DataMissing, dry_run, load_protocol, resolve, run_table
+    from benchmark.report.paper_tables import DataMissing, dry_run, load_protocol, resolve, run_table
 
     try:
         entry = resolve(args.name, args.tables)
@@ -187,7 +188,7 @@ def cmd_table(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace, overrides: list[str]) -> int:
-    from benchmark.leaderboard import write_leaderboard
+    from benchmark.report.markdown import write_leaderboard
 
     write_leaderboard(Path(args.runs_dir), Path(args.out), args.rule, plot=True)
     console.print(f"[green]leaderboard written to {args.out} (plots beside it)[/]")

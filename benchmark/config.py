@@ -291,7 +291,7 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>", given: set[str
             where = f"option --suite.{key}" if key in given else f"suite file {path}"
             raise UsageError(f"{where}: {key}={value!r} {why}")
     if suite.stl_baseline != "measured":
-        from benchmark.baselines import published_baseline
+        from benchmark.report.baselines import published_baseline
 
         try:
             published_baseline(suite.stl_baseline)

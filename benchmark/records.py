@@ -1,4 +1,5 @@
-"""Run records: one JSON file per run, written atomically, with config, versions and git commit."""
+"""Run records: one JSON file per run, written atomically, with config, versions and git commit; loading and
+validating a folder of them; and the one reader of a record's metric descriptors (:func:`record_metric`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
+from typing import Any
+
+from benchmark.tasks import MetricInfo
 
 SCHEMA_VERSION = 1
+RECORD_KINDS = ("mtl", "stl")
 TRACKED_PACKAGES = ("mtobench", "torch", "torchvision", "lightning", "torchmetrics", "numpy", "scipy", "timm")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,3 +117,122 @@ def read_record(path: Path) -> dict:
 
 def record_path(out_dir: Path, run_id: str) -> Path:
     return Path(out_dir) / f"{run_id}.json"
+
+
+@dataclass(frozen=True)
+class RecordMetric:
+    """A metric of a record (key ``<task>/<metric>``): its :class:`MetricInfo`, its task and whether that task is
+    auxiliary (shown, but scored in neither Δm, nor MR, nor the STL check)."""
+
+    info: MetricInfo
+    task: str
+    auxiliary: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.info.key
+
+    @property
+    def direction(self) -> str:
+        return self.info.direction
+
+    @property
+    def unit(self) -> str | None:
+        return self.info.unit
+
+    @property
+    def decimals(self) -> int:
+        return self.info.decimals
+
+
+def record_metric(key: str, entry: Mapping[str, Any], auxiliary: bool = False) -> RecordMetric:
+    """The descriptor of metric ``key`` from its entry in a record's ``metrics`` (``direction``, ``unit`` and
+    optionally ``task``; else the task is the key's prefix)."""
+    task = str(entry.get("task") or key.split("/", 1)[0])
+    return RecordMetric(MetricInfo(key, entry["direction"], entry.get("unit")), task, auxiliary)
+
+
+def _run_name(record: Mapping[str, Any]) -> str:
+    return str(record.get("run_id", "<record without run_id>"))
+
+
+def metric_directions(record: Mapping[str, Any], keys: Iterable[str]) -> dict[str, str]:
+    """The direction of each metric of ``keys`` as ``record`` declares it; a key it does not declare is an error."""
+    metrics = record.get("metrics", {})
+    missing = [k for k in keys if k not in metrics]
+    if missing:
+        raise KeyError(f"run {_run_name(record)}: no direction declared for metrics {missing}")
+    return {k: record_metric(k, metrics[k]).direction for k in keys}
+
+
+def group_metrics(records: Sequence[Mapping[str, Any]]) -> list[RecordMetric]:
+    """The metrics of the MTL records (else of all records) in first-seen order, auxiliary tasks marked; a metric
+    whose direction differs between records is an error naming both runs."""
+    specs: dict[str, RecordMetric] = {}
+    owner: dict[str, str] = {}
+    mtl = [r for r in records if r["kind"] == "mtl"]
+    auxiliary = {t["name"] for r in records for t in r.get("tasks") or [] if t.get("auxiliary")}
+    for record in mtl or records:
+        for key, entry in record["metrics"].items():
+            new = record_metric(key, entry)
+            new = RecordMetric(new.info, new.task, new.task in auxiliary)
+            if key in specs and specs[key].direction != new.direction:
+                raise ValueError(
+                    f"metric {key!r} is {specs[key].direction!r} in run {owner[key]} "
+                    f"but {new.direction!r} in run {record['run_id']}"
+                )
+            specs.setdefault(key, new)
+            owner.setdefault(key, record["run_id"])
+    for record in records:
+        for key, entry in record["metrics"].items():
+            direction = record_metric(key, entry).direction
+            if key in specs and direction != specs[key].direction:
+                raise ValueError(f"metric {key!r} has direction {direction!r} in run {record['run_id']}")
+    return list(specs.values())
+
+
+def check_record(record: Mapping[str, Any]) -> None:
+    """The fields every scored record needs; an error names the run and the field."""
+    run_id = record.get("run_id", "<no run_id>")
+    for key in ("run_id", "suite", "dataset", "method", "kind", "seed", "metrics", "epochs"):
+        if key not in record:
+            raise ValueError(f"run {run_id}: the record has no {key!r}")
+    if record["kind"] not in RECORD_KINDS:
+        raise ValueError(f"run {run_id}: kind {record['kind']!r} is not one of {RECORD_KINDS}")
+    if record["kind"] == "stl" and not record.get("stl_task"):
+        raise ValueError(f"run {run_id}: an STL record needs 'stl_task'")
+
+
+def load_records(records_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Finished records found (recursively) as ``*.json`` under ``records_dir``, outside W&B's ``wandb/`` folders,
+    and notes on skipped ones."""
+    root = Path(records_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"records directory {root} does not exist")
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    origin: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.json")):
+        if "wandb" in path.relative_to(root).parts[:-1]:
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot parse run record {path}: {exc}") from exc
+        if not isinstance(record, dict) or "run_id" not in record:
+            raise ValueError(f"{path} is not a run record (expected a JSON object with a 'run_id')")
+        if record.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"{path}: schema_version {record.get('schema_version')!r} is not supported "
+                f"(expected {SCHEMA_VERSION})"
+            )
+        if record.get("status") != "finished":
+            notes.append(
+                f"skipped unfinished run {record['run_id']} (status {record.get('status')!r}, {path})"
+            )
+            continue
+        if record["run_id"] in origin:
+            raise ValueError(f"run {record['run_id']} appears twice: {origin[record['run_id']]} and {path}")
+        origin[record["run_id"]] = path
+        records.append(record)
+    return records, notes

@@ -8,7 +8,6 @@ weights, gradient norms and cosines, method statistics (CSO's priority shares) a
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,7 +18,9 @@ from typing import Any
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from benchmark.scoring import delta_m, seed_mean, select
+from benchmark.records import load_records, record_metric
+from benchmark.scoring import delta_m, select
+from benchmark.scoring import stl_baseline as measured_baseline
 from benchmark.wandb_log import attach_file, open_run, resolve_mode
 
 MAX_STEP_POINTS = 256
@@ -54,26 +55,20 @@ class Baseline:
 def stl_baseline(records_dir: Path, suite: str, dataset: str, metrics: Mapping[str, Mapping[str, Any]],
                  rule: str) -> Baseline:
     """Per metric, the mean over the suite's finished STL runs of its task of the test value ``rule`` selects
-    (the leaderboard's baseline); None with a note naming the tasks that have no STL record yet."""
-    from benchmark.leaderboard import load_records
-
+    (the leaderboard's baseline, :func:`benchmark.scoring.stl_baseline`); None with a note naming the tasks that
+    have no STL record yet."""
     records = load_records(records_dir)[0] if Path(records_dir).is_dir() else []
-    by_task: dict[str, list[dict]] = {}
-    for r in records:
-        if r.get("kind") == "stl" and r.get("suite") == suite and r.get("dataset") == dataset:
-            by_task.setdefault(r["stl_task"], []).append(r)
-    tasks = list(dict.fromkeys(str(spec.get("task") or key.split("/", 1)[0]) for key, spec in metrics.items()))
-    missing = [t for t in tasks if t not in by_task]
-    if missing:
-        return Baseline(None, f"n/a: no STL record yet for task(s) {', '.join(missing)} in {records_dir}")
-    values = {}
-    for key, spec in metrics.items():
-        runs = by_task[str(spec.get("task") or key.split("/", 1)[0])]
-        values[key] = seed_mean([select(r, rule, "test")[key] for r in runs])
-    bad = [k for k, v in values.items() if v == 0 or math.isnan(v)]
-    if bad:
-        return Baseline(None, f"n/a: the STL baseline of {', '.join(bad)} is 0 or NaN (relative change undefined)")
-    return Baseline(values, f"STL records ({sum(map(len, by_task.values()))} runs, rule {rule}) in {records_dir}")
+    stl = [r for r in records if r.get("kind") == "stl" and r.get("suite") == suite and r.get("dataset") == dataset]
+    found = measured_baseline(stl, [record_metric(k, spec) for k, spec in metrics.items()],
+                              {r["run_id"]: select(r, rule, "test") for r in stl})
+    if found.missing_tasks:
+        return Baseline(None, f"n/a: no STL record yet for task(s) {', '.join(found.missing_tasks)} in {records_dir}")
+    if found.lacking:
+        return Baseline(None, f"n/a: STL records lack metric(s) {', '.join(found.lacking)} in {records_dir}")
+    if found.undefined:
+        return Baseline(None, f"n/a: the STL baseline of {', '.join(found.undefined)} is 0 or NaN "
+                        "(relative change undefined)")
+    return Baseline(found.means, f"STL records ({len(stl)} runs, rule {rule}) in {records_dir}")
 
 
 INDEXED_WEIGHT = re.compile(r"weight_\d+")
@@ -179,7 +174,7 @@ def run_log(suite, run, metrics: Mapping[str, Mapping[str, Any]]) -> Iterator[Ru
                                    f"seed:{run.seed}"])
         if baseline is not None:
             wandb_run.summary["delta_m_baseline"] = baseline.note
-    log = RunLog(wandb_run, mode, baseline, {k: v["direction"] for k, v in metrics.items()})
+    log = RunLog(wandb_run, mode, baseline, {k: record_metric(k, v).direction for k, v in metrics.items()})
     try:
         yield log
     except BaseException:

@@ -1,11 +1,12 @@
 """Scores derived from run records: Δm, Δp, mean rank, epoch selection, seed statistics, reference tables.
 
 Everything here works on plain data (mappings of metric name to value, run records loaded from JSON) and
-needs neither torch nor a GPU. Definitions follow ``docs/protocols.md`` §M.6 of the shared research notes:
+needs no GPU. Definitions follow ``docs/protocols.md`` §M.6:
 
 * ``delta_m``: metric-level Δm% (Maninis et al.; the Nash-MTL convention), **lower is better**.
 * ``delta_p``: task-level Δp% (LibMTL ``count_improvement``), **higher is better**.
 * ``mean_rank``: per-metric rank across methods (1 = best, ties averaged, NaN last), averaged per method.
+* ``stl_baseline``: the one measured single-task baseline, the mean over a task's STL runs of a selection.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from benchmark.records import RecordMetric, metric_directions
 
 DIRECTIONS = ("higher", "lower")
 SELECTION_RULES = ("last", "last10", "best-val")
@@ -237,20 +240,12 @@ def _summed_val_loss(record: Mapping[str, Any], entry: Mapping[str, Any]) -> flo
     return sum(_num(v) for v in loss.values()) if isinstance(loss, Mapping) else _num(loss)
 
 
-def _record_directions(record: Mapping[str, Any], keys: Iterable[str]) -> dict[str, str]:
-    metrics = record.get("metrics", {})
-    missing = [k for k in keys if k not in metrics]
-    if missing:
-        raise KeyError(f"run {_run_name(record)}: no direction declared for metrics {missing}")
-    return {k: metrics[k]["direction"] for k in keys}
-
-
 def _best_val_index(
     record: Mapping[str, Any], entries: Sequence[Mapping[str, Any]], val_baseline: Mapping[str, float] | None
 ) -> tuple[int, str]:
     """Index of the best validation epoch (NaN scores count as worst; ties go to the earliest epoch)."""
     if val_baseline is not None:
-        directions = _record_directions(record, val_baseline)
+        directions = metric_directions(record, val_baseline)
         scores = [delta_m(_split_metrics(record, e, "val"), val_baseline, directions) for e in entries]
         criterion = "lowest Δm of the val metrics against the val baseline"
     else:
@@ -306,6 +301,56 @@ def select(
 ) -> dict[str, float]:
     """Metrics of ``split`` chosen by ``rule`` (see ``select_with_info`` for the rules)."""
     return select_with_info(record, rule, split, val_baseline)[0]
+
+
+@dataclass(frozen=True)
+class StlBaseline:
+    """The measured STL baseline of some metrics: the seed mean of each metric all its task's STL runs have
+    (``means``, which may be 0 or NaN), the tasks without STL runs, and per metric the STL runs lacking it."""
+
+    means: dict[str, float]
+    missing_tasks: list[str]
+    lacking: dict[str, list[str]]
+
+    @property
+    def values(self) -> dict[str, float]:
+        """The means a relative change can be taken against (neither 0 nor NaN)."""
+        return {k: v for k, v in self.means.items() if v != 0 and not math.isnan(v)}
+
+    @property
+    def undefined(self) -> list[str]:
+        """The metrics whose mean is 0 or NaN."""
+        return [k for k in self.means if k not in self.values]
+
+    @property
+    def complete(self) -> bool:
+        """Every metric has STL runs, and all of them have its value."""
+        return not self.missing_tasks and not self.lacking
+
+
+def stl_baseline(
+    stl: Sequence[Mapping[str, Any]], metrics: Sequence[RecordMetric], picks: Mapping[str, Mapping[str, float]]
+) -> StlBaseline:
+    """Per metric, the mean over the STL runs of its task (``stl_task``) of the value ``picks[run_id]`` selected
+    for it (``docs/protocols.md``: Δm is measured against single-task runs of the same protocol)."""
+    by_task: dict[str, list[Mapping[str, Any]]] = {}
+    for record in stl:
+        by_task.setdefault(record["stl_task"], []).append(record)
+    means: dict[str, float] = {}
+    missing: list[str] = []
+    lacking: dict[str, list[str]] = {}
+    for metric in metrics:
+        runs = by_task.get(metric.task, [])
+        if not runs:
+            if metric.task not in missing:
+                missing.append(metric.task)
+            continue
+        without = [r["run_id"] for r in runs if metric.key not in picks[r["run_id"]]]
+        if without:
+            lacking[metric.key] = without
+            continue
+        means[metric.key] = seed_mean([picks[r["run_id"]][metric.key] for r in runs])
+    return StlBaseline(means, missing, lacking)
 
 
 BUNDLED_REFERENCE_TABLES = Path(__file__).resolve().parent / "reference_tables.yaml"

@@ -57,7 +57,7 @@ def with_plugin(suite: SuiteConfig, name: str) -> SuiteConfig:
 def submit(name: str, suite: SuiteConfig, force: bool = False, launcher: str = "none", workers: int = 1) -> Path:
     """Validate the plugin ``name``, train ``suite`` with it (runs that have records are reused) and write the
     leaderboard; returns its path."""
-    from benchmark.leaderboard import write_leaderboard
+    from benchmark.report.markdown import write_leaderboard
     from benchmark.runner import run_suite
 
     validate_plugin(name)

@@ -40,13 +40,23 @@ _NORMAL_BIN_WIDTH = 180.0 / NORMAL_HIST_BINS
 _NORM_EPS = 1e-12
 
 
+UNIT_DECIMALS = {"percent": 2, "degrees": 2, "metres": 4, "ratio": 4, "inverse_depth": 4, "fraction": 4}
+DEFAULT_DECIMALS = 4
+
+
 @dataclass(frozen=True)
 class MetricInfo:
-    """One reported metric: its key, ``direction`` ("higher" | "lower" is better) and ``unit``."""
+    """One reported metric: its key, ``direction`` ("higher" | "lower" is better), ``unit`` and the ``decimals``
+    tables print it with (default: by unit, :data:`UNIT_DECIMALS`)."""
 
     key: str
     direction: str
-    unit: str
+    unit: str | None
+    decimals: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.decimals is None:
+            object.__setattr__(self, "decimals", UNIT_DECIMALS.get(self.unit or "", DEFAULT_DECIMALS))
 
 
 _METRIC_INFOS: dict[str, tuple[MetricInfo, ...]] = {

@@ -1,4 +1,4 @@
-"""NYUD-v2 multi-task data in the Vandenhende / MTI-Net layout (docs/data.md §4.3; docs/protocols.md P3, the CSO setting).
+"""NYUD-v2 multi-task data in the Vandenhende / MTI-Net layout (docs/data.md §4.3; docs/protocols.md P3, CSO).
 
 Tasks: 40-class semantic segmentation (file value 0 = unlabelled -> ignore 255, x -> x - 1), depth in metres
 (0 invalid), surface normals (zero vector invalid) and edges (auxiliary: trained, not scored; balanced BCE with

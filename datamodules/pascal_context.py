@@ -1,4 +1,4 @@
-"""PASCAL-Context multi-task data in the ASTMT ``PASCAL_MT`` layout (docs/data.md §4.4; docs/protocols.md P5, the CSO setting).
+"""PASCAL-Context multi-task data, ASTMT ``PASCAL_MT`` layout (docs/data.md §4.4; docs/protocols.md P5, CSO).
 
 Tasks: 21-class semseg (255 ignore; ``semseg/VOC12`` first, else ``semseg/pascal-context``), human parts (6 parts
 + background from PASCAL-Part; an image without a person with parts is all 255), saliency (``sal_distill / 255 >

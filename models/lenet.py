@@ -1,4 +1,4 @@
-"""MultiLeNet: the shared LeNet encoder with per-task MLP heads of Sener & Koltun (NeurIPS 2018), docs/protocols.md P7."""
+"""MultiLeNet: the shared LeNet encoder with per-task MLP heads of Sener & Koltun 2018, docs/protocols.md P7."""
 
 from __future__ import annotations
 

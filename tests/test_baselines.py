@@ -2,9 +2,10 @@
 
 import pytest
 
-from benchmark.baselines import match_metrics, published_baseline, published_ids
 from benchmark.config import load_suite
-from benchmark.leaderboard import build_leaderboard, summarize
+from benchmark.report.baselines import match_metrics, published_baseline, published_ids
+from benchmark.report.markdown import build_leaderboard
+from benchmark.report.summary import summarize
 from tests.test_leaderboard import make_records
 from tests.test_runner import write_suite
 

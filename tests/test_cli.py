@@ -136,8 +136,8 @@ def test_a_leaderboard_of_another_suite_is_not_replaced_silently(tmp_path):
 
 
 def test_the_summary_ranks_the_top_rows_by_delta_m(tmp_path):
-    from benchmark.leaderboard import summarize
     from benchmark.records import write_json_atomic
+    from benchmark.report.summary import summarize
     from tests.test_leaderboard import make_records
 
     records = make_records()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from benchmark import tasks as T
 from benchmark.config import load_suite
-from benchmark.leaderboard import build_leaderboard
+from benchmark.report.markdown import build_leaderboard
 from benchmark.runner import run_suite
 from datamodules import DATAMODULES
 from datamodules.pascal_context import (

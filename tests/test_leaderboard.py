@@ -7,7 +7,9 @@ import statistics
 
 import pytest
 
-from benchmark.leaderboard import build_leaderboard, load_records, summarize, write_leaderboard
+from benchmark.records import load_records
+from benchmark.report.markdown import build_leaderboard, write_leaderboard
+from benchmark.report.summary import summarize
 
 METRICS = {
     "semseg/miou": {"direction": "higher", "unit": "percent"},
@@ -308,3 +310,51 @@ def test_best_val_on_a_test_split_is_flagged():
         r.setdefault("dataset_info", {})["val_is_test"] = True
     assert "selects on test" in build_leaderboard(records, rule="best-val")
     assert "selects on test" not in build_leaderboard(records, rule="last")
+
+
+def test_readme_column_entry_adds_one_column(monkeypatch):
+    import re
+    from pathlib import Path
+
+    import benchmark.report.columns as columns
+
+    monkeypatch.setattr(columns, "SCORE_COLUMNS", list(columns.SCORE_COLUMNS))
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Adding a leaderboard column", 1)[1]
+    exec(re.search(r"```python\n(.*?)```", section, re.S).group(1), {})
+    header = next(line for line in build_leaderboard(make_records()).splitlines() if line.startswith("| method"))
+    assert header.endswith("| peak mem ×EW | seed list |")
+    assert "| 0, 1 |" in build_leaderboard(make_records())
+
+
+def test_write_leaderboard_summarizes_once(tmp_path, monkeypatch):
+    import benchmark.report.markdown as markdown
+
+    calls = []
+    real = markdown.summarize
+    monkeypatch.setattr(markdown, "summarize", lambda *a, **k: calls.append(a) or real(*a, **k))
+    write_leaderboard(_write(tmp_path, make_records()), tmp_path / "out" / "leaderboard.md", plot=True)
+    assert len(calls) == 1
+
+
+def test_reporting_layers_import_only_downward():
+    """records and scoring (layer 2) and run_log never import report/ (layer 3); report/ never imports the
+    commands (layer 4); report modules import each other one way: summary <- figures <- markdown."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "benchmark"
+
+    def imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        return names | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    for name in ("records.py", "scoring.py", "run_log.py", "sweep.py"):
+        assert not {m for m in imports(root / name) if m.startswith("benchmark.report")}, name
+    for path in (root / "report").glob("*.py"):
+        found = imports(path)
+        assert not found & {"benchmark.cli", "benchmark.launch", "benchmark.perf"}, path.name
+    assert "benchmark.report.markdown" not in imports(root / "report" / "figures.py")
+    assert not imports(root / "report" / "summary.py") & {"benchmark.report.figures", "benchmark.report.markdown"}
+    assert not (root / "leaderboard.py").exists() and not (root / "plots.py").exists()

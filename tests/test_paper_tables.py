@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import paper_tables
 from benchmark.cli import main
 from benchmark.config import load_suite
-from benchmark.leaderboard import load_records, summarize
-from benchmark.paper_tables import TABLES_FILE, compare, load_protocol, load_registry, match_rows, resolve
+from benchmark.records import load_records
+from benchmark.report import paper_tables
+from benchmark.report.paper_tables import TABLES_FILE, compare, load_protocol, load_registry, match_rows, resolve
+from benchmark.report.summary import summarize
 from benchmark.scoring import delta_m, load_reference_tables
 from datamodules import DATAMODULES
 from tests.test_leaderboard import make_records

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-import benchmark.plots as plots
-from benchmark.leaderboard import write_leaderboard
+import benchmark.report.figures as figures
+from benchmark.report.markdown import write_leaderboard
+from benchmark.report.summary import summarize
 from tests.test_leaderboard import MTL, STL, TASKS, _write, make_records
 
 COS = {"ew": {"semseg/depth": -0.2, "semseg/normal": 0.1, "depth/normal": 0.4},
@@ -57,13 +58,13 @@ def test_figures_are_written_beside_the_leaderboard_and_linked(tmp_path):
 
 def test_pareto_scatter_plots_the_per_task_change_vs_stl(tmp_path, monkeypatch):
     records = logged_records()
-    changes = plots.task_changes(records)["default/toy"]
+    changes = figures.task_changes(summarize(records))["default/toy"]
     for method in ("ew", "pcgrad", "mgda_ub"):
         assert changes[method] == pytest.approx(expected_changes(method))
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
-    plots.plot_pareto(records, tmp_path / "p.png")
-    (fig,) = figures
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    figures.plot_pareto(summarize(records), tmp_path / "p.png")
+    (fig,) = drawn
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_xlabel().split(":")[0] + "/" + ax.get_ylabel().split(":")[0] for ax in axes] == \
         ["semseg/depth", "semseg/normal", "depth/normal"]
@@ -77,11 +78,11 @@ def test_pareto_scatter_plots_the_per_task_change_vs_stl(tmp_path, monkeypatch):
 def test_pareto_front_by_hand():
     points = {"a": {"x": 0.0, "y": 0.0}, "b": {"x": -1.0, "y": 1.0}, "c": {"x": 1.0, "y": 1.0},
               "d": {"x": 0.0, "y": 0.0}}
-    assert plots.pareto_optimal(points) == {"a", "b", "d"}
+    assert figures.pareto_optimal(points) == {"a", "b", "d"}
 
 
 def test_conflict_matrix_is_the_seed_mean_of_the_logged_cosines():
-    mats = plots.conflict_matrices(logged_records())
+    mats = figures.conflict_matrices(logged_records())
     tasks, mat = mats["default/toy: pcgrad"]
     assert tasks == list(TASKS)
     for pair, c in COS["pcgrad"].items():
@@ -91,11 +92,11 @@ def test_conflict_matrix_is_the_seed_mean_of_the_logged_cosines():
 
 
 def test_weight_series_and_curves_average_the_seeds():
-    series = plots.weight_series(logged_records())["default/toy: ew"]
+    series = figures.weight_series(logged_records())["default/toy: ew"]
     assert series["depth"] == ([0, 2, 4], [2.5, 4.5, 6.5])
-    curves = plots.epoch_curves(logged_records())["default/toy: mgda_ub"]
+    curves = figures.epoch_curves(logged_records(), summarize(logged_records()))["default/toy: mgda_ub"]
     assert curves["train_loss"] == [3.0, 6.0, 9.0] and curves["val_loss"] == [3.0, 2.0, 1.0]
-    final = [plots.delta_m(MTL[("mgda_ub", s)], {k: v for t in STL.values() for k, v in t.items()},
+    final = [figures.delta_m(MTL[("mgda_ub", s)], {k: v for t in STL.values() for k, v in t.items()},
                            {"semseg/miou": "higher", "depth/abs_err": "lower", "normal/mean": "lower"}) for s in (0, 1)]
     assert curves["test_delta_m"][-1] == pytest.approx(sum(final) / 2)
     assert not math.isnan(curves["test_delta_m"][0])
@@ -103,7 +104,7 @@ def test_weight_series_and_curves_average_the_seeds():
 
 def test_no_figure_without_the_data(tmp_path):
     records = make_records(stl_tasks=())
-    assert plots.plot_pareto(records, tmp_path / "p.png") is None
-    assert plots.plot_weights(records, tmp_path / "w.png") is None
-    assert plots.plot_conflict(records, tmp_path / "c.png") is None
+    assert figures.plot_pareto(summarize(records), tmp_path / "p.png") is None
+    assert figures.plot_weights(records, tmp_path / "w.png") is None
+    assert figures.plot_conflict(records, tmp_path / "c.png") is None
     assert not list(tmp_path.iterdir())

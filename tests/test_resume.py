@@ -13,9 +13,9 @@ import torch
 
 from benchmark.checkpointing import KILL_ENV, checkpoint_path, read_checkpoint
 from benchmark.config import load_suite
-from benchmark.leaderboard import load_records, write_leaderboard
 from benchmark.module import TRAINING_STATE
-from benchmark.records import read_record
+from benchmark.records import load_records, read_record
+from benchmark.report.markdown import write_leaderboard
 from benchmark.runner import run_suite
 from datamodules.sampling import EpochShuffleSampler, epoch_seed
 

@@ -209,7 +209,7 @@ def test_cso_and_a_task_bn_baseline_run_end_to_end(tmp_path):
     assert first["phase1"] == 1.0 and "priority/stem/depth" in first
     # Phase 1 steps K times per batch: 2 epochs x 2 batches, epoch 0 all Phase 1
     assert cso["epochs"][-1]["step"] >= 2 * 3 + 2
-    from benchmark.leaderboard import write_leaderboard
+    from benchmark.report.markdown import write_leaderboard
     text = write_leaderboard(tmp_path / "runs", tmp_path / "board.md", plot=True).read_text()
     diagnostics = text.split("Method diagnostics")[0].split("| method | Phase-1 steps")[1]
     assert "priority normal" in diagnostics

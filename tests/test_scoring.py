@@ -1,5 +1,5 @@
 """Δm, Δp, mean rank, selection rules and seed statistics, checked against hand computations and the
-published reference tables of the shared research notes."""
+published reference tables (``benchmark/reference_tables.yaml``)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ import torch
 
 from benchmark.cli import main
 from benchmark.config import load_suite
-from benchmark.leaderboard import build_leaderboard, summarize
 from benchmark.methods import create
+from benchmark.report.markdown import build_leaderboard
+from benchmark.report.summary import summarize
 from benchmark.runner import plan_runs
 from benchmark.sweep import dominates, front, simplex_grid, sweep_label, task_scores
 from tests.test_leaderboard import make_record as leaderboard_record

@@ -17,8 +17,8 @@ import time
 import torch
 import yaml
 
-from benchmark.paper_tables import STEP_COSTS_FILE, estimate_step_seconds, load_protocol, load_registry
 from benchmark.records import git_state
+from benchmark.report.paper_tables import STEP_COSTS_FILE, estimate_step_seconds, load_protocol, load_registry
 from benchmark.runner import create_datamodule
 
 MAX_PIXELS = 96 * 128

@@ -1,11 +1,13 @@
 """The local figures, drawn from run records only (matplotlib, Agg) and saved beside ``leaderboard.md``:
 
-* ``<stem>.png``: Δm per method (``leaderboard.plot_leaderboard``);
+* ``<stem>.png``: Δm per method (:func:`plot_leaderboard`);
 * ``<stem>_pareto.png``: per-task relative change vs STL, one panel per task pair, Pareto-optimal rows marked;
 * ``<stem>_weights.png``: task weights over the logged steps (``step_log``), one panel per method;
 * ``<stem>_conflict.png``: mean gradient cosine matrix per method (``method_stats`` ``grad_cos/``);
 * ``<stem>_curves.png``: per-epoch validation loss, training loss and test Δm vs STL;
-* ``<stem>_priority.png``: CSO's channel shares per epoch (``leaderboard.plot_priorities``).
+* ``<stem>_priority.png``: CSO's channel shares per epoch (:func:`plot_priorities`).
+
+The figures that show scores take the summaries of ``report/summary.py``, computed once per leaderboard write.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.grad_stats import cosine_matrix
-from benchmark.leaderboard import _label, _save, plot_leaderboard, plot_priorities, summarize
+from benchmark.report.summary import DatasetSummary, label_of
 from benchmark.scoring import delta_m, seed_mean
+from benchmark.sweep import front
 
 FIGURES = {
     "": "Δm vs STL per method",
@@ -41,12 +44,72 @@ def _pyplot():
     return plt
 
 
-def task_changes(records: Sequence[Mapping[str, Any]], rule: str = "last") -> dict[str, dict[str, dict[str, float]]]:
+def plot_leaderboard(
+    summaries: Sequence[DatasetSummary], out_path: str | os.PathLike[str], rule: str = "last"
+) -> Path | None:
+    """A horizontal Δm bar chart (mean ± std over seeds), one panel per dataset; None if no Δm exists."""
+    panels = [s for s in summaries if any(r.delta_m is not None for r in s.rows)]
+    if not panels:
+        return None
+    plt = _pyplot()
+
+    heights = [max(1.5, 0.4 * len(s.rows) + 1) for s in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, sum(heights)), squeeze=False)
+    for ax, summary in zip(axes[:, 0], panels, strict=True):
+        rows = [r for r in summary.rows if r.delta_m is not None]
+        ax.barh([r.label for r in rows], [r.delta_m.mean for r in rows], xerr=[r.delta_m.std for r in rows])
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.invert_yaxis()
+        ax.set_xlabel("Δm% vs STL (lower is better)")
+        ax.set_title(f"{summary.dataset} — {summary.suite} ({rule})")
+    return _save(fig, out_path)
+
+
+def _save(fig, out_path: str | os.PathLike[str]) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_priorities(records: Sequence[Mapping[str, Any]], out_path: str | os.PathLike[str]) -> Path | None:
+    """How the share of channels owned by each task evolves per epoch (CSO's priority map; seed means), one
+    panel per method variant that logs it; None if no run does."""
+    curves: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        tasks = [t["name"] for t in r.get("tasks", [])]
+        epochs = [e.get("method_stats") or {} for e in r.get("epochs", [])]
+        for t in tasks:
+            series = [e.get(f"priority/{t}") for e in epochs]
+            if series and all(v is not None for v in series):
+                curves[f"{r['suite']}/{r['dataset']}: {label_of(r)}"][t].append(series)
+    if not curves:
+        return None
+    plt = _pyplot()
+
+    fig, axes = plt.subplots(len(curves), 1, figsize=(6, 2.6 * len(curves)), squeeze=False)
+    for ax, (title, per_task) in zip(axes[:, 0], sorted(curves.items()), strict=True):
+        for task, runs in per_task.items():
+            length = min(map(len, runs))
+            mean = [sum(run[e] for run in runs) / len(runs) for e in range(length)]
+            ax.plot(range(length), mean, marker="o", label=task)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("share of channels")
+        ax.legend()
+    return _save(fig, out_path)
+
+
+def task_changes(summaries: Sequence[DatasetSummary]) -> dict[str, dict[str, dict[str, float]]]:
     """Per ``suite/dataset`` and method row: the relative change vs STL (%, Δm's sign: lower is better) of each
     task, ``(100/K_t) Σ_k s_k (M_k − B_k)/B_k`` over the task's metrics, on the seed means the leaderboard
     shows. Tasks without a complete STL baseline are left out."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for summary in summarize(records, rule):
+    for summary in summaries:
         by_task: dict[str, list] = defaultdict(list)
         for spec in summary.metrics:
             by_task[spec.task].append(spec)
@@ -65,16 +128,14 @@ def task_changes(records: Sequence[Mapping[str, Any]], rule: str = "last") -> di
 
 
 def pareto_optimal(points: Mapping[str, Mapping[str, float]]) -> set[str]:
-    """The labels no other point dominates (lower or equal on every task, lower on one)."""
-    def dominates(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
-        return all(a[t] <= b[t] for t in b) and any(a[t] < b[t] for t in b)
-
-    return {k for k, p in points.items() if not any(dominates(q, p) for j, q in points.items() if j != k)}
+    """The labels no other point dominates (lower or equal on every task, lower on one): the sweep's
+    :func:`benchmark.sweep.front` (higher is better) of the negated changes."""
+    return set(front({k: {t: -v for t, v in p.items()} for k, p in points.items()}))
 
 
-def plot_pareto(records: Sequence[Mapping[str, Any]], out_path: str | os.PathLike[str], rule: str = "last"):
+def plot_pareto(summaries: Sequence[DatasetSummary], out_path: str | os.PathLike[str], rule: str = "last"):
     """Scatter of per-task relative change vs STL for every task pair; None without two tasks with a baseline."""
-    groups = {g: rows for g, rows in task_changes(records, rule).items()
+    groups = {g: rows for g, rows in task_changes(summaries).items()
               if rows and len(next(iter(rows.values()))) >= 2}
     if not groups:
         return None
@@ -107,7 +168,7 @@ def _by_method(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[s
     groups: dict[str, list] = defaultdict(list)
     for r in records:
         if r.get("kind") == "mtl":
-            groups[f"{r['suite']}/{r['dataset']}: {_label(r)}"].append(r)
+            groups[f"{r['suite']}/{r['dataset']}: {label_of(r)}"].append(r)
     return dict(sorted(groups.items()))
 
 
@@ -188,12 +249,14 @@ def plot_conflict(records: Sequence[Mapping[str, Any]], out_path: str | os.PathL
     return _save(fig, out_path)
 
 
-def epoch_curves(records: Sequence[Mapping[str, Any]], rule: str = "last") -> dict[str, dict[str, list[float]]]:
+def epoch_curves(
+    records: Sequence[Mapping[str, Any]], summaries: Sequence[DatasetSummary]
+) -> dict[str, dict[str, list[float]]]:
     """Per method, seed means per epoch of ``val_loss``, ``train_loss`` (sum of the epoch-mean task losses) and,
     when the STL baseline is complete, ``test_delta_m`` (each epoch's test metrics vs the leaderboard's
     baseline)."""
     baselines = {(s.suite, s.dataset): (s.baseline, {m.key: m.direction for m in s.metrics})
-                 for s in summarize(records, rule)}
+                 for s in summaries}
     out = {}
     for title, runs in _by_method(records).items():
         baseline, directions = baselines[(runs[0]["suite"], runs[0]["dataset"])]
@@ -212,8 +275,10 @@ def epoch_curves(records: Sequence[Mapping[str, Any]], rule: str = "last") -> di
     return out
 
 
-def plot_curves(records: Sequence[Mapping[str, Any]], out_path: str | os.PathLike[str], rule: str = "last"):
-    curves = epoch_curves(records, rule)
+def plot_curves(
+    records: Sequence[Mapping[str, Any]], summaries: Sequence[DatasetSummary], out_path: str | os.PathLike[str]
+):
+    curves = epoch_curves(records, summaries)
     kinds = [k for k in ("val_loss", "train_loss", "test_delta_m") if any(k in c for c in curves.values())]
     if not kinds:
         return None
@@ -231,17 +296,18 @@ def plot_curves(records: Sequence[Mapping[str, Any]], out_path: str | os.PathLik
     return _save(fig, out_path)
 
 
-def write_figures(records: Sequence[Mapping[str, Any]], leaderboard: str | os.PathLike[str],
-                  rule: str = "last") -> list[tuple[str, Path]]:
-    """Draw every figure the records support beside ``leaderboard``; (caption, path) of those drawn."""
+def write_figures(records: Sequence[Mapping[str, Any]], summaries: Sequence[DatasetSummary],
+                  leaderboard: str | os.PathLike[str], rule: str = "last") -> list[tuple[str, Path]]:
+    """Draw every figure the records (and their ``summaries`` under ``rule``) support beside ``leaderboard``;
+    (caption, path) of those drawn."""
     board = Path(leaderboard)
     path = {kind: board.with_name(f"{board.stem}{'_' + kind if kind else ''}.png") for kind in FIGURES}
     drawn = {
-        "": plot_leaderboard(records, path[""], rule),
-        "pareto": plot_pareto(records, path["pareto"], rule),
+        "": plot_leaderboard(summaries, path[""], rule),
+        "pareto": plot_pareto(summaries, path["pareto"], rule),
         "weights": plot_weights(records, path["weights"]),
         "conflict": plot_conflict(records, path["conflict"]),
-        "curves": plot_curves(records, path["curves"], rule),
+        "curves": plot_curves(records, summaries, path["curves"]),
         "priority": plot_priorities(records, path["priority"]),
     }
     return [(FIGURES[kind], p) for kind, p in drawn.items() if p is not None]

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.baselines import metric_key_map
 from benchmark.config import SuiteConfig, load_suite
-from benchmark.leaderboard import DatasetSummary, MethodRow
 from benchmark.names import unknown_name
 from benchmark.records import REPO_ROOT
+from benchmark.report.baselines import metric_key_map
+from benchmark.report.summary import DatasetSummary, MethodRow
 from benchmark.scoring import _table_delta, recompute_table
 
 TABLES_FILE = REPO_ROOT / "configs" / "tables.yaml"
@@ -321,8 +321,9 @@ class DataMissing(FileNotFoundError):
 def run_table(entry: TableEntry, suite: SuiteConfig, out: str | Path | None = None) -> tuple[Comparison, Path]:
     """Train the protocol suite (runs with records are reused), write its leaderboard and the comparison with the
     published table; returns the comparison and where it was written."""
-    from benchmark.leaderboard import load_records, summarize, write_leaderboard
-    from benchmark.records import write_text_atomic
+    from benchmark.records import load_records, write_text_atomic
+    from benchmark.report.markdown import write_leaderboard
+    from benchmark.report.summary import summarize
     from benchmark.runner import run_suite
     from benchmark.scoring import load_reference_tables
 
