@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from benchmark.tasks import MetricInfo
+if TYPE_CHECKING:  # benchmark.tasks imports torch; the command line reads suites and records without it
+    from benchmark.tasks import MetricInfo
 
 SCHEMA_VERSION = 1
 RECORD_KINDS = ("mtl", "stl")
@@ -148,6 +149,8 @@ class RecordMetric:
 def record_metric(key: str, entry: Mapping[str, Any], auxiliary: bool = False) -> RecordMetric:
     """The descriptor of metric ``key`` from its entry in a record's ``metrics`` (``direction``, ``unit`` and
     optionally ``task``; else the task is the key's prefix)."""
+    from benchmark.tasks import MetricInfo
+
     task = str(entry.get("task") or key.split("/", 1)[0])
     return RecordMetric(MetricInfo(key, entry["direction"], entry.get("unit")), task, auxiliary)
 
