@@ -195,9 +195,9 @@ def test_wandb_sync_finds_offline_runs_and_builds_the_command(tmp_path, monkeypa
                            str(tmp_path / "runs/wandb/offline-run-1-a"), str(tmp_path / "runs/x/wandb/offline-run-2-b")]
     assert main(["wandb-sync", str(tmp_path / "runs" / "x" / "wandb" / "offline-run-2-b" / "..")]) == 0
     assert main(["wandb-sync", str(tmp_path / "data")]) == 1
-    assert "does not exist" in " ".join(capsys.readouterr().out.split())
+    assert "does not exist" in " ".join(capsys.readouterr().err.split())
     (tmp_path / "empty").mkdir()
     assert main(["wandb-sync", str(tmp_path / "empty")]) == 1
-    assert "no offline W&B runs" in " ".join(capsys.readouterr().out.split())
+    assert "no offline W&B runs" in " ".join(capsys.readouterr().err.split())
     with pytest.raises(ValueError):
         sync_command([])
