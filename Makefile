@@ -4,6 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUITE ?= configs/suites/default.yaml
+# A wheel index for torch and torchvision, e.g. the CPU-only builds (no CUDA libraries, a far smaller .venv):
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Empty (the default): they come from the default index with the rest, in the versions pyproject.toml allows.
+TORCH_INDEX ?=
+TORCH_PINS = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(" ".join(repr(x) for x in d if x.split(">")[0].split("=")[0] in ("torch", "torchvision")))')
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE := offline
 export PYTHONHASHSEED := 0
@@ -14,6 +19,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mtobench needs Python >= 3.11, found " + sys.version'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_PINS))
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -132,7 +134,8 @@ class SuiteConfig:
     stl: bool = True
     selection: str = "last"
     output_dir: str = "runs"
-    leaderboard: str = "leaderboard.md"
+    leaderboard: str | None = None
+    """Where ``mtobench run`` writes the leaderboard (PNGs beside it); None: ``<output_dir>/<name>/leaderboard.md``."""
     reference_table: str | None = None
     """The published table (a key of ``reference_tables.yaml``) this suite reproduces, if any."""
     preset: str | None = None
@@ -147,6 +150,10 @@ class SuiteConfig:
         return dataclasses.asdict(self)
 
 
+class UsageError(ValueError):
+    """A mistake in what the user asked for (a flag, key, name or value); the command line exits 2 on it."""
+
+
 def suite_parser(prog: str = "mtobench run") -> ArgumentParser:
     parser = ArgumentParser(prog=prog, exit_on_error=False, allow_abbrev=False,
                             description="Train a suite: dataset x method x seed.")
@@ -155,23 +162,102 @@ def suite_parser(prog: str = "mtobench run") -> ArgumentParser:
     return parser
 
 
+def override_keys(overrides: list[str] | None) -> set[str]:
+    """The suite keys (``train.epochs``) that command-line style ``overrides`` set."""
+    keys = set()
+    for item in overrides or []:
+        if item.startswith("--suite."):
+            keys.add(item[len("--suite."):].split("=", 1)[0])
+    return keys
+
+
+def suite_keys(cls: type = SuiteConfig, prefix: str = "") -> dict[str, bool]:
+    """Every settable key of the suite (``train.epochs``), mapped to whether it takes free sub-keys (a dict)."""
+    keys: dict[str, bool] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, hint = prefix + f.name, hints[f.name]
+        keys[key] = typing.get_origin(hint) is dict
+        if dataclasses.is_dataclass(hint):
+            keys.update(suite_keys(hint, key + "."))
+    return keys
+
+
+def check_override_keys(overrides: list[str] | None) -> None:
+    """Each ``--suite.<key>`` of ``overrides`` must name a suite field (or a sub-key of a dict field such as
+    ``dataset.params``); an unknown key names the option and the nearest keys."""
+    known = suite_keys()
+    for key in sorted(override_keys(overrides)):
+        parts = key.split(".")
+        if key in known or any(known.get(".".join(parts[:i])) for i in range(1, len(parts))):
+            continue
+        close = difflib.get_close_matches(key, list(known), n=2, cutoff=0.8)
+        hint = f"; did you mean {', '.join(f'--suite.{c}' for c in close)}?" if close else ""
+        raise UsageError(f"option --suite.{key}: unknown suite key {key!r}{hint}")
+
+
+def check_yaml_keys(data: Any, source: str, cls: type = SuiteConfig, prefix: str = "") -> None:
+    """Every key of a parsed suite YAML, down into each ``methods`` entry, must be a field; a misspelt key names
+    the file, the key and the nearest field."""
+    if not isinstance(data, dict):
+        return
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1, cutoff=0.6)
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {', '.join(hints)}"
+            raise UsageError(f"{source}: unknown key {prefix + str(key)!r}{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            check_yaml_keys(value, source, hint, f"{prefix}{key}.")
+        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]) and \
+                isinstance(value, list):
+            for i, item in enumerate(value):
+                check_yaml_keys(item, source, typing.get_args(hint)[0], f"{prefix}{key}[{i}].")
+
+
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> SuiteConfig:
     """Parse and check a suite file; overrides are command-line style, e.g. ``["--suite.train.epochs", "1"]``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"suite file {path} does not exist")
-    parser = suite_parser()
+    return _parse(str(path), str(path), overrides)
+
+
+def load_suite_text(text: str, source: str, overrides: list[str] | None = None) -> SuiteConfig:
+    """Parse and check a suite given as YAML text; ``source`` names where it came from in errors."""
+    return _parse(source, text, overrides)
+
+
+def _parse(source: str, suite_arg: str, overrides: list[str] | None) -> SuiteConfig:
+    check_override_keys(overrides)
+    import yaml
+
     try:
-        cfg = parser.parse_args([str(path), "--suite", str(path), *(overrides or [])])
+        data = yaml.safe_load(Path(suite_arg).read_text(encoding="utf-8") if source == suite_arg else suite_arg)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{source}: not valid YAML: {exc}") from exc
+    check_yaml_keys(data, source)
+    parser = suite_parser()
+    given = override_keys(overrides)
+    try:
+        cfg = parser.parse_args([source, "--suite", suite_arg, *(overrides or [])])
         suite: SuiteConfig = parser.instantiate(cfg).suite
     except Exception as exc:  # jsonargparse raises ArgumentError / ValueError with the key named
-        raise ValueError(f"suite file {path}: {exc}") from exc
-    check_suite(suite, path)
+        message = " ".join(str(exc).split())
+        culprit = next((k for k in sorted(given, key=len, reverse=True) if f'"suite.{k}"' in message
+                        or f"suite.{k}" in message), None)
+        where = f"option --suite.{culprit}" if culprit else source
+        raise UsageError(f"{where}: {message}") from exc
+    if suite.leaderboard is None:
+        suite.leaderboard = str(Path(suite.output_dir) / suite.name / "leaderboard.md")
+    check_suite(suite, source, given)
     return suite
 
 
-def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
-    """Range checks that types alone cannot express; each error names the file, the field and the value."""
+def check_suite(suite: SuiteConfig, path: Path | str = "<suite>", given: set[str] = frozenset()) -> None:
+    """Range checks that types alone cannot express; each error names the file (or the command-line option, for
+    the keys in ``given``), the field and the value."""
     t = suite.train
     checks = [
         (t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1"),
@@ -210,14 +296,15 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
     checks.append((len(set(keys)) == len(keys), "methods", keys, "has duplicate names; give each a distinct label"))
     for ok, key, value, why in checks:
         if not ok:
-            raise ValueError(f"suite file {path}: {key}={value!r} {why}")
+            where = f"option --suite.{key}" if key in given else f"suite file {path}"
+            raise UsageError(f"{where}: {key}={value!r} {why}")
     if t.clip_shared_grad_norm is not None:
         from benchmark.methods import Method, available, get
 
         owners = [m.name for m in suite.methods
                   if m.name in available() and get(m.name).own_step is not Method.own_step]
         if owners:
-            raise ValueError(f"suite file {path}: train.clip_shared_grad_norm={t.clip_shared_grad_norm!r} is not "
+            raise UsageError(f"suite file {path}: train.clip_shared_grad_norm={t.clip_shared_grad_norm!r} is not "
                              f"applied by methods that take their own steps ({', '.join(owners)}); set it to null")
     if suite.stl_baseline != "measured":
         from benchmark.report.baselines import published_baseline
@@ -225,4 +312,4 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>") -> None:
         try:
             published_baseline(suite.stl_baseline)
         except (KeyError, FileNotFoundError) as exc:
-            raise ValueError(f"suite file {path}: stl_baseline={suite.stl_baseline!r}: {exc.args[0]}") from exc
+            raise UsageError(f"suite file {path}: stl_baseline={suite.stl_baseline!r}: {exc.args[0]}") from exc

@@ -12,11 +12,12 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from benchmark.tasks import MetricInfo
+if TYPE_CHECKING:  # benchmark.tasks imports torch; the command line reads suites and records without it
+    from benchmark.tasks import MetricInfo
 
 SCHEMA_VERSION = 1
 RECORD_KINDS = ("mtl", "stl")
@@ -25,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def package_versions() -> dict[str, str]:
+    """Python, torch's build and CUDA, the tracked packages, and every installed method plugin's package."""
     import torch
 
     found = {"python": platform.python_version(), "torch_build": torch.__version__, "cuda": str(torch.version.cuda)}
@@ -33,6 +35,9 @@ def package_versions() -> dict[str, str]:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = "not installed"
+    for ep in entry_points(group="mtobench.methods"):
+        if ep.dist is not None:
+            found[ep.dist.name] = ep.dist.version
     return found
 
 
@@ -144,6 +149,8 @@ class RecordMetric:
 def record_metric(key: str, entry: Mapping[str, Any], auxiliary: bool = False) -> RecordMetric:
     """The descriptor of metric ``key`` from its entry in a record's ``metrics`` (``direction``, ``unit`` and
     optionally ``task``; else the task is the key's prefix)."""
+    from benchmark.tasks import MetricInfo
+
     task = str(entry.get("task") or key.split("/", 1)[0])
     return RecordMetric(MetricInfo(key, entry["direction"], entry.get("unit")), task, auxiliary)
 

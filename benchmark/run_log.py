@@ -8,6 +8,7 @@ weights, gradient norms and cosines, method statistics (CSO's priority shares) a
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,6 +71,16 @@ def stl_baseline(records_dir: Path, suite: str, dataset: str, metrics: Mapping[s
     return Baseline(found.means, f"STL records ({len(stl)} runs, rule {rule}) in {records_dir}")
 
 
+INDEXED_WEIGHT = re.compile(r"weight_\d+")
+
+
+def once_each(stats: Mapping[str, float]) -> dict[str, float]:
+    """``stats`` without the method's index-named weights (``weight_0``...) when the task-named ones
+    (``weight_semseg``...) are there too, so that W&B logs each weight once."""
+    named = any(k.startswith("weight_") and not INDEXED_WEIGHT.fullmatch(k) for k in stats)
+    return {k: v for k, v in stats.items() if not (named and INDEXED_WEIGHT.fullmatch(k))}
+
+
 class RunLog(L.Callback):
     """Collects the logged steps of a run and forwards steps and epochs to ``wandb_run`` (None: W&B off)."""
 
@@ -87,8 +98,13 @@ class RunLog(L.Callback):
         point = {"batch": pl_module.stats.batches - 1, "epoch": trainer.current_epoch, **entry}
         self.series.add(point)
         if self.wandb_run is not None:
-            self.wandb_run.log({"epoch": point["epoch"], **{f"train/{k}": v for k, v in entry.items()}},
+            self.wandb_run.log({"epoch": point["epoch"], **{f"train/{k}": v for k, v in once_each(entry).items()}},
                                step=point["batch"])
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """The method's resolved hyper-parameters (defaults included) go into the W&B config."""
+        if self.wandb_run is not None:
+            self.wandb_run.config.update({"method_hparams": pl_module.method.hparams()}, allow_val_change=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         """Each new epoch entry goes to the W&B row of the epoch's last batch."""
@@ -102,7 +118,7 @@ class RunLog(L.Callback):
         LR and the epoch means of the step statistics."""
         payload = {"epoch": entry["epoch"], "val_loss": entry["val_loss"]}
         payload.update({f"{split}/{k}": v for split in ("val", "test") for k, v in entry[split].items()})
-        payload.update({f"epoch_mean/{k}": v for k, v in (entry.get("method_stats") or {}).items()})
+        payload.update({f"epoch_mean/{k}": v for k, v in once_each(entry.get("method_stats") or {}).items()})
         if entry.get("lr") is not None:
             payload["lr"] = entry["lr"]
         if self.baseline is not None and self.baseline.values is not None:
@@ -153,7 +169,9 @@ def run_log(suite, run, metrics: Mapping[str, Mapping[str, Any]]) -> Iterator[Ru
         config = {"suite": suite.to_dict(), "run": dataclasses.asdict(run)}
         wandb_run = open_run(mode, suite.output_dir, suite.logging.project, suite.logging.entity,
                              group=f"{suite.name}/{suite.dataset.name}", job_type=label,
-                             name=f"{label}/seed{run.seed}", config=config)
+                             name=f"{label}/seed{run.seed}", config=config,
+                             tags=[f"suite:{suite.name}", f"dataset:{suite.dataset.name}", f"method:{label}",
+                                   f"seed:{run.seed}"])
         if baseline is not None:
             wandb_run.summary["delta_m_baseline"] = baseline.note
     log = RunLog(wandb_run, mode, baseline, {k: record_metric(k, v).direction for k, v in metrics.items()})

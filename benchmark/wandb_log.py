@@ -41,13 +41,14 @@ def wandb_dir(output_dir: str | os.PathLike[str]) -> Path:
 
 
 def open_run(mode: str, output_dir: str | os.PathLike[str], project: str, entity: str | None, group: str,
-             job_type: str, name: str, config: dict[str, Any]):
-    """A new W&B run (``mode`` offline or online) writing under ``wandb_dir(output_dir)``; console capture off."""
+             job_type: str, name: str, config: dict[str, Any], tags: Sequence[str] = ()):
+    """A new W&B run (``mode`` offline or online) writing under ``wandb_dir(output_dir)``, with ``tags``;
+    console capture off."""
     import wandb
 
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     return wandb.init(mode=mode, dir=str(output_dir), project=project, entity=entity, group=group,
-                      job_type=job_type, name=name, config=config, reinit="create_new",
+                      job_type=job_type, name=name, config=config, tags=list(tags), reinit="create_new",
                       settings=wandb.Settings(silent=True, console="off"))
 
 

@@ -137,15 +137,23 @@ def test_batch_validator_names_the_bad_field(change, message):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    (["--suite.train.epoch", "2"], "unrecognized arguments: --suite.train.epoch"),  # no prefix matching
+    (["--suite.train.epoch", "2"], "unknown suite key 'train.epoch'; did you mean --suite.train.epochs"),  # no prefix
     (["--suite.train.epochs", "two"], "epochs"),
     (["--suite.train.lr", "-0.1"], r"train.lr=-0.1 must be > 0"),
     (["--suite.train.checkpoint_every_n_batches", "-1"], "train.checkpoint_every_n_batches=-1 must be >= 0"),
 ])
-def test_config_errors_name_the_file_and_field(tmp_path, override, message):
+def test_config_errors_name_the_option_and_field(tmp_path, override, message):
+    """A bad override is blamed on the command-line option, never on the suite file (issue 17)."""
     path = suite_file(tmp_path)
-    with pytest.raises(ValueError, match=f"(?s)suite file {path}: .*{message}"):
+    with pytest.raises(ValueError, match=f"(?s)^option {override[0]}: .*{message}"):
         load_suite(path, override)
+
+
+def test_config_errors_in_the_file_name_the_file_and_field(tmp_path):
+    path = suite_file(tmp_path)
+    path.write_text(path.read_text().replace("epochs: 1,", "epochs: 0,"))
+    with pytest.raises(ValueError, match=f"^suite file {path}: train.epochs=0 must be >= 1"):
+        load_suite(path)
 
 
 def test_unknown_method_dataset_and_bad_hyper_parameter_are_named(tmp_path):

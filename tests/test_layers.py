@@ -49,9 +49,10 @@ LAYERS: dict[int, tuple[str, ...]] = {
     ),
     3: (
         "benchmark.config",
+        "benchmark.catalog",
         "benchmark.runner",
         "benchmark.runner.*",
-        "benchmark.plan",
+        "benchmark.grid",
         "benchmark.train",
         "benchmark.suite",
         "benchmark.report",
@@ -60,6 +61,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     ),
     4: (
         "benchmark.cli",
+        "benchmark.quick_suite",
         "benchmark.launch",
         "benchmark.perf",
         "benchmark.perf.*",

@@ -1,6 +1,9 @@
 """``mtobench table``: registry, protocol run on a test-local suite and reference table, comparison numbers
 recomputed here, flags of published Δ that do not recompute, missing data, and --dry-run."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,12 +11,14 @@ import pytest
 from benchmark.cli import main
 from benchmark.config import load_suite
 from benchmark.records import load_records
+from benchmark.report import paper_tables
 from benchmark.report.paper_tables import TABLES_FILE, compare, load_protocol, load_registry, match_rows, resolve
 from benchmark.report.summary import summarize
 from benchmark.scoring import delta_m, load_reference_tables
 from datamodules import DATAMODULES
 from tests.test_leaderboard import make_records
 
+ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = """
 tables:
   - id: toy_table
@@ -153,17 +158,41 @@ def test_missing_data_prints_where_to_get_it_and_exits_nonzero(setup, monkeypatc
     suite = tmp_path / "configs" / "toy.yaml"
     suite.write_text(SUITE.format(dataset="needs_files", data=tmp_path / "nowhere", out=tmp_path / "runs"))
     assert main(["table", "toy", "--tables", str(registry)]) == 1
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().err.split())
     assert "table 'toy': the data of dataset 'needs_files'" in out and "https://example.org/toy" in out
     assert "root/{train,val}/{image,label}/<i>.npy" in out and not (tmp_path / "runs").exists()
 
 
-def test_dry_run_shows_the_grid_and_an_estimate_without_touching_data(setup, capsys):
+def test_dry_run_shows_the_grid_and_a_stored_estimate_without_touching_data(setup, capsys, monkeypatch):
     tmp_path, registry = setup
     assert main(["table", "toy", "--tables", str(registry), "--dry-run", "--suite.stl", "true"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "grid: 10 runs (4 methods, 6 single-task) over seeds [0, 1]" in out
     assert "toy_protocol/synthetic_scenes/random-weights/seed1" in out
     assert "1 epochs x 13 steps (100 training inputs / batch 8" in out and "= 13 steps; 130 steps in all" in out
-    assert "estimated cost: about" in out and "An estimate" in out
+    assert "no stored step time for toy" in out and "--time-steps N" in out
+    costs = tmp_path / "step_costs.yaml"
+    costs.write_text("tables: {toy: {step_s: 36.0, device: cpu (2 threads), how: a test entry}}\n")
+    monkeypatch.setattr(paper_tables, "STEP_COSTS_FILE", costs)
+    assert main(["table", "toy", "--tables", str(registry), "--dry-run", "--suite.stl", "true"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "estimated cost: about 1.3 h on cpu (2 threads) (36.000 s per EW step" in out and "a test entry" in out
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_dry_run_times_real_steps_only_when_asked(setup, capsys):
+    tmp_path, registry = setup
+    assert main(["table", "toy", "--tables", str(registry), "--dry-run", "--time-steps", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "estimated cost: about" in out and "1 real step(s) of segnet timed here after one warm-up" in out
+
+
+@pytest.mark.parametrize("name", sorted(load_registry()))
+def test_every_shipped_table_dry_runs_at_once(name):
+    """``table NAME --dry-run`` imports neither Lightning nor the datamodules (issue 17: under 5 s)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    code = (f"import sys; from benchmark.cli import main; assert main(['table', {name!r}, '--dry-run']) == 0; "
+            "heavy = [m for m in ('lightning', 'datamodules', 'models') if m in sys.modules]; assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"table {name}:" in result.stdout and "steps in all" in result.stdout

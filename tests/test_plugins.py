@@ -165,7 +165,7 @@ def test_every_builtin_passes_the_plugin_checks(name):
 def test_unknown_entry_point_lists_the_installed_plugins(tmp_path, monkeypatch, capsys):
     install(tmp_path, monkeypatch, "halves-pkg", {"halves": "halves_mod3:Halves"}, {"halves_mod3": GOOD})
     assert main(["submit", "nope"]) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # errors go to stderr (issue 17)
     assert "no entry point 'nope'" in out and "halves" in out
 
 

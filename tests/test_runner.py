@@ -60,7 +60,7 @@ def test_suite_runs_end_to_end_and_skips_finished_runs(tmp_path, capsys):
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("seed*.json")}
     capsys.readouterr()
     assert main(["run", str(suite_file)]) == 0
-    assert "12 of 12 runs already have records" in capsys.readouterr().out.replace("\n", " ")
+    assert "all 12 runs already have records" in capsys.readouterr().out.replace("\n", " ")  # no 0/0 bar
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("seed*.json")}
     assert main(["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "lb.md")]) == 0
     assert (tmp_path / "lb.md").read_text().count("| ew |") == 1
@@ -184,8 +184,8 @@ def test_unknown_dataset_and_cli_errors(tmp_path, capsys):
     suite = load_suite(write_suite(tmp_path), ["--suite.dataset.name", "synthetic_scene"])
     with pytest.raises(KeyError, match="did you mean 'synthetic_scenes'"):
         create_datamodule(suite)
-    assert main(["run", str(tmp_path / "missing.yaml")]) == 1
-    assert "missing.yaml" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2  # a usage error, on stderr (issue 17)
+    assert "missing.yaml" in capsys.readouterr().err
     assert main(["methods"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("ew", "mgda", "mgda_ub", "imtl_g", "imtl_l", "imtl_h"))

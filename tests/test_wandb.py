@@ -1,6 +1,7 @@
 """W&B: the mode rules, a tiny suite logged offline and read back from the run files, --no-wandb, wandb-sync."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def test_offline_runs_hold_steps_epochs_config_and_record(tmp_path, capsys):
         assert run.group == "tiny/synthetic_scenes" and run.name == f"{label}/seed0" and run.exit_code == 0
         assert run.config["suite"] == json.loads(json.dumps(suite.to_dict()))
         assert run.config["run"]["run_id"] == record["run_id"]
+        assert run.config["method_hparams"] == record["method_hparams"]
+        assert run.tags == ["suite:tiny", "dataset:synthetic_scenes", f"method:{label}", "seed:0"]
         assert record["logging"]["wandb"] == "offline" and record["logging"]["wandb_run_dir"] == str(run_dir)
         keys = run.keys()
         expected = {"train/step_time", *(f"train/grad_norm/{t}" for t in TASKS),
@@ -94,6 +97,7 @@ def test_offline_runs_hold_steps_epochs_config_and_record(tmp_path, capsys):
                     *(f"val/{k}" for k in record["metrics"])}
         expected |= {f"train/priority/{t}" for t in TASKS} if label == "cso" else {f"train/weight_{t}" for t in TASKS}
         assert expected <= keys, sorted(expected - keys)
+        assert not any(re.fullmatch(r"(train|epoch_mean)/weight_\d+", k) for k in keys), sorted(keys)
         points = record["step_log"]["points"]
         assert [p["batch"] for p in points] == [0, 1, 2, 3] and record["step_log"]["every"] == 1
         for p in points:
@@ -110,6 +114,7 @@ def test_offline_runs_hold_steps_epochs_config_and_record(tmp_path, capsys):
         assert json.loads((run_dir / "files" / "record.json").read_text()) == record
         assert record["logging"]["grad_stats"]["steps"] == 4
         assert record["logging"]["delta_m_baseline"].startswith("STL records (3 runs")
+    assert found["cso"]["method_hparams"]["mode"] == "mixed"  # defaults included, not only the suite's hparams
     assert found["imtl_h"]["logging"]["grad_stats"]["sources"] == ["engine"]
     assert found["ew"]["logging"]["grad_stats"]["sources"] == ["extra"]
 
@@ -191,9 +196,9 @@ def test_wandb_sync_finds_offline_runs_and_builds_the_command(tmp_path, monkeypa
                            str(tmp_path / "runs/wandb/offline-run-1-a"), str(tmp_path / "runs/x/wandb/offline-run-2-b")]
     assert main(["wandb-sync", str(tmp_path / "runs" / "x" / "wandb" / "offline-run-2-b" / "..")]) == 0
     assert main(["wandb-sync", str(tmp_path / "data")]) == 1
-    assert "does not exist" in " ".join(capsys.readouterr().out.split())
+    assert "does not exist" in " ".join(capsys.readouterr().err.split())
     (tmp_path / "empty").mkdir()
     assert main(["wandb-sync", str(tmp_path / "empty")]) == 1
-    assert "no offline W&B runs" in " ".join(capsys.readouterr().out.split())
+    assert "no offline W&B runs" in " ".join(capsys.readouterr().err.split())
     with pytest.raises(ValueError):
         sync_command([])

@@ -67,6 +67,9 @@ class OfflineRun:
             if kind == "run":
                 self.group, self.job_type, self.name = r.run.run_group, r.run.job_type, r.run.display_name
                 self.config = {u.key: json.loads(u.value_json) for u in r.run.config.update}
+                self.tags = list(r.run.tags)
+            elif kind == "config":
+                self.config.update({u.key: json.loads(u.value_json) for u in r.config.update})
             elif kind == "history":
                 row = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item}
                 self.history[int(row["_step"])].update(row)

@@ -205,10 +205,14 @@ def _markdown(table, summary, title, header, body, flagged, unmatched, baseline)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def estimate_step_seconds(suite: SuiteConfig, tasks: list, input_shape: Sequence[int], steps: int = 3) -> tuple[
-        float, str]:
-    """Seconds per EW training step of the suite's model on random input of ``input_shape`` at the suite's batch
-    size (mean of ``steps`` steps after one warm-up), and the device used."""
+STEP_COSTS_FILE = REPO_ROOT / "configs" / "step_costs.yaml"
+
+
+def estimate_step_seconds(suite: SuiteConfig, tasks: list, input_shape: Sequence[int], steps: int = 3,
+                          batch_size: int | None = None, on_step=None) -> tuple[float, str]:
+    """Seconds per EW training step of the suite's model on random input of ``input_shape`` at ``batch_size``
+    (default the suite's), the mean of ``steps`` steps after one warm-up, and the device used; ``on_step`` is
+    called after each step."""
     import torch
 
     from benchmark.runner import create_model
@@ -218,7 +222,7 @@ def estimate_step_seconds(suite: SuiteConfig, tasks: list, input_shape: Sequence
                           else "cpu")
     model = create_model(suite, tasks).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=suite.train.lr)
-    x = torch.randn(suite.train.batch_size, *input_shape, device=device)
+    x = torch.randn(batch_size or suite.train.batch_size, *input_shape, device=device)
     elapsed = 0.0
     for i in range(steps + 1):
         start = time.perf_counter()
@@ -228,19 +232,48 @@ def estimate_step_seconds(suite: SuiteConfig, tasks: list, input_shape: Sequence
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed += (time.perf_counter() - start) if i else 0.0
+        if on_step is not None:
+            on_step()
     return elapsed / steps, str(device)
 
 
-def dry_run(entry: TableEntry, suite: SuiteConfig, time_steps: int = 1) -> str:
-    """The grid (runs, epochs, steps) and an estimated cost, without touching the data."""
-    from benchmark.runner import create_datamodule, plan_runs
+def stored_step_cost(name: str, path: Path | None = None) -> dict[str, Any] | None:
+    """The stored step-time measurement of table ``name`` (default file ``configs/step_costs.yaml``), if any."""
+    import yaml
+
+    path = STEP_COSTS_FILE if path is None else path
+    if not path.is_file():
+        return None
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("tables", {}).get(name)
+
+
+def grid_tasks(suite: SuiteConfig) -> tuple[list[str], list[str]]:
+    """The tasks the grid plans for (non-auxiliary ones, and all in model order), from the static dataset
+    catalog when it knows them (no torch; CelebA's, named in its annotation file, as ``task01``...), else from
+    the datamodule."""
+    from benchmark.catalog import DATASETS, dataset_tasks
+
+    if suite.dataset.name in DATASETS:
+        known = dataset_tasks(suite.dataset.name, suite.dataset.params)
+        if known is None:
+            known = tuple(f"task{i:02d}" for i in range(1, DATASETS[suite.dataset.name].task_count + 1))
+        return list(known), list(known)
+    from benchmark.runner import create_datamodule
 
     tasks = create_datamodule(suite).tasks
-    runs = plan_runs(suite, [t.name for t in tasks if not t.auxiliary], [t.name for t in tasks])
+    return [t.name for t in tasks if not t.auxiliary], [t.name for t in tasks]
+
+
+def dry_run(entry: TableEntry, suite: SuiteConfig, time_steps: int = 0) -> str:
+    """The grid (runs, epochs, steps) and an estimated cost, without touching the data: from the stored step
+    time of ``configs/step_costs.yaml``, or, with ``time_steps`` > 0, from that many real steps timed here."""
+    from benchmark.grid import plan_runs
+
+    names, trained = grid_tasks(suite)
+    runs = plan_runs(suite, names, trained)
     per_epoch = math.ceil(entry.train_size / suite.train.batch_size)
     per_run = per_epoch * suite.train.epochs
-    step_s, device = estimate_step_seconds(suite, tasks, entry.input_shape, time_steps)
-    total = per_run * len(runs) * step_s
+    total_steps = per_run * len(runs)
     kinds = {"methods": sum(r.stl_task is None and not r.sweep for r in runs),
              "single-task": sum(r.stl_task is not None for r in runs), "sweep": sum(r.sweep for r in runs)}
     lines = [
@@ -248,14 +281,37 @@ def dry_run(entry: TableEntry, suite: SuiteConfig, time_steps: int = 1) -> str:
         f"grid: {len(runs)} runs ({', '.join(f'{v} {k}' for k, v in kinds.items() if v)}) over seeds {suite.seeds}",
         *(f"  {r.run_id}" for r in runs),
         f"each run: {suite.train.epochs} epochs x {per_epoch} steps ({entry.train_size} training inputs / batch "
-        f"{suite.train.batch_size}, from {TABLES_FILE.name}) = {per_run} steps; {per_run * len(runs)} steps in all",
-        f"estimated cost: about {total / 3600:.1f} h on {device} ({step_s:.3f} s per EW step of "
-        f"{suite.model.name} on random {'x'.join(map(str, entry.input_shape))} input; {time_steps} timed step(s) "
-        "after one warm-up). "
-        "An estimate: data loading and evaluation are not counted, and methods that need per-task gradients take "
-        "up to T backward passes per step.",
+        f"{suite.train.batch_size}, from {TABLES_FILE.name}) = {per_run} steps; {total_steps} steps in all",
     ]
+    caveat = ("An estimate: data loading and evaluation are not counted, and methods that need per-task gradients "
+              "take up to T backward passes per step.")
+    if time_steps > 0:
+        step_s, device = timed_step(entry, suite, time_steps)
+        how = f"{time_steps} real step(s) of {suite.model.name} timed here after one warm-up"
+    else:
+        stored = stored_step_cost(entry.name)
+        if stored is None:
+            lines.append(f"estimated cost: no stored step time for {entry.name} in {Path(STEP_COSTS_FILE).name}; "
+                         "add --time-steps N to time N real steps here")
+            return "\n".join(lines)
+        step_s, device = float(stored["step_s"]), str(stored["device"])
+        how = f"stored measurement, {stored['how']} ({STEP_COSTS_FILE.name})"
+    lines.append(f"estimated cost: about {total_steps * step_s / 3600:.1f} h on {device} ({step_s:.3f} s per EW "
+                 f"step of {suite.model.name} on random {'x'.join(map(str, entry.input_shape))} input; {how}). "
+                 + caveat)
     return "\n".join(lines)
+
+
+def timed_step(entry: TableEntry, suite: SuiteConfig, steps: int) -> tuple[float, str]:
+    """Seconds per real EW step of the entry's model at full size (``steps`` after a warm-up), with progress."""
+    from rich.progress import Progress
+
+    from benchmark.runner import create_datamodule
+
+    tasks = create_datamodule(suite).tasks
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(f"timing {steps} step(s) of {suite.model.name} (+1 warm-up)", total=steps + 1)
+        return estimate_step_seconds(suite, tasks, entry.input_shape, steps, on_step=lambda: progress.advance(bar))
 
 
 class DataMissing(FileNotFoundError):

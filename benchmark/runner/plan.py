@@ -4,46 +4,17 @@ datamodule, model and method are built, checked before any training."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 
 from benchmark import tasks as T
 from benchmark.checkpointing import fingerprint
-from benchmark.config import MethodConfig, SuiteConfig
+from benchmark.config import SuiteConfig
+from benchmark.grid import STL_METHOD, PlannedRun, method_preset, plan_runs, resolved_hparams  # noqa: F401
 from benchmark.methods import Needs, create
-from benchmark.methods.presets import resolve
 from benchmark.names import unknown_name
-from benchmark.sweep import SWEEP_METHOD, simplex_grid, sweep_label
 from datamodules import DATAMODULES
 from models import MODELS
-
-STL_METHOD = "ew"
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """One cell of the grid. ``stl_task`` is set for a single-task baseline run."""
-
-    method: str
-    hparams: dict
-    seed: int
-    run_id: str
-    stl_task: str | None = None
-    model_overrides: dict = field(default_factory=dict)
-    update_every: int = 1
-    preset: str | None = None
-    sweep: bool = False
-
-
-def method_preset(suite: SuiteConfig, m: MethodConfig) -> str | None:
-    """The method's own preset, else the suite's default."""
-    return m.preset if m.preset is not None else suite.preset
-
-
-def resolved_hparams(suite: SuiteConfig, m: MethodConfig) -> dict:
-    """The constructor arguments of ``m``: its preset's entry overridden by its explicit ``hparams``."""
-    return resolve(method_preset(suite, m), m.name, m.hparams)
 
 
 def create_datamodule(suite: SuiteConfig):
@@ -71,33 +42,6 @@ def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None)
         return MODELS[suite.model.name]({t.name: T.head_channels(t) for t in tasks}, **params)
     except TypeError as exc:
         raise ValueError(f"model {suite.model.name!r}: bad model params {params}: {exc}") from exc
-
-
-def plan_runs(suite: SuiteConfig, task_names: list[str], trained: list[str] | None = None) -> list[PlannedRun]:
-    """The grid: single-task runs of ``task_names`` x seeds first (so MTL runs can log Δm against them), then
-    methods x seeds, then the sweep's weight vectors x seeds.
-
-    ``trained``: every task in the model's order, auxiliary ones included (default ``task_names``); the sweep
-    varies the weights of ``task_names`` and gives auxiliary tasks weight 1."""
-    base = f"{suite.name}/{suite.dataset.name}"
-    runs = [
-        PlannedRun(STL_METHOD, {}, seed, f"{base}/stl-{task}/seed{seed}", stl_task=task)
-        for task in (task_names if suite.stl else [])
-        for seed in suite.seeds
-    ]
-    runs += [
-        PlannedRun(m.name, resolved_hparams(suite, m), seed, f"{base}/{m.key}/seed{seed}",
-                   model_overrides=dict(m.model), update_every=m.update_every, preset=method_preset(suite, m))
-        for m in suite.methods
-        for seed in suite.seeds
-    ]
-    if suite.sweep.points:
-        order = trained or task_names
-        for grid in simplex_grid(len(task_names), suite.sweep.points):
-            w = [dict(zip(task_names, grid)).get(t, 1.0) for t in order]
-            runs += [PlannedRun(SWEEP_METHOD, {"weights": w}, seed, f"{base}/{sweep_label(w)}/seed{seed}", sweep=True)
-                     for seed in suite.seeds]
-    return runs
 
 
 def check_methods(suite: SuiteConfig, tasks: list) -> None:

@@ -42,7 +42,9 @@ def plan_suite(suite: SuiteConfig, force: bool = False) -> SuitePlan:
     check_methods(suite, dm.tasks)
     runs = plan_runs(suite, [t.name for t in dm.tasks if not t.auxiliary], [t.name for t in dm.tasks])
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
-    if len(todo) < len(runs):
+    if not todo:
+        console.print(f"all {len(runs)} runs already have records in {out}; nothing to train (--force retrains)")
+    elif len(todo) < len(runs):
         console.print(f"[dim]{len(runs) - len(todo)} of {len(runs)} runs already have records in {out}; skipped[/]")
     return SuitePlan(suite, dm, runs, todo)
 
@@ -52,6 +54,8 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
     any; ``force`` retrains from scratch); return the record paths of the suite. ``benchmark.launch.run`` trains
     them as submitit jobs instead."""
     plan = plan_suite(suite, force)
+    if not plan.todo:
+        return plan.record_paths()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
