@@ -1,5 +1,6 @@
 """Where the time of a suite's training goes: one training step through the real Lightning path
-(``benchmark.runner.train_one``) against the bare forward + backward + Adam step on the same model and batches.
+(``benchmark.runner.train_one``, checkpointing into a temporary folder as ``mtobench run`` does) against the
+bare forward + backward + Adam step on the same model and batches.
 
 Everything is measured in one process, block after block (bare, Lightning, bare again, so drift hits both),
 and reported as ratios to the bare step. The Lightning run is timed by a callback riding on the runner's own
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,14 +46,30 @@ class StepClock(RunLog):
         self.gap: list[float] = []
         self.val: list[float] = []
         self.train_epoch: list[float] = []
+        self.epoch_end: list[float] = []
+        self._epoch_end = 0.0
         self.threads: tuple[int, int] | None = None
+        self.marks: dict[str, float] = {}
         self._mark = self._end = self._epoch = 0.0
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.marks["fit_start"] = time.perf_counter()
+
     def on_train_start(self, trainer, pl_module) -> None:
+        self.marks["train_start"] = time.perf_counter()
         self.threads = (torch.get_num_threads(), torch.get_num_interop_threads())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.marks["train_end"] = time.perf_counter()
+        self.epoch_end.append(self.marks["train_end"] - self._epoch_end)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch, self._end = time.perf_counter(), 0.0
+        if self._epoch_end:
+            self.epoch_end.append(self._epoch - self._epoch_end)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._epoch_end = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._mark = time.perf_counter()
@@ -157,8 +175,12 @@ def profile_method(suite, dm, method_key: str, epochs: int, progress: Progress) 
     before = time_bare(bare, batches)
     clock = StepClock()
     start = time.perf_counter()
-    record = train_one(short, run, dm, progress, clock)
-    fit_wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as out:
+        record = train_one(short, run, dm, progress, clock, Path(out))
+    end = time.perf_counter()
+    fit_wall = end - start
+    m = clock.marks
+    fixed = (m["train_start"] - start) + (end - m["train_end"])
     after = time_bare(bare, batches)
     base = statistics.median(before + after)
     steps = len(clock.batch)
@@ -169,7 +191,9 @@ def profile_method(suite, dm, method_key: str, epochs: int, progress: Progress) 
         "val_share": sum(clock.val) / fit_wall, "train_share": sum(clock.batch) / fit_wall,
         "fit_per_step": fit_wall / steps / base, "threads": clock.threads, "steps": steps,
         "val_per_epoch_over_train_epoch": statistics.median(v / t for v, t in zip(clock.val, clock.train_epoch)),
-        "fit_wall_s": fit_wall,
+        "fit_wall_s": fit_wall, "fixed": fixed / base, "first": clock.batch[0] / base,
+        "epoch_end": statistics.median(clock.epoch_end) / base,
+        "rest": (fit_wall - fixed - sum(clock.batch) - sum(clock.val) - sum(clock.gap) - sum(clock.epoch_end)) / base,
     }
 
 
@@ -193,26 +217,33 @@ def main(argv: list[str] | None = None) -> int:
              f"{torch.get_num_threads()} intra-op / {torch.get_num_interop_threads()} inter-op threads outside fit)",
              "", "Ratios to the bare forward + summed-loss backward + Adam step on the same model and batches "
              "(`bare`), measured in this one process.", "",
-             "| method | batch ×bare | inner step ×bare | gap ×bare | fit/step ×bare | val ÷ train epoch | "
-             "val share of fit | threads in fit (intra, inter) | bare drift |", "|---|---|---|---|---|---|---|---|---|"]
+             "Per step: `batch` (hooks around training_step, median), `inner` (the module's step_times, median), "
+             "`gap` (between batches), `fit/step` (train_one's wall time / steps). Per epoch: `epoch end` (from "
+             "on_train_epoch_end to the next epoch: the checkpoint save). Per run, in bare steps: `fixed` "
+             "(train_one up to on_train_start plus after on_train_end), `first` (the first batch), `rest` (fit "
+             "time not in batches, gaps, validation or fixed).", "",
+             "| method | batch | inner | gap | fit/step | val ÷ train epoch | val share of fit | epoch end | fixed "
+             "| first | rest | threads in fit (intra, inter) | bare drift |", "|" + "---|" * 13]
     with Progress() as progress:
         results = [profile_method(suite, dm, key, args.epochs, progress) for key in args.methods]
     for r in results:
-        lines.append(f"| {r['method']} | {r['batch']:.2f} | {r['inner']:.2f} | {r['gap']:.3f} | {r['fit_per_step']:.2f} "
-                     f"| {r['val_per_epoch_over_train_epoch']:.3f} | {r['val_share']:.3f} | {r['threads']} "
+        lines.append(f"| {r['method']} | {r['batch']:.2f} | {r['inner']:.2f} | {r['gap']:.3f} "
+                     f"| {r['fit_per_step']:.2f} | {r['val_per_epoch_over_train_epoch']:.3f} | {r['val_share']:.3f} "
+                     f"| {r['epoch_end']:.2f} | {r['fixed']:.1f} | {r['first']:.1f} | {r['rest']:.1f} | {r['threads']} "
                      f"| {r['bare_drift']:.2f} |")
     torch.manual_seed(0)
     model, _ = bare_stepper(suite, dm, list(dm.tasks), False)
     loaders = [dm.val_dataloader(), dm.test_dataloader()]
     bare_s = results[0]["bare_s"]
     loader_s = time_loader(dm.train_dataloader(seed=0))
-    forward_only = time_eval(model, dm.tasks, loaders, metrics=False)
-    with_metrics = time_eval(model, dm.tasks, loaders, metrics=True)
+    time_eval(model, dm.tasks, loaders, metrics=True)
+    forward_only = statistics.median(time_eval(model, dm.tasks, loaders, metrics=False) for _ in range(3))
+    with_metrics = statistics.median(time_eval(model, dm.tasks, loaders, metrics=True) for _ in range(3))
     wandb_s = time_wandb(Path(suite.output_dir) / "profile-wandb")
     lines += ["", f"- DataLoader alone (index + collate, num_workers={dm.num_workers}): "
               f"{loader_s / bare_s:.3f} × bare per batch.",
-              f"- Validation (val + test splits): with metric updates ÷ forward only = {with_metrics / forward_only:.2f}; "
-              f"forward-only pass = {forward_only / bare_s:.1f} × bare step.",
+              f"- Validation (val + test splits): with metric updates and losses ÷ forward only = "
+              f"{with_metrics / forward_only:.2f}; forward-only pass = {forward_only / bare_s:.1f} × bare step.",
               f"- bare step on this machine now: {bare_s * 1e3:.0f} ms (for scale only; compare ratios)."]
     if wandb_s is not None:
         lines.append(f"- One offline W&B run opened and finished: {wandb_s / bare_s:.0f} × bare step "
