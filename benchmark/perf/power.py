@@ -3,7 +3,7 @@ EW run on the same modified model), its 95% CI and the seeds a 2-point differenc
 last epoch's relative change of the validation loss) and the step time as a ratio to EW's.
 
 Δm is taken per seed against the mean of the suite's single-task runs (any STL seeds; the baseline only scales a
-paired difference). Selection rule: the last epoch.
+paired difference; EW's mean stands in for a task with no STL run yet). Selection rule: the last epoch.
 
 Usage: ``python -m benchmark.perf.power RECORDS_DIR [--target 2.0]``.
 """
@@ -46,18 +46,28 @@ def control_label(record: dict, by_label: dict[str, list[dict]]) -> str | None:
     return None
 
 
+def matched(reference: dict[int, float], runs: dict[int, float]) -> dict[int, float]:
+    """The reference's scores on the seeds of ``runs`` (a run still training may have fewer seeds than EW)."""
+    return {seed: reference[seed] for seed in runs if seed in reference}
+
+
 def power_table(records: list[dict], target: float = 2.0) -> list[str]:
     stl = [r for r in records if r["kind"] == "stl"]
     mtl = [r for r in records if r["kind"] == "mtl"]
     metrics = {k: v["direction"] for k, v in mtl[0]["metrics"].items()}
-    baseline = {k: seed_mean([select(r, "last")[k] for r in stl if k in r["metrics"]]) for k in metrics}
     by_label: dict[str, list[dict]] = defaultdict(list)
     for r in mtl:
         by_label[r["method_label"]].append(r)
+    baseline, stand_ins = {}, []
+    for k in metrics:
+        runs = [r for r in stl if k in r["metrics"]] or by_label[EW]
+        stand_ins += [k] if runs is by_label[EW] else []
+        baseline[k] = seed_mean([select(r, "last")[k] for r in runs])
     dm = {label: {r["seed"]: delta_m(select(r, "last"), baseline, metrics) for r in runs}
           for label, runs in by_label.items()}
     step = {label: {r["seed"]: r["timing"]["step_time_median_s"] for r in runs} for label, runs in by_label.items()}
-    lines = [f"STL baseline: {len(stl)} runs. Target: separate a {target:g}-point Δm difference.", "",
+    note = f" (no STL run yet for {', '.join(stand_ins)}: EW's mean stands in)" if stand_ins else ""
+    lines = [f"STL baseline: {len(stl)} runs{note}. Target: separate a {target:g}-point Δm difference.", "",
              "| method | seeds | Δm mean ± std | paired − EW (95% CI) | sep. | std of paired | seeds for ±target "
              "| paired − control | last-epoch val-loss change % (max) | step ×EW |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -65,7 +75,7 @@ def power_table(records: list[dict], target: float = 2.0) -> list[str]:
         values = list(dm[label].values())
         row = [label, str(len(values)), f"{seed_mean(values):.2f} ± {seed_std(values):.2f}"]
         if label != EW and EW in dm:
-            p = paired_difference(dm[label], dm[EW])
+            p = paired_difference(dm[label], matched(dm[EW], dm[label]))
             sd = seed_std(list(p.differences.values()))
             row += [f"{p.mean:+.2f} ± {p.ci95_half_width:.2f}", "yes" if p.separable else "no", f"{sd:.2f}",
                     str(seeds_to_separate(sd, target)) if sd > 0 else "2"]
@@ -73,7 +83,7 @@ def power_table(records: list[dict], target: float = 2.0) -> list[str]:
             row += ["", "", "", ""]
         control = control_label(runs[0], by_label)
         if control is not None:
-            c = paired_difference(dm[label], dm[control])
+            c = paired_difference(dm[label], matched(dm[control], dm[label]))
             row.append(f"{c.mean:+.2f} ± {c.ci95_half_width:.2f} vs {control}" + (" (sep.)" if c.separable else ""))
         else:
             row.append("")
