@@ -1,6 +1,7 @@
 """The statistical power of a suite's records: per method, the paired Δm difference to EW (and to its control, the
 EW run on the same modified model), its 95% CI and the seeds a 2-point difference needs, plus convergence (the
-last epoch's relative change of the validation loss) and the step time as a ratio to EW's.
+last epoch's relative change of the validation loss) and the step time as a ratio to EW's (the records' median
+step times; only meaningful when the runs shared one quiet machine).
 
 Δm is taken per seed against the mean of the suite's single-task runs (any STL seeds; the baseline only scales a
 paired difference; EW's mean stands in for a task with no STL run yet). Selection rule: the last epoch.
@@ -76,9 +77,9 @@ def power_table(records: list[dict], target: float = 2.0) -> list[str]:
         row = [label, str(len(values)), f"{seed_mean(values):.2f} ± {seed_std(values):.2f}"]
         if label != EW and EW in dm:
             p = paired_difference(dm[label], matched(dm[EW], dm[label]))
-            sd = seed_std(list(p.differences.values()))
+            sd = seed_std(list(p.differences.values())) if p.n > 1 else math.nan
             row += [f"{p.mean:+.2f} ± {p.ci95_half_width:.2f}", "yes" if p.separable else "no", f"{sd:.2f}",
-                    str(seeds_to_separate(sd, target)) if sd > 0 else "2"]
+                    str(seeds_to_separate(sd, target)) if p.n > 1 else "n/a"]
         else:
             row += ["", "", "", ""]
         control = control_label(runs[0], by_label)

@@ -15,7 +15,8 @@ and reported as ratios to the bare step. The Lightning run is timed by a callbac
 Also reported: the thread settings seen inside ``fit``, the DataLoader's cost per batch alone, the metric
 updates' share of validation and the cost of opening and finishing an offline W&B run.
 
-Usage: ``python -m benchmark.perf.profile_step [--suite configs/suites/default.yaml] [--methods ew upgrad]``.
+Usage: ``python -m benchmark.perf.profile_step [--suite configs/suites/default.yaml] [--methods ew upgrad]
+[--suite.train.jacobian_mode loop ...]`` (further arguments override suite fields, as for ``mtobench run``).
 """
 
 from __future__ import annotations
@@ -203,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["ew"], help="method labels of the suite")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", default=None, help="also write the report (markdown) here")
-    args = parser.parse_args(argv)
-    suite = load_suite(args.suite)
+    args, overrides = parser.parse_known_args(argv)
+    suite = load_suite(args.suite, overrides)
     dm = create_datamodule(suite)
     dm.prepare_data()
     dm.setup("fit")
