@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmark import tasks as T
 from benchmark.checkpointing import RunCheckpoint, check_resumable, checkpoint_path, fingerprint
-from benchmark.config import MethodConfig, SuiteConfig
+from benchmark.config import MethodConfig, SuiteConfig, resolve_scoring
 from benchmark.methods import Needs, create
 from benchmark.methods.presets import resolve
 from benchmark.methods.registry import PLUGIN_ORIGINS
@@ -97,6 +97,14 @@ def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None)
 def metric_table(tasks: list) -> dict[str, dict]:
     """Direction and unit of every metric of ``tasks``, keyed ``<task>/<metric>``."""
     return {f"{t.name}/{i.key}": {"direction": i.direction, "unit": i.unit} for t in tasks for i in T.metric_infos(t)}
+
+
+def suite_scoring(suite: SuiteConfig, dm) -> dict:
+    """The record's ``scoring`` entry: the suite's ``scoring`` resolved on the datamodule's tasks and declared set
+    (``config.resolve_scoring``)."""
+    spec = resolve_scoring(suite, metric_table(dm.tasks), [t.name for t in dm.tasks if t.auxiliary],
+                           getattr(dm, "SCORED_METRICS", None), suite.name)
+    return spec.to_record()
 
 
 def plan_runs(suite: SuiteConfig, task_names: list[str], trained: list[str] | None = None) -> list[PlannedRun]:
@@ -243,6 +251,7 @@ def make_record(suite, run, dm, tasks, module: MTOModule, trainer: L.Trainer, wa
                    "output_bias": t.output_bias, "pos_weight": t.pos_weight, "auxiliary": t.auxiliary}
                   for t in tasks],
         "metrics": infos,
+        "scoring": suite_scoring(suite, dm),
         "epochs": module.history,
         "timing": {"step_time_mean_s": float(times.mean()), "step_time_median_s": float(times.median()),
                    "steps": len(module.step_times), "wall_time_s": wall, **memory},
@@ -269,6 +278,7 @@ def run_suite(suite: SuiteConfig, force: bool = False, launcher: str = "none", w
     dm.prepare_data()
     dm.setup("fit")
     check_methods(suite, dm.tasks)
+    suite_scoring(suite, dm)
     runs = plan_runs(suite, [t.name for t in dm.tasks if not t.auxiliary], [t.name for t in dm.tasks])
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
     if len(todo) < len(runs):
