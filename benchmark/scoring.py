@@ -263,7 +263,8 @@ def delta_m_ci95(
     per-seed values of that task's metrics the baseline averages (None or empty: a published baseline, exact).
     The variance of the mean is V = s²_Δ/n plus, per STL task t, s²(u_t)/n_t with u_t = Σ_{k∈t} g_k B_{k,j} the
     first-order effect of STL seed j (g_k = ∂Δm/∂B_k = −100/K · s_k M_k/B_k²); the half-width is
-    t_{0.975, ν} √V with Welch–Satterthwaite's ν. NaN when any variance needs a second seed it does not have.
+    t_{0.975, ν} √V with the conservative ν = min(n_i − 1) over the terms with variance, so counting the baseline
+    never narrows the interval. NaN when any variance needs a second seed it does not have.
     """
     n = len(per_seed)
     if n < 2:
@@ -282,7 +283,7 @@ def delta_m_ci95(
     total = sum(v for v, _ in parts)
     if total == 0:
         return 0.0
-    dof = total ** 2 / sum(v ** 2 / d for v, d in parts)
+    dof = min(d for v, d in parts if v > 0)
     from scipy.stats import t
 
     return float(t.ppf(0.975, dof)) * math.sqrt(total)

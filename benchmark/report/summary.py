@@ -32,8 +32,8 @@ from benchmark.scoring import (
     seed_mean,
     seed_stats,
     select,
-    signed_delta_m,
     select_with_info,
+    signed_delta_m,
     stl_baseline,
 )
 from benchmark.sweep import dominates, task_scores
@@ -241,13 +241,14 @@ def _method_rows(
     picks: Mapping[str, Mapping[str, float]],
     baseline: Mapping[str, float] | None,
     delta_keys: Sequence[str] | None = None,
-    higher_is_better: bool = False,
+    scoring: ScoringSpec | None = None,
     stl_runs: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
 ) -> list[MethodRow]:
     """One row per method variant, sorted by Δm (n/a and NaN last, rows with fewer seeds after the others);
-    ``baseline`` None means no Δm. Δm, Δp and MR are over ``delta_keys`` (default: every non-auxiliary metric),
-    Δm in the sign ``higher_is_better`` names; its CI counts the variance of the measured STL runs ``stl_runs``
-    (per task, their selected values; None: a published baseline). MR ranks only the rows with the most seeds."""
+    ``baseline`` None means no Δm. Δm and Δp are over ``delta_keys`` (default: the scored metrics), MR over the
+    ``scoring`` set (default: every non-auxiliary metric), Δm in its sign; the Δm CI counts the variance of the
+    measured STL runs ``stl_runs`` (per task, their selected values; None: a published baseline, taken as exact).
+    MR ranks only the rows with the most seeds."""
     variants: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for record in mtl:
         absent = [s.key for s in specs if s.key not in picks[record["run_id"]]]
@@ -260,9 +261,11 @@ def _method_rows(
     ew_records = _ew_records(mtl)
     ew_step = _timing_mean(ew_records, "step_time_mean_s") if ew_records else None
     ew_mem = _memory_mean(ew_records) if ew_records else None
-    directions = {s.key: s.direction for s in specs if not s.auxiliary}
-    delta_directions = {k: next(s.direction for s in specs if s.key == k)
-                        for k in (delta_keys if delta_keys is not None else directions)}
+    direction = {s.key: s.direction for s in specs}
+    ranked = list(scoring.metrics) if scoring is not None else [s.key for s in specs if not s.auxiliary]
+    rank_directions = {k: direction[k] for k in ranked}
+    delta_directions = {k: direction[k] for k in (delta_keys if delta_keys is not None else ranked)}
+    higher_is_better = scoring.higher_is_better if scoring is not None else False
     groups: dict[str, list[str]] = defaultdict(list)
     for spec in specs:
         if spec.key in delta_directions:
@@ -295,9 +298,9 @@ def _method_rows(
         most = max(len(r.seeds) for r in rows)
         rows = [_with(r, fewer_seeds=len(r.seeds) < most) for r in rows]
         full = [r for r in rows if not r.fewer_seeds]
-        if delta_directions:
-            ranks = mean_rank({r.label: {k: r.metrics[k].mean for k in delta_directions} for r in full},
-                              delta_directions)
+        if rank_directions:
+            ranks = mean_rank({r.label: {k: r.metrics[k].mean for k in rank_directions} for r in full},
+                              rank_directions)
             rows = [_with(r, mean_rank=ranks[r.label]) if r.label in ranks else r for r in rows]
     return sorted(rows, key=lambda r: _row_order(r, higher_is_better))
 
@@ -375,7 +378,7 @@ def _summarize_group(
         notes.append("**Warning:** the validation split of these runs is the test split (dataset `val_size: 0`), "
                      "so `best-val` selects on test, as LibMTL does; the numbers are optimistic.")
     stl_runs = _stl_samples(stl, scored, picks) if choice == MEASURED else None
-    scored_args = (baseline if delta_keys else None, delta_keys, scoring.higher_is_better, stl_runs)
+    scored_args = (baseline if delta_keys else None, delta_keys, scoring, stl_runs)
     rows = _method_rows(mtl, specs, picks, *scored_args)
     sweep_rows = _method_rows(sweep, specs, picks, *scored_args) if sweep else []
     front, dominated = _judge(rows, sweep_rows, specs, baseline, delta_keys, notes)
