@@ -258,7 +258,7 @@ def test_single_seed_rows_print_no_std_and_fewer_seed_rows_are_marked_and_unrank
     assert "± 0.00" not in line and "±" not in line.split("|")[3]
     assert "† marks a row with fewer seeds" in text
     ew = summary.rows[0]
-    per_seed = [100 * ((1.0 - 1.0) / 1.0 - (2.0 - 2.05) / 2.05) / 2, 100 * ((1.1 - 1.0) / 1.0 - (2.0 - 2.05) / 2.05) / 2]
+    per_seed = [100 * ((x - 1.0) / 1.0 - (2.0 - 2.05) / 2.05) / 2 for x in (1.0, 1.1)]
     assert ew.delta_m.mean == pytest.approx(sum(per_seed) / 2)
     plain = student_t.ppf(0.975, 1) * np.std(per_seed, ddof=1) / math.sqrt(2)
     assert ew.delta_m.ci95 > plain
