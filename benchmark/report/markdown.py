@@ -104,7 +104,9 @@ def _seeds_line(rows: Sequence[MethodRow]) -> str:
 
 def _stl_line(summary: DatasetSummary) -> str:
     if summary.baseline_source != MEASURED:
-        line = f"STL baseline: {summary.baseline_source}; Δm over the {len(summary.baseline)} metrics it gives"
+        scored = summary.scoring.metrics if summary.scoring else list(summary.baseline)
+        line = (f"STL baseline: {summary.baseline_source}; Δm over the {sum(k in summary.baseline for k in scored)} "
+                "scored metrics it gives")
         if summary.stl_rows:
             line += "; this suite's own STL runs are listed below for comparison"
         return line + "."

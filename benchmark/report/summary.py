@@ -353,6 +353,7 @@ def _summarize_group(
     specs = group_metrics(records)
     scoring = record_scoring(records, specs)
     scored = [s for s in specs if s.key in scoring.metrics]
+    shown = [s for s in specs if not s.auxiliary]
     mtl = [r for r in records if r["kind"] == "mtl" and not r.get("sweep")]
     sweep = [r for r in records if r["kind"] == "mtl" and r.get("sweep")]
     stl = [r for r in records if r["kind"] == "stl"]
@@ -360,16 +361,18 @@ def _summarize_group(
     picks, notes = _pick(records, rule, val_baseline, scoring.select_on)
     choice = _stl_choice(records)
     if choice == MEASURED:
-        baseline, missing_tasks, stl_notes = _measured_baseline(stl, scored, picks)
+        baseline, missing_tasks, stl_notes = _measured_baseline(stl, shown, picks)
         source = MEASURED
-        if missing_tasks:
-            stl_notes.append(f"No STL run for task(s) {', '.join(missing_tasks)}: Δm is n/a.")
         delta_keys = [s.key for s in scored] if scored and all(s.key in baseline for s in scored) else None
+        if missing_tasks:
+            stl_notes.append(f"No STL run for task(s) {', '.join(missing_tasks)}"
+                             f"{': Δm is n/a' if delta_keys is None else ' (none of their metrics is scored)'}.")
     else:
         published = published_baseline(choice)
-        baseline, unmatched = match_metrics(published.values, [s.key for s in scored])
+        baseline, unmatched = match_metrics(published.values, [s.key for s in shown])
+        unmatched = [k for k in unmatched if k in scoring.metrics]
         source = f"published `{published.id}` ({published.source}; {Path(published.path).name})"
-        missing_tasks = sorted({s.task for s in scored if not any(k.startswith(f"{s.task}/") for k in baseline)})
+        missing_tasks = sorted({s.task for s in shown if not any(k.startswith(f"{s.task}/") for k in baseline)})
         stl_notes = [f"Metrics without a published baseline value, left out of Δm: {', '.join(unmatched)}."] \
             if unmatched else []
         delta_keys = [s.key for s in scored if s.key in baseline] or None
