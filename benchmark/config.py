@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from jsonargparse import ArgumentParser
 
-from benchmark.scoring import SELECTION_RULES
+from benchmark.scoring import SELECT_ON, SELECTION_RULES
 
 
 @dataclass
@@ -124,6 +124,19 @@ class SweepConfig:
 
 
 @dataclass
+class ScoringConfig:
+    """What the leaderboard scores (``docs/protocols.md`` §M.6); the resolved set is written into every record."""
+
+    metrics: list[str] | None = None
+    """``<task>/<metric>`` keys Δm, Δp and MR use; None: the dataset's declared set (``SCORED_METRICS`` of its
+    datamodule, e.g. NYUv2's 9), else every non-auxiliary metric."""
+    higher_is_better: bool = False
+    """Δm's sign: false is the Maninis / Nash-MTL form (lower is better), true the CSO / Vandenhende form."""
+    select_on: str = "delta_m"
+    """What ``selection: best-val`` ranks validation epochs by: ``delta_m`` or ``delta_p`` (LibMTL, DB-MTL)."""
+
+
+@dataclass
 class SuiteConfig:
     name: str
     methods: list[MethodConfig]
@@ -145,6 +158,7 @@ class SuiteConfig:
     """``measured`` (the suite's own single-task runs) or a key of ``baselines`` in ``reference_tables.yaml``."""
     sweep: SweepConfig = field(default_factory=SweepConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,6 +166,32 @@ class SuiteConfig:
 
 class UsageError(ValueError):
     """A mistake in what the user asked for (a flag, key, name or value); the command line exits 2 on it."""
+
+
+def resolve_scoring(suite: SuiteConfig, metrics: dict[str, dict], auxiliary: list[str],
+                    declared: tuple[str, ...] | None, path: Path | str = "<suite>"):
+    """The suite's :class:`benchmark.scoring.ScoringSpec`: ``scoring.metrics``, else the dataset's ``declared`` set,
+    else every metric of a non-auxiliary task. ``metrics``: the dataset's ``<task>/<metric>`` table; a named key it
+    lacks, or one of an ``auxiliary`` task, is an error naming the file, the field and the value."""
+    from benchmark.scoring import ScoringSpec
+
+    cfg = suite.scoring
+    if cfg.metrics is not None:
+        keys, source, field_name = tuple(cfg.metrics), "the suite's scoring.metrics", "scoring.metrics"
+    elif declared is not None:
+        keys, source = tuple(declared), f"dataset {suite.dataset.name!r}'s declared set"
+        field_name = f"dataset {suite.dataset.name!r} SCORED_METRICS"
+    else:
+        keys = tuple(k for k in metrics if k.split("/", 1)[0] not in auxiliary)
+        source, field_name = "every non-auxiliary metric", "scoring.metrics"
+    for key in keys:
+        if key not in metrics:
+            raise ValueError(f"suite file {path}: {field_name}: {key!r} is not a metric of dataset "
+                             f"{suite.dataset.name!r} (have {sorted(metrics)})")
+        if key.split("/", 1)[0] in auxiliary:
+            raise ValueError(f"suite file {path}: {field_name}: {key!r} belongs to an auxiliary task, which is "
+                             "never scored")
+    return ScoringSpec(keys, cfg.higher_is_better, cfg.select_on, source)
 
 
 def suite_parser(prog: str = "mtobench run") -> ArgumentParser:
@@ -283,6 +323,13 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>", given: set[str
         (len(suite.seeds) > 0 and len(set(suite.seeds)) == len(suite.seeds), "seeds", suite.seeds,
          "must be a non-empty list of distinct ints"),
         (suite.selection in SELECTION_RULES, "selection", suite.selection, f"must be one of {SELECTION_RULES}"),
+        (suite.scoring.select_on in SELECT_ON, "scoring.select_on", suite.scoring.select_on,
+         f"must be one of {SELECT_ON}"),
+        (suite.scoring.metrics is None or (len(suite.scoring.metrics) > 0 and len(set(suite.scoring.metrics))
+                                           == len(suite.scoring.metrics)),
+         "scoring.metrics", suite.scoring.metrics, "must be null or a non-empty list of distinct metric keys"),
+        *((isinstance(k, str) and k.count("/") == 1 and all(k.split("/")), "scoring.metrics", k,
+           "is not a '<task>/<metric>' key") for k in suite.scoring.metrics or []),
         (suite.logging.log_every_n_steps >= 1, "logging.log_every_n_steps", suite.logging.log_every_n_steps,
          "must be >= 1"),
         (suite.sweep.points == 0 or suite.sweep.points >= 2, "sweep.points", suite.sweep.points,

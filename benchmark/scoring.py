@@ -11,6 +11,7 @@ needs no GPU. Definitions follow ``docs/protocols.md`` §M.6:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -20,10 +21,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from benchmark.records import RecordMetric, metric_directions
+from benchmark.records import RecordMetric, metric_directions, record_metric
 
 DIRECTIONS = ("higher", "lower")
 SELECTION_RULES = ("last", "last10", "best-val")
+SELECT_ON = ("delta_m", "delta_p")
+"""What ``best-val`` ranks validation epochs by: Δm (lowest wins) or Δp (highest wins; LibMTL, DB-MTL)."""
 TIE_RULES = ("average", "min")
 LAST_K = 10
 SHARED_ENV = "MTOBENCH_SHARED"
@@ -70,6 +73,16 @@ def delta_m(
         raise ValueError("delta_m needs at least one metric in directions")
     changes = [_relative_change(k, values, baseline, _sign(d, k)) for k, d in directions.items()]
     return 100.0 * sum(changes) / len(changes)
+
+
+def signed_delta_m(
+    values: Mapping[str, float], baseline: Mapping[str, float], directions: Mapping[str, str],
+    higher_is_better: bool = False,
+) -> float:
+    """Δm% in either sign convention of ``docs/protocols.md`` §M.6: the Maninis form (lower is better) or, with
+    ``higher_is_better``, its negative (CSO / Vandenhende: positive is an improvement)."""
+    value = delta_m(values, baseline, directions)
+    return -value if higher_is_better else value
 
 
 def delta_p(
@@ -145,6 +158,56 @@ def mean_rank(
 
 
 @dataclass(frozen=True)
+class ScoringSpec:
+    """What a leaderboard scores (``docs/protocols.md`` §M.6): the metric keys Δm, Δp and MR use, Δm's sign
+    convention, the score ``best-val`` selects on, and where the set was declared (``source``)."""
+
+    metrics: tuple[str, ...]
+    higher_is_better: bool = False
+    select_on: str = "delta_m"
+    source: str = "every non-auxiliary metric"
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise ValueError(f"scoring.metrics={list(self.metrics)!r} must name at least one metric")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"scoring.metrics={list(self.metrics)!r} names a metric twice")
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"scoring.select_on={self.select_on!r} is not one of {SELECT_ON}")
+        if not isinstance(self.higher_is_better, bool):
+            raise ValueError(f"scoring.higher_is_better={self.higher_is_better!r} must be true or false")
+
+    def to_record(self) -> dict[str, Any]:
+        return {"metrics": list(self.metrics), "higher_is_better": self.higher_is_better,
+                "select_on": self.select_on, "source": self.source}
+
+
+def record_scoring(records: Sequence[Mapping[str, Any]], metrics: Sequence[RecordMetric]) -> ScoringSpec:
+    """The scoring set the records carry (``record["scoring"]``, written by the runner); every record that has one
+    must agree. Records without one (written before the field existed) score every non-auxiliary metric of
+    ``metrics``. A named metric that no record logs is an error."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for record in records:
+        entry = record.get("scoring")
+        if entry is not None:
+            found.setdefault(json.dumps(entry, sort_keys=True, default=str), (str(record.get("run_id")), entry))
+    if len(found) > 1:
+        shown = "; ".join(f"run {run}: {entry}" for run, entry in found.values())
+        raise ValueError(f"the records of one leaderboard declare different scoring sets: {shown}")
+    if not found:
+        return ScoringSpec(tuple(m.key for m in metrics if not m.auxiliary))
+    run, entry = next(iter(found.values()))
+    spec = ScoringSpec(tuple(entry["metrics"]), bool(entry.get("higher_is_better", False)),
+                       str(entry.get("select_on", "delta_m")), str(entry.get("source", "the records")))
+    known = {m.key for m in metrics}
+    unknown = [k for k in spec.metrics if k not in known]
+    if unknown:
+        raise ValueError(f"run {run}: scoring.metrics names {unknown}, which the records do not log "
+                         f"(have {sorted(known)})")
+    return spec
+
+
+@dataclass(frozen=True)
 class SeedStats:
     """Mean, sample std (ddof=1; 0 for one seed) and 95% CI half-width (Student t; NaN for one seed)."""
 
@@ -184,6 +247,46 @@ def ci95_half_width(values: Sequence[float]) -> float:
 def seed_stats(values: Sequence[float]) -> SeedStats:
     """All seed statistics of ``values`` at once."""
     return SeedStats(seed_mean(values), seed_std(values), ci95_half_width(values), len(values))
+
+
+def delta_m_ci95(
+    per_seed: Sequence[float],
+    means: Mapping[str, float],
+    baseline: Mapping[str, float],
+    directions: Mapping[str, str],
+    stl_runs: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+) -> float:
+    """95% CI half-width of the mean Δm over seeds, counting a measured STL baseline's own seed variance
+    (``docs/protocols.md`` §M.7).
+
+    ``per_seed``: the method's Δm per seed; ``means``: its seed mean per metric; ``stl_runs``: per STL task, the
+    per-seed values of that task's metrics the baseline averages (None or empty: a published baseline, exact).
+    The variance of the mean is V = s²_Δ/n plus, per STL task t, s²(u_t)/n_t with u_t = Σ_{k∈t} g_k B_{k,j} the
+    first-order effect of STL seed j (g_k = ∂Δm/∂B_k = −100/K · s_k M_k/B_k²); the half-width is
+    t_{0.975, ν} √V with the conservative ν = min(n_i − 1) over the terms with variance, so counting the baseline
+    never narrows the interval. NaN when any variance needs a second seed it does not have.
+    """
+    n = len(per_seed)
+    if n < 2:
+        return math.nan
+    parts = [(seed_std(per_seed) ** 2 / n, n - 1)]
+    for runs in (stl_runs or {}).values():
+        keys = [k for k in directions if k in runs[0]] if runs else []
+        if not keys:
+            continue
+        if len(runs) < 2:
+            return math.nan
+        grad = {k: -100.0 / len(directions) * _sign(directions[k], k) * _num(means[k]) / float(baseline[k]) ** 2
+                for k in keys}
+        effects = [sum(grad[k] * _num(run[k]) for k in keys) for run in runs]
+        parts.append((seed_std(effects) ** 2 / len(runs), len(runs) - 1))
+    total = sum(v for v, _ in parts)
+    if total == 0:
+        return 0.0
+    dof = min(d for v, d in parts if v > 0)
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof)) * math.sqrt(total)
 
 
 def aggregate_seeds(per_seed: Sequence[Mapping[str, float]]) -> dict[str, SeedStats]:
@@ -241,13 +344,24 @@ def _summed_val_loss(record: Mapping[str, Any], entry: Mapping[str, Any]) -> flo
 
 
 def _best_val_index(
-    record: Mapping[str, Any], entries: Sequence[Mapping[str, Any]], val_baseline: Mapping[str, float] | None
+    record: Mapping[str, Any], entries: Sequence[Mapping[str, Any]], val_baseline: Mapping[str, float] | None,
+    select_on: str = "delta_m",
 ) -> tuple[int, str]:
-    """Index of the best validation epoch (NaN scores count as worst; ties go to the earliest epoch)."""
+    """Index of the best validation epoch (NaN scores count as worst; ties go to the earliest epoch): the lowest Δm
+    or the highest Δp (``select_on``) against ``val_baseline``, else the lowest summed val loss."""
+    if select_on not in SELECT_ON:
+        raise ValueError(f"select_on={select_on!r} is not one of {SELECT_ON}")
     if val_baseline is not None:
         directions = metric_directions(record, val_baseline)
-        scores = [delta_m(_split_metrics(record, e, "val"), val_baseline, directions) for e in entries]
-        criterion = "lowest Δm of the val metrics against the val baseline"
+        if select_on == "delta_p":
+            groups: dict[str, list[str]] = {}
+            for key in directions:
+                groups.setdefault(record_metric(key, record["metrics"][key]).task, []).append(key)
+            scores = [-delta_p(_split_metrics(record, e, "val"), val_baseline, directions, groups) for e in entries]
+            criterion = "highest Δp of the val metrics against the val baseline"
+        else:
+            scores = [delta_m(_split_metrics(record, e, "val"), val_baseline, directions) for e in entries]
+            criterion = "lowest Δm of the val metrics against the val baseline"
     else:
         scores = [_summed_val_loss(record, e) for e in entries]
         criterion = "lowest summed val loss"
@@ -260,14 +374,16 @@ def select_with_info(
     rule: str,
     split: str = "test",
     val_baseline: Mapping[str, float] | None = None,
+    select_on: str = "delta_m",
 ) -> tuple[dict[str, float], Selection]:
     """Metrics of ``split`` chosen by ``rule``, with a description of what was used.
 
     * ``last``: the last epoch.
     * ``last10``: the per-metric mean over the last 10 epochs (all of them, with a note, if fewer exist).
-    * ``best-val``: the epoch with the lowest Δm of its ``val`` metrics against ``val_baseline`` (over the
-      baseline's metrics) when one is given, else the lowest summed ``val_loss``; NaN scores count as worst,
-      ties go to the earliest epoch.
+    * ``best-val``: the epoch with the lowest Δm (``select_on="delta_m"``) or the highest Δp (``"delta_p"``,
+      the LibMTL / DB-MTL protocol) of its ``val`` metrics against ``val_baseline`` (over the baseline's
+      metrics) when one is given, else the lowest summed ``val_loss``; NaN scores count as worst, ties go to
+      the earliest epoch.
     """
     if rule not in SELECTION_RULES:
         raise ValueError(f"unknown selection rule {rule!r}; valid rules: {', '.join(SELECTION_RULES)}")
@@ -278,7 +394,7 @@ def select_with_info(
         chosen, criterion = entries[-LAST_K:], f"mean of the last {LAST_K} epochs"
         note = None if len(chosen) == LAST_K else f"only {len(chosen)} epochs exist; averaged all of them"
     else:
-        index, criterion = _best_val_index(record, entries, val_baseline)
+        index, criterion = _best_val_index(record, entries, val_baseline, select_on)
         chosen, note = [entries[index]], None
     per_epoch = [_split_metrics(record, e, split) for e in chosen]
     keys = list(per_epoch[0])
@@ -298,9 +414,10 @@ def select(
     rule: str,
     split: str = "test",
     val_baseline: Mapping[str, float] | None = None,
+    select_on: str = "delta_m",
 ) -> dict[str, float]:
     """Metrics of ``split`` chosen by ``rule`` (see ``select_with_info`` for the rules)."""
-    return select_with_info(record, rule, split, val_baseline)[0]
+    return select_with_info(record, rule, split, val_baseline, select_on)[0]
 
 
 @dataclass(frozen=True)
@@ -419,8 +536,8 @@ def _table_delta(table: Mapping[str, Any]) -> tuple[Any, dict[str, str]] | None:
         groups = spec["task_groups"]
         return (lambda v, b: delta_p(v, b, directions, groups)), directions
     if spec["name"] == "delta_m":
-        sign = 1.0 if spec.get("direction", "lower") == "lower" else -1.0
-        return (lambda v, b: sign * delta_m(v, b, directions)), directions
+        higher = spec.get("direction", "lower") == "higher"
+        return (lambda v, b: signed_delta_m(v, b, directions, higher)), directions
     raise ValueError(f"table {table.get('id')!r}: unknown delta name {spec['name']!r}")
 
 

@@ -191,6 +191,11 @@ class CelebADataModule(SplitLoaders):
         self.tasks = [TaskSpec(a, self.kind, num_classes=2 if self.kind == "classification" else None)
                       for a in self.selected]
 
+    @property
+    def SCORED_METRICS(self) -> tuple[str, ...] | None:  # noqa: N802 (the datamodules' declared-set attribute)
+        """Binary attributes: Δm over the 40 F1 values, as FAMO (docs/protocols.md P6); else every metric."""
+        return tuple(f"{a}/f1" for a in self.selected) if self.kind == "binary" else None
+
     def describe(self) -> dict:
         """Plain-dict summary for the run record."""
         return {"name": "celeba", "root": str(self.root[0]), "files": {k: str(v) for k, v in self.paths.items()},

@@ -38,6 +38,8 @@ class CityscapesDataModule(MTANFolderDataModule):
 
     name = "cityscapes"
     source = SOURCE
+    SCORED_METRICS = ("semseg/miou", "semseg/pix_acc", "depth/abs_err", "depth/rel_err")
+    """Δm, Δp and MR over the 4 metrics of the Nash-MTL and later tables, without depth RMSE (docs/protocols.md P4)."""
     split_sizes = {"train": 2975, "val": 500}
 
     def __init__(self, root: str | None = None, classes: int = 7, height: int = 128, width: int = 256,

@@ -49,6 +49,8 @@ class NYUDDataModule(DenseDataModule):
     """NYUD-v2 (795 train / 654 val = test images) with semseg, depth, normal and edge (auxiliary) tasks."""
 
     NAME = "nyud"
+    SCORED_METRICS = ("depth/rmse", "semseg/miou", "normal/normal_mean")
+    """CSO's Δm set, one metric per task (docs/protocols.md P3); CSO's sign is the protocol's ``scoring``."""
     SPLIT_FILES = {"train": "gt_sets/train.txt", "val": "gt_sets/val.txt"}
     EXPECTED_SIZES = {"train": 795, "val": 654}
     ALL_TASKS = (

@@ -36,6 +36,9 @@ class NYUv2DataModule(MTANFolderDataModule):
 
     name = "nyuv2"
     source = SOURCE
+    SCORED_METRICS = ("semseg/miou", "semseg/pix_acc", "depth/abs_err", "depth/rel_err", "normal/normal_mean",
+                      "normal/normal_median", "normal/within_11_25", "normal/within_22_5", "normal/within_30")
+    """Δm, Δp and MR over the 9 metrics of the Nash-MTL and later tables, without depth RMSE (docs/protocols.md P1)."""
     split_sizes = {"train": 795, "val": 654}
 
     def __init__(self, root: str | None = None, height: int = 288, width: int = 384, batch_size: int = 2,

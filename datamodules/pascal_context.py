@@ -138,6 +138,8 @@ class PascalContextDataModule(DenseDataModule):
     """PASCAL-Context (4998 train / 5105 val = test) with semseg, parts, saliency, normal and edge (auxiliary)."""
 
     NAME = "pascal_context"
+    SCORED_METRICS = ("semseg/miou", "parts/miou", "saliency/miou", "normal/normal_mean")
+    """CSO's Δm set, one metric per task, saliency by mIoU (docs/protocols.md P5); the edges are auxiliary."""
     SPLIT_FILES = {"train": "ImageSets/Context/train.txt", "val": "ImageSets/Context/val.txt"}
     EXPECTED_SIZES = {"train": 4998, "val": 5105}
     ALL_TASKS = (

@@ -32,10 +32,14 @@ class Column:
 
 
 def pm(decimals: int) -> Callable[[SeedStats | None], str]:
-    """``mean ± std`` with ``decimals`` digits; ``n/a`` for no value."""
+    """``mean ± std`` with ``decimals`` digits; the mean alone for one seed (no std exists); ``n/a`` for no value."""
 
     def text(stats: SeedStats | None) -> str:
-        return "n/a" if stats is None else f"{stats.mean:.{decimals}f} ± {stats.std:.{decimals}f}"
+        if stats is None:
+            return "n/a"
+        if stats.n == 1:
+            return f"{stats.mean:.{decimals}f}"
+        return f"{stats.mean:.{decimals}f} ± {stats.std:.{decimals}f}"
 
     return text
 
@@ -67,8 +71,12 @@ def metric_columns(metrics: Sequence[RecordMetric], mark_auxiliary: bool = True)
     ]
 
 
+FEWER_SEEDS_MARK = "†"
+"""Marks a row with fewer seeds than the table's most-seeded row (listed last, not ranked)."""
+
+
 LABEL_COLUMNS = [
-    Column("method", lambda row: row.label),
+    Column("method", lambda row: f"{row.label} {FEWER_SEEDS_MARK}" if row.fewer_seeds else row.label),
     Column("seeds", lambda row: len(row.seeds)),
 ]
 SCORE_COLUMNS = [
@@ -81,9 +89,16 @@ SCORE_COLUMNS = [
 ]
 
 
-def leaderboard_columns(metrics: Sequence[RecordMetric]) -> list[Column]:
-    """The main table: method, seeds, every metric, then :data:`SCORE_COLUMNS`."""
-    return [*LABEL_COLUMNS, *metric_columns(metrics), *SCORE_COLUMNS]
+def delta_m_header(higher_is_better: bool) -> str:
+    """``Δm% ↓`` (the Maninis / Nash-MTL sign) or ``Δm% ↑`` (the CSO / Vandenhende sign)."""
+    return f"Δm% {ARROWS['higher' if higher_is_better else 'lower']}"
+
+
+def leaderboard_columns(metrics: Sequence[RecordMetric], higher_is_better: bool = False) -> list[Column]:
+    """The main table: method, seeds, every metric, then :data:`SCORE_COLUMNS` (Δm's arrow in the scoring's sign)."""
+    scores = [Column(delta_m_header(higher_is_better), c.value, c.format) if c.header == "Δm% ↓" else c
+              for c in SCORE_COLUMNS]
+    return [*LABEL_COLUMNS, *metric_columns(metrics), *scores]
 
 
 def sweep_columns(metrics: Sequence[RecordMetric], front: Sequence[str]) -> list[Column]:

@@ -22,7 +22,9 @@ LEGEND = (
     "improvement averaged within each task, then over tasks, per seed. MR: mean over metrics of the rank among "
     "the rows above, on seed means (ties averaged, NaN last). Step time and peak memory: ratio of seed means to "
     "EW's; peak memory is compared only for CUDA runs (a CPU run records the process-wide max RSS, which is not "
-    "per run)."
+    "per run). A single-seed row shows its value without ± (no std exists). † marks a row with fewer seeds than the "
+    "table's most-seeded row: it is listed after the full rows and gets no MR (MR ranks only the full rows). The Δm "
+    "CI also counts the measured STL baseline's seed variance (docs/protocols.md §M.7)."
 )
 
 
@@ -102,7 +104,9 @@ def _seeds_line(rows: Sequence[MethodRow]) -> str:
 
 def _stl_line(summary: DatasetSummary) -> str:
     if summary.baseline_source != MEASURED:
-        line = f"STL baseline: {summary.baseline_source}; Δm over the {len(summary.baseline)} metrics it gives"
+        scored = summary.scoring.metrics if summary.scoring else list(summary.baseline)
+        line = (f"STL baseline: {summary.baseline_source}; Δm over the {sum(k in summary.baseline for k in scored)} "
+                "scored metrics it gives")
         if summary.stl_rows:
             line += "; this suite's own STL runs are listed below for comparison"
         return line + "."
@@ -115,6 +119,17 @@ def _stl_line(summary: DatasetSummary) -> str:
     return line + "."
 
 
+def _scoring_line(summary: DatasetSummary) -> str:
+    """The metric set Δm, Δp and MR use, where it was declared, and Δm's sign."""
+    spec = summary.scoring
+    if spec is None:
+        return "Scored metrics: every non-auxiliary metric."
+    sign = ("higher is better (CSO / Vandenhende sign)" if spec.higher_is_better
+            else "lower is better (Maninis / Nash-MTL sign)")
+    return (f"Scored metrics (Δm, Δp, MR; {len(spec.metrics)}, from {spec.source}): "
+            f"{', '.join(f'`{k}`' for k in spec.metrics)}; Δm: {sign}.")
+
+
 def _summary_markdown(summary: DatasetSummary) -> list[str]:
     lines = [
         f"## {summary.dataset} — suite `{summary.suite}`",
@@ -125,9 +140,12 @@ def _summary_markdown(summary: DatasetSummary) -> list[str]:
         "",
         _stl_line(summary),
         "",
+        _scoring_line(summary),
+        "",
     ]
     if summary.rows:
-        lines += column_table(leaderboard_columns(summary.metrics), summary.rows)
+        higher = summary.scoring.higher_is_better if summary.scoring else False
+        lines += column_table(leaderboard_columns(summary.metrics, higher), summary.rows)
         lines += ["", LEGEND]
         lines += _diagnostics_markdown(summary.rows)
         lines += _sweep_markdown(summary)

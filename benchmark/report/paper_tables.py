@@ -101,6 +101,16 @@ def _decimals(values: Sequence[Any]) -> int:
     return max([2, *found])
 
 
+def table_metric_keys(table: Mapping[str, Any], record_keys: Sequence[str],
+                      metric_aliases: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """Published metric name -> our record key (on ``<metric>``, else through ``metric_aliases``, the entry's
+    ``metrics`` map of ``configs/tables.yaml``), and the published names left unmatched."""
+    names = [m["key"] for m in table.get("metrics") or [] if "key" in m]
+    keys = {**metric_key_map(names, record_keys),
+            **{n: k for n, k in (metric_aliases or {}).items() if n in names and k in record_keys}}
+    return keys, [n for n in names if n not in keys]
+
+
 @dataclass
 class Comparison:
     """What ``mtobench table`` reports: the Markdown text and the flagged published rows."""
@@ -116,10 +126,7 @@ def compare(table: Mapping[str, Any], summary: DatasetSummary, aliases: Mapping[
     match our ``<task>/<metric>`` keys on ``<metric>``, or through ``metric_aliases``."""
     metrics = [m for m in table.get("metrics") or [] if "key" in m]
     names = [m["key"] for m in metrics]
-    ours_keys = [s.key for s in summary.metrics]
-    keys = {**metric_key_map(names, ours_keys),
-            **{n: k for n, k in (metric_aliases or {}).items() if n in names and k in ours_keys}}
-    unmatched = [n for n in names if n not in keys]
+    keys, unmatched = table_metric_keys(table, [s.key for s in summary.metrics], metric_aliases)
     delta = _table_delta(table)
     delta_name = (table.get("delta") or {}).get("name", "Δ")
     baseline = {n: summary.baseline[k] for n, k in keys.items() if k in summary.baseline}
@@ -171,8 +178,11 @@ def compare(table: Mapping[str, Any], summary: DatasetSummary, aliases: Mapping[
 
 
 def _our_line(label, row: MethodRow, names, keys, decimals, delta: float | None) -> list[str]:
-    cells = [f"{_fmt(row.metrics[keys[n]].mean, decimals[n])} ± {_fmt(row.metrics[keys[n]].std, decimals[n])}"
-             if n in keys else "—" for n in names]
+    def cell(stats, digits: int) -> str:
+        mean = _fmt(stats.mean, digits)
+        return mean if stats.n == 1 else f"{mean} ± {_fmt(stats.std, digits)}"
+
+    cells = [cell(row.metrics[keys[n]], decimals[n]) if n in keys else "—" for n in names]
     return [label, f"ours ({len(row.seeds)} seeds)", *cells, _fmt(delta, 2)]
 
 

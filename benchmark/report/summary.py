@@ -23,14 +23,17 @@ from benchmark.report.baselines import MEASURED, match_metrics, published_baseli
 from benchmark.scoring import (
     LAST_K,
     SELECTION_RULES,
+    ScoringSpec,
     SeedStats,
-    delta_m,
+    delta_m_ci95,
     delta_p,
     mean_rank,
+    record_scoring,
     seed_mean,
     seed_stats,
     select,
     select_with_info,
+    signed_delta_m,
     stl_baseline,
 )
 from benchmark.sweep import dominates, task_scores
@@ -61,6 +64,8 @@ class MethodRow:
     memory_ratio: float | None
     diagnostics: dict[str, SeedStats] = field(default_factory=dict)
     delta_p: SeedStats | None = None
+    fewer_seeds: bool = False
+    """Fewer seeds than the table's most-seeded row: listed after the full rows, not ranked (no MR)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class DatasetSummary:
     """The non-dominated sweep rows: label -> per-task score (% improvement over STL, higher is better)."""
     dominated_by: dict[str, list[str]] = field(default_factory=dict)
     """Per method row: the front points that dominate it (empty: not dominated)."""
+    scoring: ScoringSpec | None = None
+    """The metric set Δm, Δp and MR use, Δm's sign and the ``best-val`` score (``record_scoring``)."""
 
 
 def label_of(record: Mapping[str, Any]) -> str:
@@ -204,23 +211,25 @@ def _short_log_note(rule: str, short: Mapping[str, int], total: int) -> str:
     )
 
 
-def _val_criterion(rule: str, val_baseline: Mapping[str, float] | None) -> str:
+def _val_criterion(rule: str, val_baseline: Mapping[str, float] | None, select_on: str = "delta_m") -> str:
     if rule != "best-val":
         return rule
     if val_baseline is not None:
-        return "lowest Δm of the val metrics against the STL val baseline; STL runs: lowest val loss"
+        score = "highest Δp" if select_on == "delta_p" else "lowest Δm"
+        return f"{score} of the val metrics against the STL val baseline; STL runs: lowest val loss"
     return "lowest summed val loss, since the STL val baseline is incomplete"
 
 
 def _pick(
-    records: Sequence[Mapping[str, Any]], rule: str, val_baseline: Mapping[str, float] | None
+    records: Sequence[Mapping[str, Any]], rule: str, val_baseline: Mapping[str, float] | None,
+    select_on: str = "delta_m",
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Selected test metrics per run id, and a note when ``last10`` had fewer than 10 epochs to average."""
     picks: dict[str, dict[str, float]] = {}
     short: dict[str, int] = {}
     for record in records:
         baseline_for = val_baseline if record["kind"] == "mtl" else None
-        picks[record["run_id"]], info = select_with_info(record, rule, "test", baseline_for)
+        picks[record["run_id"]], info = select_with_info(record, rule, "test", baseline_for, select_on)
         if info.note:
             short[record["run_id"]] = len(info.epochs)
     return picks, [_short_log_note(rule, short, len(records))] if short else []
@@ -232,9 +241,14 @@ def _method_rows(
     picks: Mapping[str, Mapping[str, float]],
     baseline: Mapping[str, float] | None,
     delta_keys: Sequence[str] | None = None,
+    scoring: ScoringSpec | None = None,
+    stl_runs: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
 ) -> list[MethodRow]:
-    """One row per method variant, sorted by Δm (n/a and NaN last); ``baseline`` None means no Δm. Δm is over
-    ``delta_keys`` (default: every metric)."""
+    """One row per method variant, sorted by Δm (n/a and NaN last, rows with fewer seeds after the others);
+    ``baseline`` None means no Δm. Δm and Δp are over ``delta_keys`` (default: the scored metrics), MR over the
+    ``scoring`` set (default: every non-auxiliary metric), Δm in its sign; the Δm CI counts the variance of the
+    measured STL runs ``stl_runs`` (per task, their selected values; None: a published baseline, taken as exact).
+    MR ranks only the rows with the most seeds."""
     variants: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for record in mtl:
         absent = [s.key for s in specs if s.key not in picks[record["run_id"]]]
@@ -247,8 +261,11 @@ def _method_rows(
     ew_records = _ew_records(mtl)
     ew_step = _timing_mean(ew_records, "step_time_mean_s") if ew_records else None
     ew_mem = _memory_mean(ew_records) if ew_records else None
-    directions = {s.key: s.direction for s in specs if not s.auxiliary}
-    delta_directions = {k: directions[k] for k in (delta_keys if delta_keys is not None else directions)}
+    direction = {s.key: s.direction for s in specs}
+    ranked = list(scoring.metrics) if scoring is not None else [s.key for s in specs if not s.auxiliary]
+    rank_directions = {k: direction[k] for k in ranked}
+    delta_directions = {k: direction[k] for k in (delta_keys if delta_keys is not None else ranked)}
+    higher_is_better = scoring.higher_is_better if scoring is not None else False
     groups: dict[str, list[str]] = defaultdict(list)
     for spec in specs:
         if spec.key in delta_directions:
@@ -259,7 +276,8 @@ def _method_rows(
         _check_seeds(label, runs)
         runs = sorted(runs, key=lambda r: r["seed"])
         values = [picks[r["run_id"]] for r in runs]
-        dm = None if baseline is None else seed_stats([delta_m(v, baseline, delta_directions) for v in values])
+        dm = None if baseline is None else _delta_m_stats(values, baseline, delta_directions, higher_is_better,
+                                                          stl_runs)
         dp = None if baseline is None else seed_stats([delta_p(v, baseline, delta_directions, groups) for v in values])
         rows.append(
             MethodRow(
@@ -276,10 +294,27 @@ def _method_rows(
                 diagnostics=_diagnostics(runs),
             )
         )
-    if rows and directions:
-        ranks = mean_rank({r.label: {k: s.mean for k, s in r.metrics.items()} for r in rows}, directions)
-        rows = [_with_rank(r, ranks[r.label]) for r in rows]
-    return sorted(rows, key=_row_order)
+    if rows:
+        most = max(len(r.seeds) for r in rows)
+        rows = [_with(r, fewer_seeds=len(r.seeds) < most) for r in rows]
+        full = [r for r in rows if not r.fewer_seeds]
+        if rank_directions:
+            ranks = mean_rank({r.label: {k: r.metrics[k].mean for k in rank_directions} for r in full},
+                              rank_directions)
+            rows = [_with(r, mean_rank=ranks[r.label]) if r.label in ranks else r for r in rows]
+    return sorted(rows, key=lambda r: _row_order(r, higher_is_better))
+
+
+def _delta_m_stats(
+    values: Sequence[Mapping[str, float]], baseline: Mapping[str, float], directions: Mapping[str, str],
+    higher_is_better: bool, stl_runs: Mapping[str, Sequence[Mapping[str, float]]] | None,
+) -> SeedStats:
+    """Seed statistics of Δm whose CI also counts the STL baseline's seed variance (``delta_m_ci95``)."""
+    per_seed = [signed_delta_m(v, baseline, directions, higher_is_better) for v in values]
+    plain = seed_stats(per_seed)
+    means = {k: seed_mean([v[k] for v in values]) for k in directions}
+    ci = delta_m_ci95(per_seed, means, baseline, directions, stl_runs)
+    return SeedStats(plain.mean, plain.std, ci, plain.n)
 
 
 def _diagnostics(runs: Sequence[Mapping[str, Any]]) -> dict[str, SeedStats]:
@@ -316,24 +351,28 @@ def _summarize_group(
     suite: str, dataset: str, records: Sequence[Mapping[str, Any]], rule: str, skipped: Sequence[str]
 ) -> DatasetSummary:
     specs = group_metrics(records)
-    scored = [s for s in specs if not s.auxiliary]
+    scoring = record_scoring(records, specs)
+    scored = [s for s in specs if s.key in scoring.metrics]
+    shown = [s for s in specs if not s.auxiliary]
     mtl = [r for r in records if r["kind"] == "mtl" and not r.get("sweep")]
     sweep = [r for r in records if r["kind"] == "mtl" and r.get("sweep")]
     stl = [r for r in records if r["kind"] == "stl"]
     val_baseline = _val_baseline(stl, scored) if rule == "best-val" else None
-    picks, notes = _pick(records, rule, val_baseline)
+    picks, notes = _pick(records, rule, val_baseline, scoring.select_on)
     choice = _stl_choice(records)
     if choice == MEASURED:
-        baseline, missing_tasks, stl_notes = _measured_baseline(stl, scored, picks)
+        baseline, missing_tasks, stl_notes = _measured_baseline(stl, shown, picks)
         source = MEASURED
-        if missing_tasks:
-            stl_notes.append(f"No STL run for task(s) {', '.join(missing_tasks)}: Δm is n/a.")
         delta_keys = [s.key for s in scored] if scored and all(s.key in baseline for s in scored) else None
+        if missing_tasks:
+            stl_notes.append(f"No STL run for task(s) {', '.join(missing_tasks)}"
+                             f"{': Δm is n/a' if delta_keys is None else ' (none of their metrics is scored)'}.")
     else:
         published = published_baseline(choice)
-        baseline, unmatched = match_metrics(published.values, [s.key for s in scored])
+        baseline, unmatched = match_metrics(published.values, [s.key for s in shown])
+        unmatched = [k for k in unmatched if k in scoring.metrics]
         source = f"published `{published.id}` ({published.source}; {Path(published.path).name})"
-        missing_tasks = sorted({s.task for s in scored if not any(k.startswith(f"{s.task}/") for k in baseline)})
+        missing_tasks = sorted({s.task for s in shown if not any(k.startswith(f"{s.task}/") for k in baseline)})
         stl_notes = [f"Metrics without a published baseline value, left out of Δm: {', '.join(unmatched)}."] \
             if unmatched else []
         delta_keys = [s.key for s in scored if s.key in baseline] or None
@@ -341,14 +380,16 @@ def _summarize_group(
     if rule == "best-val" and any(r.get("dataset_info", {}).get("val_is_test") for r in records):
         notes.append("**Warning:** the validation split of these runs is the test split (dataset `val_size: 0`), "
                      "so `best-val` selects on test, as LibMTL does; the numbers are optimistic.")
-    rows = _method_rows(mtl, specs, picks, baseline if delta_keys else None, delta_keys)
-    sweep_rows = _method_rows(sweep, specs, picks, baseline if delta_keys else None, delta_keys) if sweep else []
+    stl_runs = _stl_samples(stl, scored, picks) if choice == MEASURED else None
+    scored_args = (baseline if delta_keys else None, delta_keys, scoring, stl_runs)
+    rows = _method_rows(mtl, specs, picks, *scored_args)
+    sweep_rows = _method_rows(sweep, specs, picks, *scored_args) if sweep else []
     front, dominated = _judge(rows, sweep_rows, specs, baseline, delta_keys, notes)
     return DatasetSummary(
         suite,
         dataset,
         rule,
-        _val_criterion(rule, val_baseline),
+        _val_criterion(rule, val_baseline, scoring.select_on),
         specs,
         rows,
         _stl_rows(stl, specs, picks),
@@ -359,7 +400,19 @@ def _summarize_group(
         sweep_rows,
         front,
         dominated,
+        scoring,
     )
+
+
+def _stl_samples(
+    stl: Sequence[Mapping[str, Any]], scored: Sequence[RecordMetric], picks: Mapping[str, Mapping[str, float]]
+) -> dict[str, list[dict[str, float]]]:
+    """Per STL task, the selected values of its scored metrics, one dict per STL run (for the Δm CI)."""
+    keys = {s.key for s in scored}
+    out: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for record in stl:
+        out[record["stl_task"]].append({k: v for k, v in picks[record["run_id"]].items() if k in keys})
+    return dict(out)
 
 
 def _stl_choice(records: Sequence[Mapping[str, Any]]) -> str:
@@ -393,11 +446,13 @@ def _judge(
     return front, dominated
 
 
-def _with_rank(row: MethodRow, rank: float) -> MethodRow:
-    return MethodRow(**{**row.__dict__, "mean_rank": rank})
+def _with(row: MethodRow, **changes: Any) -> MethodRow:
+    return MethodRow(**{**row.__dict__, **changes})
 
 
-def _row_order(row: MethodRow) -> tuple[bool, float, str]:
+def _row_order(row: MethodRow, higher_is_better: bool = False) -> tuple[bool, bool, float, str]:
+    """Full-seed rows first, then best Δm first (lowest, or highest in the CSO sign), n/a and NaN last."""
     value = row.delta_m.mean if row.delta_m is not None else math.nan
-    return (math.isnan(value), 0.0 if math.isnan(value) else value, row.label)
+    value = -value if higher_is_better else value
+    return (row.fewer_seeds, math.isnan(value), 0.0 if math.isnan(value) else value, row.label)
 

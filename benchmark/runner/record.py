@@ -10,12 +10,20 @@ import lightning as L
 import torch
 
 from benchmark import tasks as T
-from benchmark.config import SuiteConfig
+from benchmark.config import SuiteConfig, resolve_scoring
 from benchmark.methods.registry import PLUGIN_ORIGINS
 from benchmark.module import MTOModule
 from benchmark.records import SCHEMA_VERSION, git_state, package_versions
 from benchmark.run_log import RunLog
 from benchmark.runner.plan import PlannedRun, model_params
+
+
+def suite_scoring(suite: SuiteConfig, dm) -> dict:
+    """The record's ``scoring`` entry: the suite's ``scoring`` resolved on the datamodule's tasks and declared set
+    (``config.resolve_scoring``)."""
+    spec = resolve_scoring(suite, T.metric_table(dm.tasks), [t.name for t in dm.tasks if t.auxiliary],
+                           getattr(dm, "SCORED_METRICS", None), suite.name)
+    return spec.to_record()
 
 
 def run_status(module: MTOModule) -> dict:
@@ -64,6 +72,7 @@ def make_record(suite: SuiteConfig, run: PlannedRun, dm, tasks: list, module: MT
                    "output_bias": t.output_bias, "pos_weight": t.pos_weight, "auxiliary": t.auxiliary}
                   for t in tasks],
         "metrics": infos,
+        "scoring": suite_scoring(suite, dm),
         "epochs": stats.history,
         "timing": {"step_time_mean_s": float(times.mean()), "step_time_median_s": float(times.median()),
                    "steps": len(stats.step_times), "wall_time_s": wall, **memory},

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from benchmark.config import SuiteConfig
 from benchmark.records import check_writable, record_path
 from benchmark.runner.plan import PlannedRun, check_methods, create_datamodule, plan_runs
+from benchmark.runner.record import suite_scoring
 from benchmark.runner.train import console, train_and_write
 
 
@@ -40,6 +41,7 @@ def plan_suite(suite: SuiteConfig, force: bool = False) -> SuitePlan:
     dm.prepare_data()
     dm.setup("fit")
     check_methods(suite, dm.tasks)
+    suite_scoring(suite, dm)
     runs = plan_runs(suite, [t.name for t in dm.tasks if not t.auxiliary], [t.name for t in dm.tasks])
     todo = [r for r in runs if force or not record_path(out, r.run_id).exists()]
     if not todo:
