@@ -23,6 +23,19 @@ def pool_with_mask(x: Tensor) -> tuple[Tensor, Tensor]:
     return pooled, (x == F.interpolate(pooled, scale_factor=2.0, mode="nearest")).to(x.dtype)
 
 
+def pool_with_first_max_mask(x: Tensor) -> tuple[Tensor, Tensor]:
+    """2x2 max pooling with a 0/1 mask of the *first* maximum of each window in row-major order, the position
+    ``max_pool2d(return_indices=True)`` picks and ``MaxUnpool2d`` writes to (ties, e.g. windows of ReLU zeros,
+    are frequent). Elementwise, so deterministic on every device."""
+    b, c, h, w = x.shape
+    windows = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // 2, w // 2, 4)
+    pooled = windows.amax(dim=-1)
+    hit = windows == pooled.unsqueeze(-1)
+    first = hit & (hit.cumsum(dim=-1) == 1)
+    mask = first.reshape(b, c, h // 2, w // 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h, w)
+    return F.max_pool2d(x, 2), mask.to(x.dtype)
+
+
 def unpool_with_mask(x: Tensor, mask: Tensor) -> Tensor:
     """SegNet's max-unpooling: each value goes back to the position of its maximum, zeros elsewhere.
 

@@ -3,8 +3,11 @@ the architecture of the NYUv2 / Cityscapes SegNet-MTAN protocol (``docs/protocol
 
 Layer for layer as the MTAN / Nash-MTL code builds them (nash-mtl ``experiments/nyuv2/models.py``): at full width
 (64) and NYUv2's 13/1/3 output channels SegNet-MTAN has 44,229,073 parameters and the standard split 25,055,185.
-One deliberate difference: unpooling uses the argmax mask of ``models.segnet`` (deterministic on every device),
-which equals ``MaxUnpool2d`` except where a pooling window has tied maxima.
+Unpooling is written as nearest upsampling times a mask of each pooling window's *first* maximum
+(``models.segnet.pool_with_first_max_mask``): deterministic on every device and equal to ``MaxPool2d`` /
+``MaxUnpool2d`` even where a window's maxima tie (windows of ReLU zeros are common; marking every tied position,
+as ``models.segnet.pool_with_mask`` does, changed the step-1 losses by ~1%). Checked against the reference by
+``tests/test_reference_nashmtl.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from models.multitask import MultiTaskModel, check_divisible
-from models.segnet import pool_with_mask, unpool_with_mask
+from models.segnet import pool_with_first_max_mask, unpool_with_mask
 from models.task_norm import Connection, TaskBatchNorm2d
 
 LEVELS = 5
@@ -99,7 +102,7 @@ class SegNetTrunk(nn.Module):
         for i in range(LEVELS):
             feats.enc_first.append(self.enc_in[i](h))
             feats.enc_last.append(self.enc_conv[i](feats.enc_first[-1]))
-            h, mask = pool_with_mask(feats.enc_last[-1])
+            h, mask = pool_with_first_max_mask(feats.enc_last[-1])
             masks.append(mask)
         for i in reversed(range(LEVELS)):
             feats.dec_in.append(unpool_with_mask(h, masks[i]))

@@ -8,7 +8,7 @@ from benchmark.config import SuiteConfig
 from benchmark.runner import create_model
 from datamodules.synthetic_scenes import TYPICAL_DEPTH
 from datamodules.task_spec import TaskSpec
-from models.segnet import SegNetMTL, pool_with_mask, unpool_with_mask
+from models.segnet import SegNetMTL, pool_with_first_max_mask, pool_with_mask, unpool_with_mask
 
 HEADS = {"semseg": 5, "depth": 1, "normal": 3}
 
@@ -32,6 +32,18 @@ def test_mask_unpooling_puts_each_maximum_back_in_place():
     assert torch.equal(pooled, reference_pooled)
     expected = torch.zeros(2, 3, 64).scatter(2, indices.flatten(2), pooled.flatten(2)).view_as(x)
     assert torch.equal(unpool_with_mask(pooled, mask), expected)
+
+
+def test_first_max_unpooling_equals_max_unpool2d_with_ties():
+    """Ties (ReLU zeros, a constant window) go to the first maximum in row-major order, as MaxPool2d picks."""
+    x = torch.relu(torch.randn(2, 3, 8, 6, generator=torch.Generator().manual_seed(0)))
+    x[0, 0, :2, :2] = 1.0
+    pooled, mask = pool_with_first_max_mask(x)
+    reference_pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(pooled, reference_pooled)
+    values = torch.randn_like(pooled)
+    assert torch.equal(unpool_with_mask(values, mask), F.max_unpool2d(values, indices, 2))
+    assert not torch.equal(unpool_with_mask(values, pool_with_mask(x)[1]), F.max_unpool2d(values, indices, 2))
 
 
 def test_head_bias_starts_the_named_heads_there():

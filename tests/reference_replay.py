@@ -1,0 +1,117 @@
+"""Replay of a recorded reference run through our protocol path (docs/protocols.md P1; tests/reference/README.md).
+
+The reference side (``tests/reference/<lineage>/*.json``) was produced by the reference repository's own
+trainer; this module holds what our side needs to feed it the same inputs: the initial-weight recipe, the
+reference-name -> our-name map, the recorded batch order and augmentation draws, and a callback that records
+per step what the reference recorded (task losses, task weights, gradient and update norms, learning rate).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zlib
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+REFERENCE = Path(__file__).parent / "reference"
+
+
+def load_reference(lineage: str, name: str) -> dict:
+    return json.loads((REFERENCE / lineage / f"{name}.json").read_text())
+
+
+def recipe_(named: dict[str, nn.Parameter]) -> None:
+    """The seed recipe both sides apply (keyed by the *reference* parameter name): conv weights xavier-normal
+    from ``torch.Generator().manual_seed(crc32(name))``, biases 0.01 N(0, 1) from the same, BN weights 1."""
+    with torch.no_grad():
+        for name, p in named.items():
+            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            if p.dim() == 4:
+                rf = p.shape[2] * p.shape[3]
+                p.copy_(torch.randn(p.shape, generator=g) * math.sqrt(2.0 / (p.shape[1] * rf + p.shape[0] * rf)))
+            elif name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+            else:
+                p.fill_(1.0)
+
+
+_MTAN_RULES = [
+    (r"encoder_block\.(\d+)\.", r"trunk.enc_in.\1."),
+    (r"decoder_block\.(\d+)\.", r"trunk.dec_in.\1."),
+    (r"conv_block_enc\.(\d+)\.", r"trunk.enc_conv.\1."),
+    (r"conv_block_dec\.(\d+)\.", r"trunk.dec_conv.\1."),
+    (r"encoder_block_att\.(\d+)\.", r"enc_att_conv.\1."),
+    (r"decoder_block_att\.(\d+)\.", r"dec_att_conv.\1."),
+]
+
+
+def mtan_name(ref_name: str, tasks: list[str]) -> str:
+    """nash-mtl ``SegNetMtan`` parameter/buffer name -> ``models.segnet_mtan.SegNetMTAN`` name."""
+    name = ref_name.removeprefix("segnet.")
+    m = re.match(r"(encoder|decoder)_att\.(\d)\.(\d)\.(.*)", name)
+    if m:
+        return f"attention.{tasks[int(m[2])]}.{m[1]}.{m[3]}.{m[4]}"
+    m = re.match(r"pred_task(\d)\.(.*)", name)
+    if m:
+        return f"heads.{tasks[int(m[1]) - 1]}.{m[2]}"
+    for pattern, repl in _MTAN_RULES:
+        if re.match(pattern, name):
+            return re.sub(pattern, repl, name, count=1)
+    raise KeyError(f"no mapping for reference name {ref_name!r}")
+
+
+class ReplaySampler(torch.utils.data.Sampler):
+    """Yields the recorded ``(epoch, position)`` keys of each epoch; Lightning calls ``set_epoch``."""
+
+    def __init__(self, keys_per_epoch: list[list[tuple[int, int]]]):
+        self.keys, self.epoch = keys_per_epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(self.keys[self.epoch])
+
+    def __len__(self) -> int:
+        return len(self.keys[self.epoch])
+
+
+class StepRecorder(L.Callback):
+    """Per training step: our task losses and weights (the module's logged stats), the norms of the gradients
+    the optimizer applied (shared / heads), the parameter-update norm and the learning rate."""
+
+    def __init__(self, tasks: list[str]):
+        self.tasks, self.steps = tasks, []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.params = list(module.model.parameters())
+        self.before = [p.detach().clone() for p in self.params]
+        self.lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        model = module.model
+        heads = {id(p) for t in self.tasks for p in model.task_parameters(t)}
+
+        def norm(ps):
+            return math.sqrt(sum(float(p.grad.double().square().sum()) for p in ps if p.grad is not None))
+
+        stats = module.stat_last
+        self.steps.append({
+            "losses": [stats[f"loss_{t}"] for t in self.tasks],
+            "weights": [stats[f"weight_{t}"] for t in self.tasks],
+            "grad_norm_shared": norm(p for p in self.params if id(p) not in heads),
+            "grad_norm_heads": norm(p for p in self.params if id(p) in heads),
+            "update_norm": math.sqrt(sum(float((p.detach().double() - b.double()).square().sum())
+                                         for p, b in zip(self.params, self.before))),
+            "lr": self.lr,
+        })
+        self.before = None
+
+
+def rel_diff(ours: float, ref: float) -> float:
+    return abs(ours - ref) / max(abs(ref), 1e-12)

@@ -1,0 +1,335 @@
+"""Differential test of protocol P1 (``configs/protocols/nashmtl_nyuv2.yaml``) against nash-mtl's own NYUv2 trainer.
+
+``tests/reference/nashmtl_nyuv2/`` holds what AvivNavon/nash-mtl's ``experiments/nyuv2/trainer.py`` produced on
+the MTAN-format fixture ``tests.fixtures_mtan.write_nyuv2(n_train=5, n_val=3, 32 x 32, seed 0)`` (provenance in
+its ``header.json``). Our side takes the protocol config, our datamodule (its loading, crop, flip and depth
+scaling, fed the reference's batch order and augmentation draws), our SegNet-MTAN (the same initial weights
+through :func:`tests.reference_replay.mtan_name`), our losses, metrics, optimizer, LR schedule and method, and
+must reproduce the reference per step. Where the conventions differ on purpose the difference is stated here
+and in the protocol file. The fast tests check the data, the parameter map, the step-1 losses and the LR schedule;
+the full replays (>= 20 steps of a 44M-parameter model) are ``slow``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+import datamodules.mtan_folder as mtan_folder
+from benchmark import tasks as T
+from benchmark.config import load_suite
+from benchmark.methods import create
+from benchmark.module import MTOModule
+from benchmark.runner import create_datamodule, create_model, resolved_hparams
+from tests.fixtures_mtan import write_nyuv2
+from tests.reference_replay import ReplaySampler, StepRecorder, load_reference, mtan_name, recipe_, rel_diff
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL = ROOT / "configs" / "protocols" / "nashmtl_nyuv2.yaml"
+LINEAGE = "nashmtl_nyuv2"
+TASKS = ["semseg", "depth", "normal"]
+LABELS = {"ls": "LS", "mgda": "MGDA", "pcgrad": "PCGrad", "cagrad": "CAGrad", "imtl": "IMTL-G", "nashmtl": "Nash-MTL"}
+BASE = "pcgrad"
+"""The recorded run whose data, parameter shapes and first step the fast tests use."""
+WEIGHT_SCALE = {"mgda": 1 / 3}
+"""Our weights and gradients = the reference's x this: nash-mtl's MGDA returns ``sol * T`` (sums to T), ours
+sums to 1 (docs/methods.md §7); under Adam the x T rescales every gradient alike and leaves the step unchanged."""
+WEIGHT_RTOL = {"nashmtl": 2e-3}
+"""Nash-MTL: the reference stops its CCCP/ECOS iterations at |G alpha - 1/alpha| < 1e-3; ours solves to 1e-10."""
+STEP1_RTOL = 1e-5
+STEP1_GRAD_RTOL = 1e-4
+"""Gradient and update norms on step 1: float32 sums over 44M parameters in different orders."""
+DRIFT_RTOL = 2e-2
+"""The documented bound after N steps: float32 noise, amplified by Adam's first steps (|update| ~ lr per
+element whatever the gradient) and by argmax flips of the segmentation metric on a 3-image test split."""
+
+
+@pytest.fixture(scope="module")
+def header() -> dict:
+    return load_reference(LINEAGE, "header")
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory, header) -> Path:
+    root = write_nyuv2(tmp_path_factory.mktemp("nyuv2"), **header["fixture"]["kwargs"])
+    got = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.npy"))}
+    assert got == header["fixture"]["sha256"], "write_nyuv2 no longer writes the fixture the reference ran on"
+    return root
+
+
+def protocol_suite(root: Path, epochs: int | None = None):
+    """The protocol file as shipped, pointed at the fixture (its size, no worker processes, CPU)."""
+    suite = load_suite(PROTOCOL)
+    suite.dataset.params.update(root=str(root), height=32, width=32, check_sizes=False, num_workers=0)
+    if epochs is not None:
+        suite.train.epochs = epochs
+    suite.train.accelerator = "cpu"
+    return suite
+
+
+def method_config(suite, ref_method: str):
+    return next(m for m in suite.methods if m.key == LABELS[ref_method])
+
+
+def protocol_module(suite, ref_method: str, model) -> MTOModule:
+    """Our method and module as ``benchmark.runner.train_one`` builds them from the suite."""
+    m = method_config(suite, ref_method)
+    method = create(m.name, len(TASKS), **resolved_hparams(suite, m))
+    t = suite.train
+    return MTOModule(model, create_datamodule(suite).tasks, method, lr=t.lr, weight_decay=t.weight_decay,
+                     jacobian_mode=t.jacobian_mode, nan_policy=t.nan_policy, max_nan_skips=t.max_nan_skips,
+                     clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule,
+                     optimizer=t.optimizer, momentum=t.momentum, lr_step_size=t.lr_step_size,
+                     lr_gamma=t.lr_gamma, log_every_n_steps=0)
+
+
+def reference_model(suite, dm):
+    """Our model with the reference's initial weights (recipe keyed by reference names, mapped to ours)."""
+    model = create_model(suite, dm.tasks)
+    ours = dict(model.named_parameters())
+    recipe_({ref: ours[mtan_name(ref, TASKS)] for ref in load_reference(LINEAGE, BASE)["param_shapes"]})
+    return model
+
+
+def replay(dm, ref: dict, monkeypatch) -> torch.utils.data.DataLoader:
+    """Our training loader over the reference's batch order, with its augmentation draws replayed into our
+    ``draw_scale_crop_flip`` (scale index, top, left, flip uniform, as MTAN's RandomScaleCrop draws them)."""
+    ds = dm.dataset("train", augment_seed=0)
+    train = [s for s in ref["samples"] if s["split"] == "train"]
+    n = len(ds)
+    position = {file_id: i for i, file_id in enumerate(ds.ids)}
+    keys = [[(e, position[s["index"]]) for s in train[e * n:(e + 1) * n]] for e in range(len(train) // n)]
+    draws = {(e, s["index"]): s["draws"] for e in range(len(keys)) for s in train[e * n:(e + 1) * n]}
+
+    def recorded(seed, epoch, index, height, width):
+        scale_index, top, left, flip = draws[(epoch, index)]
+        return mtan_folder.ScaleCropFlip(mtan_folder.SCALES[scale_index], top, left, flip < 0.5)
+
+    monkeypatch.setattr(mtan_folder, "draw_scale_crop_flip", recorded)
+    return torch.utils.data.DataLoader(ds, batch_size=dm.batch_size, sampler=ReplaySampler(keys),
+                                       drop_last=dm.drop_last)
+
+
+def sample_sums(image: torch.Tensor, targets: dict) -> list[float]:
+    return [float(x.double().sum()) for x in (image, targets["semseg"], targets["depth"], targets["normal"])]
+
+
+def test_batches_match_reference_crop_flip_and_order(fixture_root, monkeypatch):
+    """Every training sample the reference fetched (crop, resize, depth / scale, flip, normal x negation,
+    float32), summed per map, equals ours for the same draw."""
+    ref = load_reference(LINEAGE, BASE)
+    dm = create_datamodule(protocol_suite(fixture_root))
+    loader = replay(dm, ref, monkeypatch)
+    train = [s for s in ref["samples"] if s["split"] == "train"]
+    ours = []
+    for epoch in range(len(loader.sampler.keys)):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            for b in range(batch["image"].shape[0]):
+                ours.append(sample_sums(batch["image"][b], {k: v[b] for k, v in batch["targets"].items()}))
+    assert len(ours) == len(train) >= 5
+    for i, (mine, theirs) in enumerate(zip(ours, train)):
+        np.testing.assert_allclose(mine, theirs["sums"], rtol=1e-6, atol=1e-3, err_msg=f"sample {i}: {theirs}")
+
+
+def test_parameter_map_and_counts_are_exact(fixture_root):
+    ref = load_reference(LINEAGE, BASE)
+    suite = protocol_suite(fixture_root)
+    model = create_model(suite, create_datamodule(suite).tasks)
+    ours = {n: list(p.shape) for n, p in model.named_parameters()}
+    mapped = {mtan_name(n, TASKS): shape for n, shape in ref["param_shapes"].items()}
+    assert mapped == ours
+    assert sum(p.numel() for p in model.parameters()) == ref["param_count"] == 44_229_073
+    assert sorted(mtan_name(n, TASKS) for n in ref["buffer_names"]) == sorted(n for n, _ in model.named_buffers())
+
+
+def test_step1_losses_match(fixture_root, monkeypatch):
+    """One train-mode forward on the reference's first batch: the three masked losses to float32 precision."""
+    ref = load_reference(LINEAGE, BASE)
+    suite = protocol_suite(fixture_root)
+    dm = create_datamodule(suite)
+    model = reference_model(suite, dm).train()
+    batch = next(iter(replay(dm, ref, monkeypatch)))
+    with torch.no_grad():
+        losses = protocol_module(suite, "ls", model).task_losses(batch)
+    np.testing.assert_allclose(losses.tolist(), ref["steps"][0]["losses"], rtol=STEP1_RTOL)
+
+
+def test_lr_schedule_matches_reference_steplr(fixture_root):
+    """Our per-batch LambdaLR over the protocol's 200 epochs of ceil(795 / 2) batches gives, at every epoch,
+    the reference's StepLR (its recorded arguments, stepped once per epoch as its trainer does)."""
+    ref = load_reference(LINEAGE, BASE)
+    suite = protocol_suite(fixture_root)
+    suite.train.epochs = 200
+    module = protocol_module(suite, "ls", create_model(suite, create_datamodule(suite).tasks))
+    per_epoch = math.ceil(795 / suite.train.batch_size)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=per_epoch * 200, max_epochs=200)
+    ours = module.configure_optimizers()
+    theirs_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=ref["steps"][0]["lr"])
+    theirs = torch.optim.lr_scheduler.StepLR(theirs_opt, ref["scheduler"]["step_size"], ref["scheduler"]["gamma"])
+    factor = ours["lr_scheduler"].lr_lambdas[0]
+    for epoch in range(200):
+        for batch in (0, per_epoch - 1):
+            assert suite.train.lr * factor(epoch * per_epoch + batch) == pytest.approx(theirs.get_last_lr()[0])
+        theirs.step()
+    assert ref["lr_per_scheduler_step"][0] == suite.train.lr
+
+
+def recipe_predictions(b: int, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The predictions ``metrics.json`` was recorded with (header ``metrics_json``)."""
+    g = torch.Generator().manual_seed(1000 + b)
+    n, _, h, w = shape
+    seg = torch.log_softmax(torch.randn(n, 13, h, w, generator=g), dim=1)
+    depth = 0.5 + 7.5 * torch.rand(n, 1, h, w, generator=g)
+    normal = torch.randn(n, 3, h, w, generator=g)
+    return seg, depth, normal / torch.norm(normal, p=2, dim=1, keepdim=True)
+
+
+def test_losses_and_metrics_match_reference_functions(fixture_root):
+    """nash-mtl's calc_loss, ConfMatrix, depth_error and normal_error on fixed predictions over our test loader:
+    our masked losses per batch; mIoU / pixel accuracy from one confusion matrix over the split; depth and normal
+    errors per batch, averaged over batches (the reference's rule; our records pool all pixels instead, see
+    the protocol file); the normal median within our histogram's bin width (0.005 degrees)."""
+    ref = load_reference(LINEAGE, "metrics")
+    dm = create_datamodule(protocol_suite(fixture_root))
+    specs = {t.name: t for t in dm.tasks}
+    seg_metric = T.make_metric(specs["semseg"])
+    rows = []
+    for b, (batch, theirs) in enumerate(zip(dm.test_dataloader(), ref["batches"], strict=True)):
+        preds = dict(zip(TASKS, recipe_predictions(b, batch["image"].shape)))
+        losses = [float(T.task_loss(specs[t], preds[t], batch["targets"][t])) for t in TASKS]
+        np.testing.assert_allclose(losses, theirs["losses"], rtol=STEP1_RTOL, err_msg=f"batch {b} losses")
+        seg_metric.update(preds["semseg"], batch["targets"]["semseg"])
+        row = []
+        for task in ("depth", "normal"):
+            metric = T.make_metric(specs[task])
+            metric.update(preds[task], batch["targets"][task])
+            values = [float(v) for v in metric.compute().values()]
+            row += values[:2] if task == "depth" else values[:2] + [v / 100 for v in values[2:5]]
+        np.testing.assert_allclose(row, theirs["metrics"], rtol=1e-5, atol=1e-2, err_msg=f"batch {b} metrics")
+        rows.append(row)
+    ours = seg_metric.compute()
+    np.testing.assert_allclose([float(ours["miou"]) / 100, float(ours["pix_acc"]) / 100],
+                               [ref["miou"], ref["pix_acc"]], rtol=1e-6)
+    np.testing.assert_allclose(np.mean(rows, axis=0), ref["mean_of_batch_means"], rtol=1e-5, atol=1e-2)
+
+
+def test_batchnorm_settings_match_reference(fixture_root):
+    """Momentum, eps and affine of every BatchNorm of our protocol model are the reference model's."""
+    ref = load_reference(LINEAGE, "metrics")["batchnorm"]
+    suite = protocol_suite(fixture_root)
+    bns = [m for m in create_model(suite, create_datamodule(suite).tasks).modules()
+           if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == ref["count"]
+    assert sorted({m.momentum for m in bns}) == ref["momentum"]
+    assert sorted({m.eps for m in bns}) == ref["eps"]
+    assert sorted({m.affine for m in bns}) == ref["affine"]
+    assert sorted({m.track_running_stats for m in bns}) == ref["track_running_stats"]
+
+
+def run_replay(fixture_root, ref_method: str, monkeypatch, first_step_only: bool = False
+               ) -> tuple[StepRecorder, MTOModule, object]:
+    """Our protocol path on the recorded run: all its epochs, or (``first_step_only``) one step, no evaluation."""
+    ref = load_reference(LINEAGE, ref_method)
+    epochs = 1 if first_step_only else len(ref["epochs"])
+    suite = protocol_suite(fixture_root, epochs)
+    dm = create_datamodule(suite)
+    torch.manual_seed(0)
+    module = protocol_module(suite, ref_method, reference_model(suite, dm))
+    if ref_method == "pcgrad":
+        orders = iter(s["pcgrad_orders"] for s in ref["steps"])
+        module.method.permutations = lambda: next(orders)
+    recorder = StepRecorder(TASKS)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                        num_sanity_val_steps=0, callbacks=[recorder],
+                        **({"limit_train_batches": 1, "limit_val_batches": 0} if first_step_only else {}))
+    trainer.fit(module, train_dataloaders=replay(dm, ref, monkeypatch),
+                val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
+    return recorder, module, dm
+
+
+def per_batch_metrics(module: MTOModule, dm) -> list[float]:
+    """Depth and normal errors as nash-mtl reports them: each metric per test batch, then the mean over batches
+    (abs err, rel err, mean, median, <11.25, <22.5, <30; fractions, not percent)."""
+    model, specs = module.model.eval(), {t.name: t for t in dm.tasks}
+    rows = []
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            z = model.encode(batch["image"])
+            row = []
+            for task, keys in (("depth", ["abs_err", "rel_err"]),
+                               ("normal", ["normal_mean", "normal_median", None, None, None])):
+                metric = T.make_metric(specs[task])
+                metric.update(model.head(task, z), batch["targets"][task])
+                values = list(metric.compute().values())
+                row += [float(v) for v in values[:len(keys)]] if task == "depth" else \
+                    [float(values[0]), float(values[1])] + [float(v) / 100 for v in values[2:5]]
+            rows.append(row)
+    return np.mean(rows, axis=0).tolist()
+
+
+def compare_steps(ref: dict, ours: list[dict], ref_method: str) -> dict[str, float]:
+    """Max relative difference per quantity over all steps; step 1 held to float32 precision."""
+    worst: dict[str, float] = {}
+    for i, (mine, theirs) in enumerate(zip(ours, ref["steps"], strict=False)):
+        scale = WEIGHT_SCALE.get(ref_method, 1.0)
+        pairs = [("loss", a, b) for a, b in zip(mine["losses"], theirs["losses"])]
+        pairs += [(k, mine[k], theirs[k] * scale) for k in ("grad_norm_shared", "grad_norm_heads")]
+        pairs += [(k, mine[k], theirs[k]) for k in ("update_norm", "lr")]
+        if theirs["weights"] is not None:
+            pairs += [("weight", a, b * scale) for a, b in zip(mine["weights"], theirs["weights"])]
+        for key, a, b in pairs:
+            d = rel_diff(a, b)
+            worst[key] = max(worst.get(key, 0.0), d)
+            if i == 0:
+                tol = WEIGHT_RTOL.get(ref_method, STEP1_GRAD_RTOL) if key == "weight" else \
+                    STEP1_RTOL if key == "loss" else STEP1_GRAD_RTOL
+                assert d <= tol, f"{ref_method} step 1 {key}: ours {a} vs reference {b} (rel {d:.2e} > {tol})"
+            assert d <= DRIFT_RTOL, f"{ref_method} step {i + 1} {key}: ours {a} vs reference {b} (rel {d:.2e})"
+    return worst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ref_method", list(LABELS))
+def test_first_step_matches_reference(fixture_root, ref_method, monkeypatch):
+    """Step 1 of every method: losses to 1e-5; weights (the stated conventions), the shared and head gradient
+    norms the optimizer applied, and the update norm to 1e-4. A changed scale convention (x T, mean vs sum,
+    heads weighted or not, clipping) moves the gradient norms even where Adam's step would hide it."""
+    recorder, _, _ = run_replay(fixture_root, ref_method, monkeypatch, first_step_only=True)
+    assert len(recorder.steps) == 1
+    compare_steps(load_reference(LINEAGE, ref_method), recorder.steps, ref_method)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ref_method", list(LABELS))
+def test_replay_matches_reference(fixture_root, ref_method, monkeypatch):
+    """The whole recorded run: per-step losses, weights, gradient/update norms and lr; per-epoch mIoU and pixel
+    accuracy (one confusion matrix per test pass, in both); the final depth and normal errors (per-batch means,
+    the reference's aggregation); the BN running statistics and every parameter's norm at the end."""
+    ref = load_reference(LINEAGE, ref_method)
+    recorder, module, dm = run_replay(fixture_root, ref_method, monkeypatch)
+    assert len(recorder.steps) == len(ref["steps"])
+    compare_steps(ref, recorder.steps, ref_method)
+    assert len(module.history) == len(ref["epochs"])
+    for entry, theirs in zip(module.history, ref["epochs"]):
+        ours = [entry["test"]["semseg/miou"] / 100, entry["test"]["semseg/pix_acc"] / 100]
+        np.testing.assert_allclose(ours, theirs["test_metrics"][:2], rtol=DRIFT_RTOL, atol=1e-3)
+    final = ref["epochs"][-1]["test_metrics"]
+    ours = per_batch_metrics(module, dm)
+    np.testing.assert_allclose(ours, final[2:], rtol=DRIFT_RTOL, atol=1e-2)
+    bns = [m for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for key, attr in (("running_mean_norm", "running_mean"), ("running_var_norm", "running_var")):
+        norm = math.sqrt(sum(float(getattr(m, attr).double().square().sum()) for m in bns))
+        assert rel_diff(norm, ref["final"][key]) <= DRIFT_RTOL, key
+    assert int(bns[0].num_batches_tracked) == ref["final"]["num_batches_tracked"]
+    params = dict(module.model.named_parameters())
+    for name, norm in ref["final"]["param_norms"].items():
+        assert rel_diff(float(params[mtan_name(name, TASKS)].detach().double().norm()), norm) <= DRIFT_RTOL, name

@@ -1,0 +1,38 @@
+"""benchmark/protocol_verification.json: one entry per table of configs/tables.yaml, consistent with the recorded
+reference data (tests/reference/<lineage>/header.json), and the line ``mtobench table`` prints from it."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from benchmark.verification import SUMMARY_FILE, load_summary, verification_line
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_table_has_an_entry():
+    tables = yaml.safe_load((ROOT / "configs" / "tables.yaml").read_text())["tables"]
+    assert sorted(load_summary()["tables"]) == sorted(tables)
+
+
+def test_verified_entries_match_their_reference_headers():
+    for name, entry in load_summary()["tables"].items():
+        if not entry["verified"]:
+            assert entry["reason"], name
+            continue
+        header = json.loads((ROOT / "tests" / "reference" / entry["lineage"] / "header.json").read_text())
+        assert header["repository"].endswith(entry["repository"]) and header["commit"] == entry["commit"], name
+        assert 0 < entry["steps"] <= max(m["steps"] for m in header["methods"].values()), name
+        assert (ROOT / entry["test"]).is_file(), name
+
+
+def test_verification_line():
+    line = verification_line("nashmtl-nyuv2")
+    entry = load_summary(SUMMARY_FILE)["tables"]["nashmtl-nyuv2"]
+    assert line.startswith(f"protocol verified against AvivNavon/nash-mtl@cce18403ef55: {entry['steps']} steps, "
+                           f"max rel. diff {entry['max_rel_diff']:.1e}")
+    assert "differs from the reference: MGDA weights" in line
+    assert verification_line("libmtl-nyuv2").startswith("protocol NOT verified: not replayed yet: LibMTL")
+    assert verification_line("no-such-table") == "protocol NOT verified: no differential test covers table " \
+                                                 "'no-such-table'"
