@@ -174,6 +174,9 @@ def cmd_table(args: argparse.Namespace, overrides: list[str]) -> int:
     except KeyError as exc:
         raise UsageError(exc.args[0]) from exc
     suite = load_protocol(entry, overrides)
+    from benchmark.verification import verification_line
+
+    print(verification_line(args.name))
     if args.dry_run:
         print(dry_run(entry, suite, args.time_steps))
         return 0
