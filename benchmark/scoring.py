@@ -493,3 +493,50 @@ def recompute_table(
                 )
         out.append(result)
     return out
+
+
+@dataclass(frozen=True)
+class PairedStats:
+    """The per-seed difference ``a − b`` over matched seeds (docs/protocols.md: methods are compared paired by
+    seed, same initialisation and data order): its mean, the Student-t 95% CI half-width of that mean (n − 1
+    degrees of freedom; NaN for one seed), the number of seeds, whether the CI excludes 0, and the differences."""
+
+    mean: float
+    ci95_half_width: float
+    n: int
+    separable: bool
+    differences: dict[int, float]
+
+
+def paired_difference(a_per_seed: Mapping[int, float], b_per_seed: Mapping[int, float]) -> PairedStats:
+    """Paired comparison of two methods' per-seed scores (e.g. Δm of a method and of EW, keyed by seed).
+
+    Seeds must match exactly: a seed present on one side only raises ``ValueError`` naming it, since an
+    unmatched seed would turn the paired comparison into an unpaired one. A NaN score gives a NaN mean and
+    half-width, never separable. ``separable``: ``|mean| > half-width``, i.e. the 95% CI excludes zero.
+    """
+    only_a, only_b = sorted(set(a_per_seed) - set(b_per_seed)), sorted(set(b_per_seed) - set(a_per_seed))
+    if only_a or only_b:
+        raise ValueError(f"paired_difference: seeds must match; only in a: {only_a}, only in b: {only_b}")
+    if not a_per_seed:
+        raise ValueError("paired_difference needs at least one matched seed, got none")
+    differences = {seed: float(a_per_seed[seed]) - float(b_per_seed[seed]) for seed in sorted(a_per_seed)}
+    values = list(differences.values())
+    mean, half = seed_mean(values), ci95_half_width(values)
+    separable = bool(math.isfinite(mean) and math.isfinite(half) and abs(mean) > half)
+    return PairedStats(mean, half, len(values), separable, differences)
+
+
+def seeds_to_separate(std: float, difference: float, max_seeds: int = 1000) -> int:
+    """The fewest seeds n >= 2 whose paired 95% CI half-width ``t_{0.975, n−1} · std / √n`` is below
+    ``difference`` (the per-seed differences having sample std ``std``): the seeds a suite needs to separate
+    a true difference of that size when the observed mean equals it."""
+    if not (std >= 0 and difference > 0):
+        raise ValueError(f"seeds_to_separate: need std >= 0 and difference > 0, got std={std}, difference={difference}")
+    from scipy.stats import t
+
+    for n in range(2, max_seeds + 1):
+        if float(t.ppf(0.975, n - 1)) * std / math.sqrt(n) < difference:
+            return n
+    raise ValueError(f"seeds_to_separate: more than max_seeds={max_seeds} seeds needed (std={std}, "
+                     f"difference={difference})")
