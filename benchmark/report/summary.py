@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmark.records import RecordMetric, check_record, group_metrics
 from benchmark.report.baselines import MEASURED, match_metrics, published_baseline
+from benchmark.report.paired import Pairing, model_of, pair_rows
 from benchmark.scoring import (
     LAST_K,
     SELECTION_RULES,
@@ -61,6 +62,16 @@ class MethodRow:
     memory_ratio: float | None
     diagnostics: dict[str, SeedStats] = field(default_factory=dict)
     delta_p: SeedStats | None = None
+    delta_m_seeds: dict[int, float] = field(default_factory=dict)
+    """Δm per seed (empty without a baseline): what the paired comparison of ``report/paired.py`` pairs."""
+    model_key: str = ""
+    model: str = ""
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    """The row's model (``report/paired.py`` ``model_of``): compared by key, named by text, and its overrides."""
+    vs_ew: Pairing | str | None = None
+    """Δm − plain EW's Δm per seed (``report/paired.py``), ``reference`` on EW's own row, None without EW."""
+    vs_control: Pairing | str | None = None
+    """Δm − the Δm of EW on this row's modified model, per seed; None on the suite's own model."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,8 @@ class DatasetSummary:
     """The non-dominated sweep rows: label -> per-task score (% improvement over STL, higher is better)."""
     dominated_by: dict[str, list[str]] = field(default_factory=dict)
     """Per method row: the front points that dominate it (empty: not dominated)."""
+    paired_warnings: list[str] = field(default_factory=list)
+    """Missing references of the paired comparison: no plain EW, or no EW control on a row's modified model."""
 
 
 def label_of(record: Mapping[str, Any]) -> str:
@@ -259,7 +272,13 @@ def _method_rows(
         _check_seeds(label, runs)
         runs = sorted(runs, key=lambda r: r["seed"])
         values = [picks[r["run_id"]] for r in runs]
-        dm = None if baseline is None else seed_stats([delta_m(v, baseline, delta_directions) for v in values])
+        dm_seeds = {} if baseline is None else {
+            r["seed"]: delta_m(v, baseline, delta_directions) for r, v in zip(runs, values, strict=True)}
+        dm = None if baseline is None else seed_stats(list(dm_seeds.values()))
+        models = {model_of(r) for r in runs}
+        if len(models) > 1:
+            raise ValueError(f"{label}: its runs were trained on different models {sorted(t for _, t in models)}")
+        (model_key, model_text), = models
         dp = None if baseline is None else seed_stats([delta_p(v, baseline, delta_directions, groups) for v in values])
         rows.append(
             MethodRow(
@@ -274,6 +293,10 @@ def _method_rows(
                 step_time_ratio=_ratio(_timing_mean(runs, "step_time_mean_s"), ew_step),
                 memory_ratio=_ratio(_memory_mean(runs), ew_mem),
                 diagnostics=_diagnostics(runs),
+                delta_m_seeds=dm_seeds,
+                model_key=model_key,
+                model=model_text,
+                model_overrides=dict((runs[0].get("model") or {}).get("overrides") or {}),
             )
         )
     if rows and directions:
@@ -341,7 +364,7 @@ def _summarize_group(
     if rule == "best-val" and any(r.get("dataset_info", {}).get("val_is_test") for r in records):
         notes.append("**Warning:** the validation split of these runs is the test split (dataset `val_size: 0`), "
                      "so `best-val` selects on test, as LibMTL does; the numbers are optimistic.")
-    rows = _method_rows(mtl, specs, picks, baseline if delta_keys else None, delta_keys)
+    rows, paired_warnings = pair_rows(_method_rows(mtl, specs, picks, baseline if delta_keys else None, delta_keys))
     sweep_rows = _method_rows(sweep, specs, picks, baseline if delta_keys else None, delta_keys) if sweep else []
     front, dominated = _judge(rows, sweep_rows, specs, baseline, delta_keys, notes)
     return DatasetSummary(
@@ -359,6 +382,7 @@ def _summarize_group(
         sweep_rows,
         front,
         dominated,
+        paired_warnings,
     )
 
 
