@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.container import ErrorbarContainer
 from scipy import stats
 
 import benchmark.report.figures as figures
@@ -16,18 +17,24 @@ from tests.test_leaderboard import METRICS, STL, TASKS, _cells, make_record
 SEEDS = (0, 1, 2)
 SHARED = {0: 0.0, 1: 1.5, 2: -1.0}
 """Per-seed noise every method shares (a bad seed is bad for all): it cancels in the paired differences."""
-BASE = {"ew": (38.0, 0.62, 27.0), "pcgrad": (40.0, 0.58, 25.5), "noisy": (38.2, 0.62, 26.9),
+BASE = {"ew": (38.0, 0.62, 27.0), "pcgrad": (40.0, 0.58, 25.5), "noisy": (),
         "worse": (36.0, 0.66, 28.0), "ew-taskbn": (39.0, 0.60, 26.5), "cso": (41.0, 0.57, 25.0)}
 TASK_BN = {"task_bn": True}
 
 
+NOISY = {0: 4.0, 1: -5.0, 2: 2.0}
+"""``noisy`` is EW with these mIoU offsets per seed: a paired difference whose CI spans 0."""
+
+
 def metrics(label: str, seed: int) -> dict[str, float]:
+    """A row's test metrics on a seed: its base values, the shared seed noise, and a small jitter of its own."""
+    if label == "noisy":
+        return {**metrics("ew", seed), "semseg/miou": metrics("ew", seed)["semseg/miou"] + NOISY[seed]}
     miou, abs_err, normal = BASE[label]
-    jitter = np.random.default_rng([sorted(BASE).index(label), seed]).normal(0.0, 1.0, 3)
-    scale = 3.0 if label == "noisy" else 0.2
+    jitter = 0.2 * np.random.default_rng([sorted(BASE).index(label), seed]).normal(0.0, 1.0, 3)
     c = SHARED[seed]
-    return {"semseg/miou": miou - 2 * c + scale * jitter[0], "depth/abs_err": abs_err * (1 + 0.05 * c + 0.01 * scale
-            * jitter[1]), "normal/mean": normal + c + scale * jitter[2]}
+    return {"semseg/miou": miou - 2 * c + jitter[0], "depth/abs_err": abs_err * (1 + 0.05 * c + 0.01 * jitter[1]),
+            "normal/mean": normal + c + jitter[2]}
 
 
 def record(label: str, seed: int) -> dict:
@@ -51,9 +58,12 @@ def independent_delta_m(values: dict[str, float]) -> float:
 
 
 def expected(label: str, reference: str, seeds=SEEDS):
-    """Per-seed differences, mean and 95% CI from numpy and scipy's ``ttest_rel``, with its p-value."""
+    """Per-seed differences, mean and 95% CI from numpy and scipy's ``ttest_rel``, with its p-value (for one
+    seed: the difference only)."""
     a = np.array([independent_delta_m(metrics(label, s)) for s in seeds])
     b = np.array([independent_delta_m(metrics(reference, s)) for s in seeds])
+    if len(seeds) < 2:
+        return a - b, float(np.mean(a - b)), None, None
     test = stats.ttest_rel(a, b)
     low, high = test.confidence_interval(0.95)
     return a - b, float(np.mean(a - b)), (float(low), float(high)), float(test.pvalue)
@@ -142,12 +152,12 @@ def test_no_control_columns_when_every_row_is_on_the_suites_model():
 
 def test_unmatched_seeds_are_paired_on_the_common_ones_and_named():
     table = paired_table(build_leaderboard(records(skip={("pcgrad", 2), ("ew", 1), ("cso", 0)})))
-    diffs, mean, (low, high), _ = expected("pcgrad", "ew", seeds=(0,))
+    _, mean, _, _ = expected("pcgrad", "ew", seeds=(0,))
     assert table["pcgrad"]["paired seeds vs EW"] == \
         "1 (common seeds only: ew seed 2 not run here; seed 1 not run by ew)"
     assert table["pcgrad"]["Δm − EW ↓ mean [95% CI]"] == f"{mean:+.2f} (1 seed: no CI)"
     assert table["pcgrad"]["separable from EW"] == "n/a"
-    diffs, mean, (low, high), _ = expected("worse", "ew", seeds=(0, 2))
+    _, mean, (low, high), _ = expected("worse", "ew", seeds=(0, 2))
     assert table["worse"]["paired seeds vs EW"] == "2 (common seeds only: seed 1 not run by ew)"
     assert table["worse"]["Δm − EW ↓ mean [95% CI]"] == f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
     _, mean, (low, high), _ = expected("cso", "ew-taskbn", seeds=(1, 2))
@@ -176,7 +186,8 @@ def test_bar_figure_draws_the_paired_means_with_their_ci(tmp_path, monkeypatch):
     widths = {label.split(" (")[0]: bar.get_width() for label, bar in zip(labels, ax.patches, strict=True)}
     for label in rows:
         assert widths[label] == pytest.approx(0.0 if label == "ew" else expected(label, "ew")[1], rel=1e-9)
-    segments = ax.containers[0].errorbar.lines[2][0].get_segments()
+    bars = next(c for c in ax.containers if isinstance(c, ErrorbarContainer))
+    segments = bars.lines[2][0].get_segments()
     for label, segment in zip(labels, segments, strict=True):
         name = label.split(" (")[0]
         if name != "ew":

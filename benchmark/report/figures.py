@@ -94,8 +94,8 @@ def _paired_panel(ax, summary: DatasetSummary, rows: Sequence[Any], rule: str) -
             color=["C0" if b[3] else "white" for b in bars], edgecolor="C0")
     ax.axvline(0.0, color="black", linewidth=0.8, label="EW (reference)")
     ax.invert_yaxis()
-    ax.set_xlabel("Δm% − EW's Δm% on the same seed (lower is better); bars: 95% CI of the paired mean; "
-                  "filled: CI excludes 0", fontsize=8)
+    ax.set_xlabel("Δm% − EW's Δm% on the same seed (lower is better)\n"
+                  "bars: 95% CI of the paired mean; filled: the CI excludes 0", fontsize=8)
     seeds = f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds (n per row)"
     ax.set_title(f"{summary.dataset} — {summary.suite} ({rule}): paired by seed vs EW, {seeds}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
