@@ -3,10 +3,10 @@
 Within a group, MTL runs are grouped by ``method_label`` (else ``method``; split further by ``method_hparams`` if
 those differ), each row aggregating its seeds. The STL baseline is :func:`benchmark.scoring.stl_baseline` (or a
 published one, ``report/baselines.py``); Δm is computed per seed against it, then paired by seed with EW's and
-with that of the row's control (``report/paired.py``), and the rows are ordered by the paired difference. Nothing is skipped silently:
-unfinished runs, missing STL tasks and short logs each produce a note. Metrics of auxiliary tasks (the record's
-``tasks`` entry has ``auxiliary: true``, e.g. CSO's edges) are shown but enter neither Δm, nor MR, nor the STL
-check.
+with that of the row's control (``report/paired.py``), and the rows are ordered by the paired difference.
+Nothing is skipped silently: unfinished runs, missing STL tasks and short logs each produce a note. Metrics of
+auxiliary tasks (the record's ``tasks`` entry has ``auxiliary: true``, e.g. CSO's edges) are shown but enter
+neither Δm, nor MR, nor the STL check.
 """
 
 from __future__ import annotations
