@@ -102,7 +102,10 @@ def _independent_delta_p(values):
 
 
 def _row(markdown, label):
-    return next(line for line in markdown.splitlines() if line.startswith(f"| {label} |"))
+    """The row of ``label`` in the main (unpaired) table, which follows the paired table."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method | seeds |"))
+    return next(line for line in lines[start:] if line.startswith(f"| {label} |"))
 
 
 def _cells(line):
@@ -322,7 +325,8 @@ def test_readme_column_entry_adds_one_column(monkeypatch):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme.split("### Adding a leaderboard column", 1)[1]
     exec(re.search(r"```python\n(.*?)```", section, re.S).group(1), {})
-    header = next(line for line in build_leaderboard(make_records()).splitlines() if line.startswith("| method"))
+    lines = build_leaderboard(make_records()).splitlines()
+    header = next(line for line in lines if line.startswith("| method | seeds"))
     assert header.endswith("| peak mem ×EW | seed list |")
     assert "| 0, 1 |" in build_leaderboard(make_records())
 

@@ -63,7 +63,9 @@ def test_suite_runs_end_to_end_and_skips_finished_runs(tmp_path, capsys):
     assert "all 12 runs already have records" in capsys.readouterr().out.replace("\n", " ")  # no 0/0 bar
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("seed*.json")}
     assert main(["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "lb.md")]) == 0
-    assert (tmp_path / "lb.md").read_text().count("| ew |") == 1
+    board = (tmp_path / "lb.md").read_text()
+    assert board.count("| ew |") == 2  # EW's row once in the paired table, once in the unpaired one
+    assert board.count("| ew | reference |") == 1
 
 
 def test_same_seed_gives_identical_records(tmp_path):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from benchmark.records import RecordMetric
+from benchmark.report.paired import NO_CONTROL, Pairing
 from benchmark.scoring import SeedStats
 
 ARROWS = {"higher": "↑", "lower": "↓"}
@@ -99,6 +101,89 @@ def leaderboard_columns(metrics: Sequence[RecordMetric], higher_is_better: bool 
     scores = [Column(delta_m_header(higher_is_better), c.value, c.format) if c.header == "Δm% ↓" else c
               for c in SCORE_COLUMNS]
     return [*LABEL_COLUMNS, *metric_columns(metrics), *scores]
+
+
+def _pairing(text: Callable[[Pairing], str], marker: bool = True) -> Callable[[Pairing | str | None], str]:
+    """A paired cell: ``text`` of a :class:`Pairing`; a marker string (``reference``, ...) as it is with
+    ``marker``, else ``—``; ``—`` for no pairing; ``n/a`` when the two rows share no seed."""
+
+    def cell(pairing: Pairing | str | None) -> str:
+        if pairing is None or (isinstance(pairing, str) and not marker):
+            return ABSENT
+        if isinstance(pairing, str):
+            return pairing
+        return "n/a (no common seed)" if pairing.stats is None else text(pairing)
+
+    return cell
+
+
+def paired_seeds(pairing: Pairing) -> str:
+    """The number of seeds paired and, if some could not be, which: paired on the common seeds only."""
+    gaps = []
+    if pairing.only_reference:
+        gaps.append(f"{pairing.reference} seed {', '.join(map(str, pairing.only_reference))} not run here")
+    if pairing.only_here:
+        gaps.append(f"seed {', '.join(map(str, pairing.only_here))} not run by {pairing.reference}")
+    return str(len(pairing.seeds)) + (f" (common seeds only: {'; '.join(gaps)})" if gaps else "")
+
+
+def control_label(pairing: Pairing | str | None) -> str:
+    if pairing is None:
+        return ABSENT
+    if isinstance(pairing, Pairing):
+        return pairing.reference
+    return "**missing**" if pairing == NO_CONTROL else f"({pairing})"
+
+
+def per_seed(pairing: Pairing) -> str:
+    return ", ".join(f"{seed}: {value:+.2f}" for seed, value in pairing.stats.differences.items())
+
+
+def paired_mean_ci(pairing: Pairing) -> str:
+    """``mean [low, high]``: the paired mean and its Student-t 95% CI; ``(1 seed: no CI)`` for one pair."""
+    mean, half = pairing.stats.mean, pairing.stats.ci95_half_width
+    if math.isnan(mean):
+        return "nan"
+    if math.isnan(half):
+        return f"{mean:+.2f} ({pairing.stats.n} seed: no CI)"
+    return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+
+
+def separable(pairing: Pairing, higher_is_better: bool = False) -> str:
+    """``yes, better`` / ``yes, worse`` when the 95% CI excludes 0 (in Δm's sign), else ``no``."""
+    stats = pairing.stats
+    if stats.n < 2 or math.isnan(stats.mean):
+        return "n/a"
+    if not stats.separable:
+        return "no"
+    return "**yes, better**" if (stats.mean > 0) == higher_is_better else "**yes, worse**"
+
+
+PAIRED_COLUMNS = [
+    Column("method", lambda row: row.label),
+    Column("paired seeds vs EW", lambda row: row.vs_ew, _pairing(paired_seeds)),
+    Column("Δm − EW per seed", lambda row: row.vs_ew, _pairing(per_seed, marker=False)),
+    Column("Δm − EW ↓ mean [95% CI]", lambda row: row.vs_ew, _pairing(paired_mean_ci)),
+    Column("separable from EW", lambda row: row.vs_ew, _pairing(separable, marker=False)),
+    Column("control", lambda row: row.vs_control, control_label),
+    Column("paired seeds vs control", lambda row: row.vs_control, _pairing(paired_seeds, marker=False)),
+    Column("Δm − control ↓ mean [95% CI]", lambda row: row.vs_control, _pairing(paired_mean_ci, marker=False)),
+    Column("separable from control", lambda row: row.vs_control, _pairing(separable, marker=False)),
+]
+"""The paired table (``report/paired.py``): each row's per-seed Δm difference to EW, its mean and 95% CI, and
+the same against the row's control (EW on its modified model) where it has one."""
+
+
+def paired_columns(rows: Sequence[Any], higher_is_better: bool = False) -> list[Column]:
+    """:data:`PAIRED_COLUMNS` in Δm's sign, without the control columns when no row is on a modified model."""
+    columns = list(PAIRED_COLUMNS)
+    if higher_is_better:
+        mark = _pairing(partial(separable, higher_is_better=True), marker=False)
+        columns = [Column(c.header.replace("↓", "↑"), c.value, mark if c.header.startswith("separable") else c.format)
+                   for c in columns]
+    if all(row.vs_control is None for row in rows):
+        return [c for c in columns if "control" not in c.header]
+    return columns
 
 
 def sweep_columns(metrics: Sequence[RecordMetric], front: Sequence[str]) -> list[Column]:

@@ -1,6 +1,6 @@
 """The local figures, drawn from run records only (matplotlib, Agg) and saved beside ``leaderboard.md``:
 
-* ``<stem>.png``: Δm per method (:func:`plot_leaderboard`);
+* ``<stem>.png``: Δm − EW per method, paired by seed, with 95% CI bars (:func:`plot_leaderboard`);
 * ``<stem>_pareto.png``: per-task relative change vs STL, one panel per task pair, Pareto-optimal rows marked;
 * ``<stem>_weights.png``: task weights over the logged steps (``step_log``), one panel per method;
 * ``<stem>_conflict.png``: mean gradient cosine matrix per method (``method_stats`` ``grad_cos/``);
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.grad_stats import cosine_matrix
+from benchmark.report.paired import REFERENCE, Pairing
 from benchmark.report.summary import DatasetSummary, label_of
 from benchmark.scoring import delta_m, seed_mean
 from benchmark.sweep import front
 
 FIGURES = {
-    "": "Δm vs STL per method",
+    "": "Δm − EW per method, paired by seed (bars: 95% CI)",
     "pareto": "Per-task relative change vs STL (Pareto-optimal methods filled)",
     "weights": "Task weights over training",
     "conflict": "Gradient conflict: mean cosine of per-task gradients",
@@ -47,7 +48,9 @@ def _pyplot():
 def plot_leaderboard(
     summaries: Sequence[DatasetSummary], out_path: str | os.PathLike[str], rule: str = "last"
 ) -> Path | None:
-    """A horizontal Δm bar chart (mean ± std over seeds), one panel per dataset; None if no Δm exists."""
+    """A horizontal bar chart per dataset of each row's Δm − EW paired by seed (``report/paired.py``: mean with
+    95% CI bars, EW the reference at 0, separable rows filled), or, for a dataset without an EW run, Δm vs STL
+    (mean ± std over seeds); None if no Δm exists."""
     panels = [s for s in summaries if any(r.delta_m is not None for r in s.rows)]
     if not panels:
         return None
@@ -57,12 +60,45 @@ def plot_leaderboard(
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, sum(heights)), squeeze=False)
     for ax, summary in zip(axes[:, 0], panels, strict=True):
         rows = [r for r in summary.rows if r.delta_m is not None]
+        if any(r.vs_ew is not None for r in rows):
+            _paired_panel(ax, summary, rows, rule)
+            continue
         ax.barh([r.label for r in rows], [r.delta_m.mean for r in rows], xerr=[r.delta_m.std for r in rows])
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.invert_yaxis()
-        ax.set_xlabel("Δm% vs STL (lower is better)")
+        ax.set_xlabel("Δm% vs STL (lower is better); bars: std over seeds (unpaired, no EW run)")
         ax.set_title(f"{summary.dataset} — {summary.suite} ({rule})")
     return _save(fig, out_path)
+
+
+def paired_bars(rows: Sequence[Any]) -> list[tuple[str, float, float, bool, int]]:
+    """``(label, mean, CI half-width, separable, seeds paired)`` per row paired with EW (half-width 0 where there
+    is no CI), EW's reference row at 0; a label carries the paired seed count ``n``. Rows sharing no seed with EW
+    are left out."""
+    bars = []
+    for row in rows:
+        if row.vs_ew == REFERENCE:
+            bars.append((f"{row.label} (reference, n={len(row.seeds)})", 0.0, 0.0, False, len(row.seeds)))
+        elif isinstance(row.vs_ew, Pairing) and row.vs_ew.stats is not None:
+            stats = row.vs_ew.stats
+            half = 0.0 if math.isnan(stats.ci95_half_width) else stats.ci95_half_width
+            bars.append((f"{row.label} (n={stats.n}{', no CI' if stats.n < 2 else ''})", stats.mean, half,
+                         stats.separable, stats.n))
+    return bars
+
+
+def _paired_panel(ax, summary: DatasetSummary, rows: Sequence[Any], rule: str) -> None:
+    bars = paired_bars(rows)
+    counts = sorted({b[4] for b in bars})
+    ax.barh([b[0] for b in bars], [b[1] for b in bars], xerr=[b[2] for b in bars], capsize=3,
+            color=["C0" if b[3] else "white" for b in bars], edgecolor="C0")
+    ax.axvline(0.0, color="black", linewidth=0.8, label="EW (reference)")
+    ax.invert_yaxis()
+    ax.set_xlabel("Δm% − EW's Δm% on the same seed (lower is better)\n"
+                  "bars: 95% CI of the paired mean; filled: the CI excludes 0", fontsize=8)
+    seeds = f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds (n per row)"
+    ax.set_title(f"{summary.dataset} — {summary.suite} ({rule}): paired by seed vs EW, {seeds}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def _save(fig, out_path: str | os.PathLike[str]) -> Path:

@@ -11,14 +11,35 @@ from typing import Any
 
 from benchmark.records import load_records, write_text_atomic
 from benchmark.report.baselines import MEASURED
-from benchmark.report.columns import ABSENT, Column, leaderboard_columns, pm, stl_columns, sweep_columns
+from benchmark.report.columns import (
+    ABSENT,
+    Column,
+    leaderboard_columns,
+    paired_columns,
+    pm,
+    stl_columns,
+    sweep_columns,
+)
 from benchmark.report.figures import figures_markdown, write_figures
 from benchmark.report.summary import DIAGNOSTICS, DatasetSummary, MethodRow, summarize
 from benchmark.scoring import LAST_K
 
+PAIRED_LEGEND = (
+    "Paired by seed (the headline; rows in this order): the same seed gives every method the same "
+    "initialisation and data order, so each row's Δm% is compared with EW's Δm% of the same seed. Δm − EW per "
+    "seed: that difference (negative: better than EW); mean [95% CI]: its mean over the paired seeds and the "
+    "Student-t interval of that mean (n − 1 degrees of freedom); separable: the interval excludes 0. Pairs are "
+    "formed on the seeds both rows have; a seed only one side has is named in the seeds cell, not averaged. A row "
+    "trained on a modified model (e.g. per-task BN) is also paired with its control, EW on that same model, so "
+    "that its gain can be credited to the method rather than the model. Mean rank has no paired column: a rank "
+    "is relative to the set of rows compared (adding or dropping a method changes every rank) and says which "
+    "row is ahead, not by how much, so a t-interval of per-seed rank differences over a few seeds is no test; "
+    "the paired Δm is the comparison to read."
+)
 LEGEND = (
-    "Metrics and Δm% (vs the STL baseline, per seed): mean ± sample std over seeds; 95% CI: Student-t "
-    "half-width of the Δm mean. Δp% (LibMTL's task-level score, higher is better): the signed relative "
+    "Unpaired (each row on its own): metrics and Δm% (vs the STL baseline, per seed): mean ± sample std over "
+    "seeds; 95% CI: Student-t half-width of the Δm mean, which also carries the noise all methods share on a "
+    "seed. Δp% (LibMTL's task-level score, higher is better): the signed relative "
     "improvement averaged within each task, then over tasks, per seed. MR: mean over metrics of the rank among "
     "the rows above, on seed means (ties averaged, NaN last). Step time and peak memory: ratio of seed means to "
     "EW's; peak memory is compared only for CUDA runs (a CPU run records the process-wide max RSS, which is not "
@@ -130,6 +151,20 @@ def _scoring_line(summary: DatasetSummary) -> str:
             f"{', '.join(f'`{k}`' for k in spec.metrics)}; Δm: {sign}.")
 
 
+def _higher(summary: DatasetSummary) -> bool:
+    return summary.scoring.higher_is_better if summary.scoring else False
+
+
+def _paired_markdown(summary: DatasetSummary) -> list[str]:
+    """The paired table (``report/paired.py``), its legend and its warnings, before the unpaired table."""
+    lines = []
+    if any(r.vs_ew is not None for r in summary.rows):
+        table = column_table(paired_columns(summary.rows, _higher(summary)), summary.rows)
+        lines += ["Paired by seed vs EW:", "", *table, "", PAIRED_LEGEND, ""]
+    lines += [line for warning in summary.paired_warnings for line in (f"> **Warning:** {warning}", "")]
+    return lines
+
+
 def _summary_markdown(summary: DatasetSummary) -> list[str]:
     lines = [
         f"## {summary.dataset} — suite `{summary.suite}`",
@@ -143,9 +178,9 @@ def _summary_markdown(summary: DatasetSummary) -> list[str]:
         _scoring_line(summary),
         "",
     ]
+    lines += _paired_markdown(summary)
     if summary.rows:
-        higher = summary.scoring.higher_is_better if summary.scoring else False
-        lines += column_table(leaderboard_columns(summary.metrics, higher), summary.rows)
+        lines += column_table(leaderboard_columns(summary.metrics, _higher(summary)), summary.rows)
         lines += ["", LEGEND]
         lines += _diagnostics_markdown(summary.rows)
         lines += _sweep_markdown(summary)

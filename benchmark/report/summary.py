@@ -2,10 +2,11 @@
 
 Within a group, MTL runs are grouped by ``method_label`` (else ``method``; split further by ``method_hparams`` if
 those differ), each row aggregating its seeds. The STL baseline is :func:`benchmark.scoring.stl_baseline` (or a
-published one, ``report/baselines.py``); Δm is computed per seed against it. Nothing is skipped silently:
-unfinished runs, missing STL tasks and short logs each produce a note. Metrics of auxiliary tasks (the record's
-``tasks`` entry has ``auxiliary: true``, e.g. CSO's edges) are shown but enter neither Δm, nor MR, nor the STL
-check.
+published one, ``report/baselines.py``); Δm is computed per seed against it, then paired by seed with EW's and
+with that of the row's control (``report/paired.py``), and the rows are ordered by the paired difference.
+Nothing is skipped silently: unfinished runs, missing STL tasks and short logs each produce a note. Metrics of
+auxiliary tasks (the record's ``tasks`` entry has ``auxiliary: true``, e.g. CSO's edges) are shown but enter
+neither Δm, nor MR, nor the STL check.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from benchmark.records import RecordMetric, check_record, group_metrics
 from benchmark.report.baselines import MEASURED, match_metrics, published_baseline
+from benchmark.report.paired import Pairing, model_of, pair_rows
 from benchmark.scoring import (
     LAST_K,
     SELECTION_RULES,
@@ -66,6 +68,16 @@ class MethodRow:
     delta_p: SeedStats | None = None
     fewer_seeds: bool = False
     """Fewer seeds than the table's most-seeded row: listed after the full rows, not ranked (no MR)."""
+    delta_m_seeds: dict[int, float] = field(default_factory=dict)
+    """Δm per seed (empty without a baseline): what the paired comparison of ``report/paired.py`` pairs."""
+    model_key: str = ""
+    model: str = ""
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    """The row's model (``report/paired.py`` ``model_of``): compared by key, named by text, and its overrides."""
+    vs_ew: Pairing | str | None = None
+    """Δm − plain EW's Δm per seed (``report/paired.py``), ``reference`` on EW's own row, None without EW."""
+    vs_control: Pairing | str | None = None
+    """Δm − the Δm of EW on this row's modified model, per seed; None on the suite's own model."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,8 @@ class DatasetSummary:
     """Per method row: the front points that dominate it (empty: not dominated)."""
     scoring: ScoringSpec | None = None
     """The metric set Δm, Δp and MR use, Δm's sign and the ``best-val`` score (``record_scoring``)."""
+    paired_warnings: list[str] = field(default_factory=list)
+    """Missing references of the paired comparison: no plain EW, or no EW control on a row's modified model."""
 
 
 def label_of(record: Mapping[str, Any]) -> str:
@@ -276,8 +290,15 @@ def _method_rows(
         _check_seeds(label, runs)
         runs = sorted(runs, key=lambda r: r["seed"])
         values = [picks[r["run_id"]] for r in runs]
+        dm_seeds = {} if baseline is None else {
+            r["seed"]: signed_delta_m(v, baseline, delta_directions, higher_is_better)
+            for r, v in zip(runs, values, strict=True)}
         dm = None if baseline is None else _delta_m_stats(values, baseline, delta_directions, higher_is_better,
                                                           stl_runs)
+        models = {model_of(r) for r in runs}
+        if len(models) > 1:
+            raise ValueError(f"{label}: its runs were trained on different models {sorted(t for _, t in models)}")
+        (model_key, model_text), = models
         dp = None if baseline is None else seed_stats([delta_p(v, baseline, delta_directions, groups) for v in values])
         rows.append(
             MethodRow(
@@ -292,6 +313,10 @@ def _method_rows(
                 step_time_ratio=_ratio(_timing_mean(runs, "step_time_mean_s"), ew_step),
                 memory_ratio=_ratio(_memory_mean(runs), ew_mem),
                 diagnostics=_diagnostics(runs),
+                delta_m_seeds=dm_seeds,
+                model_key=model_key,
+                model=model_text,
+                model_overrides=dict((runs[0].get("model") or {}).get("overrides") or {}),
             )
         )
     if rows:
@@ -382,7 +407,8 @@ def _summarize_group(
                      "so `best-val` selects on test, as LibMTL does; the numbers are optimistic.")
     stl_runs = _stl_samples(stl, scored, picks) if choice == MEASURED else None
     scored_args = (baseline if delta_keys else None, delta_keys, scoring, stl_runs)
-    rows = _method_rows(mtl, specs, picks, *scored_args)
+    rows, paired_warnings = pair_rows(_method_rows(mtl, specs, picks, *scored_args),
+                                      scoring.higher_is_better if scoring else False)
     sweep_rows = _method_rows(sweep, specs, picks, *scored_args) if sweep else []
     front, dominated = _judge(rows, sweep_rows, specs, baseline, delta_keys, notes)
     return DatasetSummary(
@@ -401,6 +427,7 @@ def _summarize_group(
         front,
         dominated,
         scoring,
+        paired_warnings,
     )
 
 
