@@ -68,7 +68,7 @@ def metric_columns(metrics: Sequence[RecordMetric], mark_auxiliary: bool = True)
 
 
 LABEL_COLUMNS = [
-    Column("method", lambda row: row.label),
+    Column("method", lambda row: f"{row.label} (plugin {row.plugin})" if row.plugin else row.label),
     Column("seeds", lambda row: len(row.seeds)),
 ]
 SCORE_COLUMNS = [

@@ -25,6 +25,9 @@ LEGEND = (
     "per run)."
 )
 
+PLUGIN_LEGEND = ("(plugin pkg version): a method from an installed plugin package (its `mtobench.methods` entry "
+                 "point), not a built-in; the version is the package's at training time (the record's `versions`).")
+
 
 def _rule_text(rule: str, val_criterion: str) -> str:
     if rule == "last":
@@ -129,6 +132,8 @@ def _summary_markdown(summary: DatasetSummary) -> list[str]:
     if summary.rows:
         lines += column_table(leaderboard_columns(summary.metrics), summary.rows)
         lines += ["", LEGEND]
+        if any(r.plugin for r in summary.rows):
+            lines += ["", PLUGIN_LEGEND]
         lines += _diagnostics_markdown(summary.rows)
         lines += _sweep_markdown(summary)
     else:

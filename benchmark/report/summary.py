@@ -61,6 +61,8 @@ class MethodRow:
     memory_ratio: float | None
     diagnostics: dict[str, SeedStats] = field(default_factory=dict)
     delta_p: SeedStats | None = None
+    plugin: str | None = None
+    """``package version`` of a method from a plugin (:func:`plugin_of`); None for a built-in."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,16 @@ class DatasetSummary:
 
 def label_of(record: Mapping[str, Any]) -> str:
     return str(record.get("method_label") or record["method"])
+
+
+def plugin_of(record: Mapping[str, Any]) -> str | None:
+    """``package version`` of the plugin a record's method came from (its ``method_origin``, ``entry point 'name'
+    (module:Class) of package pkg``, and the package's entry in ``versions``); None for a built-in method."""
+    origin = str(record.get("method_origin") or "built-in")
+    if origin == "built-in":
+        return None
+    package = origin.rpartition(" of package ")[2] or origin
+    return f"{package} {(record.get('versions') or {}).get(package, '(version not recorded)')}"
 
 
 def _variant_key(record: Mapping[str, Any]) -> tuple[str, str]:
@@ -274,6 +286,7 @@ def _method_rows(
                 step_time_ratio=_ratio(_timing_mean(runs, "step_time_mean_s"), ew_step),
                 memory_ratio=_ratio(_memory_mean(runs), ew_mem),
                 diagnostics=_diagnostics(runs),
+                plugin=plugin_of(runs[0]),
             )
         )
     if rows and directions:
