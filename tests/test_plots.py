@@ -196,8 +196,17 @@ def legend_outside_data(fig):
     assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes if ax.get_visible())
 
 
-@pytest.mark.parametrize("make", [logged_records, crowded_records])
-def test_every_figure_has_no_overlapping_text_and_one_legend_outside_the_data(make, monkeypatch, tmp_path):
+def two_suites_one_seed():
+    """Seed 0 of :func:`logged_records`, as two suites (one panel or map each)."""
+    first = [r for r in logged_records() if r["seed"] == 0]
+    second = [{**r, "suite": "other", "run_id": r["run_id"].replace("default/", "other/")} for r in logged_records()
+              if r["seed"] == 0]
+    return first + second
+
+
+@pytest.mark.parametrize(("make", "seeds"), [(logged_records, "2 seeds"), (crowded_records, "2 seeds"),
+                                             (two_suites_one_seed, "1 seed")])
+def test_every_figure_has_no_overlapping_text_and_one_legend_outside_the_data(make, seeds, monkeypatch, tmp_path):
     drawn = drawn_figures(make(), monkeypatch, tmp_path)
     expected = {"board", "pareto", "weights", "conflict", "curves", *(["priority"] if make is crowded_records else [])}
     assert set(drawn) == expected
@@ -205,7 +214,7 @@ def test_every_figure_has_no_overlapping_text_and_one_legend_outside_the_data(ma
         assert_no_text_overlaps(fig)
         if name != "conflict":
             legend_outside_data(fig)
-        assert "2 seeds" in fig.get_suptitle(), name
+        assert f"mean over {seeds}" in fig.get_suptitle(), name
 
 
 def test_methods_are_compared_on_shared_scales(monkeypatch, tmp_path):

@@ -198,7 +198,7 @@ def plot_leaderboard(
         means = [b[1] for b in bars]
         errors = [0.0 if math.isnan(b[2]) else b[2] for b in bars]
         colors = [REFERENCE_COLOR if label == EW_METHOD else "C0" for label in labels]
-        ax.barh(labels, means, xerr=errors, color=colors, alpha=0.85, height=0.65,
+        ax.barh(labels, means, xerr=errors if any(errors) else None, color=colors, alpha=0.85, height=0.65,
                 error_kw={"elinewidth": 1.0, "capsize": 3, "ecolor": "dimgrey"})
         ax.axvline(0.0, color=BETTER_COLOR, linewidth=1.2)
         ax.invert_yaxis()
@@ -210,11 +210,12 @@ def plot_leaderboard(
         ax.set_title(f"{summary.dataset}, suite {summary.suite}", fontsize=9)
         ax.grid(axis="x", linewidth=0.3, alpha=0.6)
         counts += [b[3] for b in bars]
-    title = _title(fig, f"Δm vs STL per method: mean over {seed_text(counts)}, 95% CI ({rule})")
+    interval = "95% CI" if max(counts) > 1 else "no CI from one seed"
+    title = _title(fig, f"Δm vs STL per method: mean over {seed_text(counts)}, {interval} ({rule})")
+    ci = [Line2D([], [], color="dimgrey", marker="|", markersize=8, label="95% CI (Student t)")]
     legend = _legend(fig, [Patch(color="C0", alpha=0.85, label="Δm mean"),
                            Patch(color=REFERENCE_COLOR, alpha=0.85, label="EW (reference)"),
-                           Line2D([], [], color="dimgrey", marker="|", markersize=8, linestyle="-",
-                                  label="95% CI (Student t)"),
+                           *(ci if max(counts) > 1 else []),
                            Line2D([], [], color=BETTER_COLOR, label="STL (Δm = 0)")])
     _arrange(fig, title, legend)
     return _save(fig, out_path)
@@ -296,7 +297,7 @@ def plot_pareto(summaries: Sequence[DatasetSummary], out_path: str | os.PathLike
         if len(groups) > 1:
             ax.set_title(group, fontsize=9)
     seeds = [len(r.seeds) for s in summaries for r in s.rows if f"{s.suite}/{s.dataset}" in groups]
-    where = next(iter(groups)) if len(groups) == 1 else "per dataset"
+    where = next(iter(groups)) if len(groups) == 1 else "per suite and dataset"
     title = _title(fig, f"Per-task change vs STL, {where}: mean over {seed_text(seeds)} ({rule}; lower is better)")
     legend = _legend(fig, [
         Line2D([], [], marker="o", color="grey", linestyle="none", label="Pareto-optimal\n(all tasks)"),
@@ -335,7 +336,7 @@ def _panel_titles(titles: Sequence[str]) -> tuple[list[str], str]:
     groups = {_split_title(t)[0] for t in titles}
     if len(groups) == 1:
         return [_split_title(t)[1] for t in titles], groups.pop()
-    return list(titles), "per dataset"
+    return list(titles), "per suite and dataset"
 
 
 def weight_series(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
@@ -468,7 +469,7 @@ def plot_conflict(records: Sequence[Mapping[str, Any]], out_path: str | os.PathL
         ax.set_xlabel("task pair", fontsize=8)
         if len(table) > 1:
             ax.set_title(group, fontsize=9)
-    where = next(iter(table)) if len(table) == 1 else "per dataset"
+    where = next(iter(table)) if len(table) == 1 else "per suite and dataset"
     title = _title(fig, f"Mean cosine of per-task gradients, {where}: mean over {seed_text(seeds)}\n"
                         "(below 0: the tasks' gradients conflict)")
     _arrange(fig, title, right_space=0.16)
@@ -541,7 +542,7 @@ def plot_curves(
             ax.tick_params(labelsize=7)
             ax.grid(linewidth=0.3, alpha=0.5)
     seeds = [len(runs) for title, runs in _by_method(records).items() if title in curves]
-    where = groups[0] if len(groups) == 1 else "per dataset"
+    where = groups[0] if len(groups) == 1 else "per suite and dataset"
     title = _title(fig, f"Training curves, {where}: mean over {seed_text(seeds)}")
     handles = [Line2D([], [], color=c, marker=".", linewidth=1.8 if label == EW_METHOD else 1.0,
                       label=f"{label} (reference)" if label == EW_METHOD else label)
