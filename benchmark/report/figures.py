@@ -172,17 +172,22 @@ def place_labels(ax, points: Sequence[tuple[str, float, float]], fontsize: float
     return placed
 
 
-def delta_m_bars(summary: DatasetSummary) -> list[tuple[str, float, float, int]]:
-    """The rows the Δm figure draws, in the table's order: (label, Δm mean, 95% CI half-width, seeds), the
-    numbers of the table's ``Δm%`` and ``Δm% 95% CI`` columns."""
-    return [(r.label, r.delta_m.mean, r.delta_m.ci95, r.delta_m.n) for r in summary.rows if r.delta_m is not None]
+def delta_m_bars(summary: DatasetSummary) -> list[tuple[str, float, float, bool, int]]:
+    """The rows the Δm figure draws, in the table's order: (label, Δm mean, 95% CI half-width, filled, seeds), the
+    numbers of the table's ``Δm%`` and ``Δm% 95% CI`` columns; every bar filled."""
+    return [(r.label, r.delta_m.mean, r.delta_m.ci95, True, r.delta_m.n) for r in summary.rows if r.delta_m is not None]
+
+
+def _is_reference(label: str) -> bool:
+    """EW's bar (its label may carry a note in parentheses)."""
+    return label.split(" (", 1)[0] == EW_METHOD
 
 
 def plot_leaderboard(
     summaries: Sequence[DatasetSummary], out_path: str | os.PathLike[str], rule: str = "last"
 ) -> Path | None:
-    """A horizontal Δm bar chart with the table's 95% CI, one panel per dataset, EW and STL (Δm = 0) marked;
-    None if no Δm exists."""
+    """A horizontal Δm bar chart of :func:`delta_m_bars` with the table's 95% CI, one panel per dataset, EW and
+    STL (Δm = 0) marked; None if no Δm exists."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -195,21 +200,21 @@ def plot_leaderboard(
     counts = []
     for ax, (summary, bars) in zip(axes[:, 0], panels, strict=True):
         labels = [b[0] for b in bars]
-        means = [b[1] for b in bars]
         errors = [0.0 if math.isnan(b[2]) else b[2] for b in bars]
-        colors = [REFERENCE_COLOR if label == EW_METHOD else "C0" for label in labels]
-        ax.barh(labels, means, xerr=errors if any(errors) else None, color=colors, alpha=0.85, height=0.65,
-                error_kw={"elinewidth": 1.0, "capsize": 3, "ecolor": "dimgrey"})
+        edges = [REFERENCE_COLOR if _is_reference(label) else "C0" for label in labels]
+        faces = [edge if filled else "white" for edge, (*_, filled, _n) in zip(edges, bars, strict=True)]
+        ax.barh(labels, [b[1] for b in bars], xerr=errors if any(errors) else None, color=faces, edgecolor=edges,
+                alpha=0.85, height=0.65, error_kw={"elinewidth": 1.0, "capsize": 3, "ecolor": "dimgrey"})
         ax.axvline(0.0, color=BETTER_COLOR, linewidth=1.2)
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=8)
         for tick in ax.get_yticklabels():
-            if tick.get_text() == EW_METHOD:
+            if _is_reference(tick.get_text()):
                 tick.set_fontweight("bold")
         ax.set_xlabel("Δm vs STL (%; lower is better)")
         ax.set_title(f"{summary.dataset}, suite {summary.suite}", fontsize=9)
         ax.grid(axis="x", linewidth=0.3, alpha=0.6)
-        counts += [b[3] for b in bars]
+        counts += [b[4] for b in bars]
     interval = "95% CI" if max(counts) > 1 else "no CI from one seed"
     title = _title(fig, f"Δm vs STL per method: mean over {seed_text(counts)}, {interval} ({rule})")
     ci = [Line2D([], [], color="dimgrey", marker="|", markersize=8, label="95% CI (Student t)")]
