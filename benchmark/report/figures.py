@@ -131,11 +131,10 @@ def _aim(note, ring: float, dx: int, dy: int) -> None:
     note.set_verticalalignment({1: "bottom", -1: "top", 0: "center"}[dy])
 
 
-def place_labels(ax, points: Sequence[tuple[str, float, float]], fontsize: float = 7, obstacles=()) -> list:
+def place_labels(ax, points: Sequence[tuple[str, float, float]], fontsize: float = 7) -> list:
     """Annotate each ``(label, x, y)`` of ``ax`` at the first offset, on rings growing around its point, where the
-    label's box meets no other label, no point's marker and no box of ``obstacles`` (display coordinates), and
-    stays inside the axes; where none is free, the offset of least overlap. Far labels get a leader line. Call
-    once the layout is final (:func:`_arrange`)."""
+    label's box meets no other label and no point's marker, and stays inside the axes; where none is free, the
+    offset of least overlap. Far labels get a leader line. Call once the layout is final (:func:`_arrange`)."""
     from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
@@ -143,7 +142,7 @@ def place_labels(ax, points: Sequence[tuple[str, float, float]], fontsize: float
     frame = ax.get_window_extent(renderer)
     radius = 4 * ax.figure.dpi / 72
     centres = [ax.transData.transform((x, y)) for _, x, y in points]
-    taken = [*obstacles, *(Bbox.from_bounds(cx - radius, cy - radius, 2 * radius, 2 * radius) for cx, cy in centres)]
+    taken = [Bbox.from_bounds(cx - radius, cy - radius, 2 * radius, 2 * radius) for cx, cy in centres]
     placed = []
     for label, x, y in points:
         probe = ax.annotate(label, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=fontsize)
