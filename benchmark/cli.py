@@ -153,15 +153,17 @@ def closing_summary(suite, paths: list[Path], before: set[Path], leaderboard: Pa
 
 def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
     from benchmark.config import load_suite
-    from benchmark.submit import submit, validate_plugin
+    from benchmark.submit import check_lines, submit, validate_plugin
 
+    report = validate_plugin(args.entry_point)
+    console.print(f"plugin {args.entry_point!r}: every check passes:", highlight=False)
+    for line in check_lines(report):
+        console.print(f"  {line}", highlight=False)
     if args.suite is None:
-        validate_plugin(args.entry_point)
-        console.print(f"[green]plugin {args.entry_point!r} passes every check[/]")
         return 0
     out = submit(args.entry_point, load_suite(args.suite, overrides), force=args.force, launcher=args.launcher,
-                 workers=args.workers)
-    console.print(f"[green]plugin {args.entry_point!r} validated; leaderboard written to {out}[/]")
+                 workers=args.workers, validated=True)
+    console.print(f"[green]leaderboard and figures written to {out}[/]")
     return 0
 
 

@@ -198,5 +198,6 @@ def test_bar_figure_draws_the_paired_means_with_their_ci(tmp_path, monkeypatch):
         if name != "ew":
             _, _, (low, high), _ = expected(name, "ew")
             assert sorted(segment[:, 0]) == pytest.approx([low, high], rel=1e-9)
-    assert "3 seeds" in ax.get_title() and "95% CI" in ax.get_xlabel()
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["EW (reference)"]
+    title = fig._suptitle.get_text()
+    assert "3 seeds" in title and "95% CI" in title and "paired by seed vs EW" in title
+    assert "EW (reference)" in [t.get_text() for legend in fig.legends for t in legend.get_texts()]

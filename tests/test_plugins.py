@@ -5,6 +5,7 @@ module, in a temporary folder on ``sys.path``, so ``importlib.metadata`` finds i
 """
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,9 +18,12 @@ from benchmark.cli import main
 from benchmark.config import load_suite
 from benchmark.methods import available, create, get
 from benchmark.methods import registry as reg
-from benchmark.methods.checks import validate
+from benchmark.methods.checks import CHECKS, validate
 from benchmark.methods.registry import _BUILTINS
-from benchmark.submit import PluginError, submit, validate_plugin
+from benchmark.report.markdown import PLUGIN_LEGEND, build_leaderboard
+from benchmark.report.summary import plugin_of
+from benchmark.submit import PluginError, check_lines, submit, validate_plugin
+from tests.test_leaderboard import make_records
 from tests.test_runner import write_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,8 +157,37 @@ def test_validation_catches_each_failure(tmp_path, monkeypatch, source, cls, che
     install(tmp_path, monkeypatch, "bad-pkg", {"bad": f"bad_{check}:{cls}"}, {f"bad_{check}": source})
     report = validate(get("bad"))
     assert [k for k, v in report.items() if v] == [check] and problem in " ".join(report[check])
-    with pytest.raises(PluginError, match=f"entry point 'bad' .* of package bad-pkg fails validation:\n  {check}"):
+    failing = f"entry point 'bad' .* of package bad-pkg fails validation:\n  {check}"
+    with pytest.raises(PluginError, match=failing) as err:
         validate_plugin("bad")
+    lines = str(err.value).splitlines()[1:]
+    assert lines[0].startswith(f"  {check}: FAIL: ") and problem in lines[0]
+    assert sorted(line.split(":")[0].strip() for line in lines) == sorted(CHECKS)
+    assert all(line.endswith(": pass") for line in lines[1:])
+
+
+def test_submit_lists_each_check_it_ran(tmp_path, monkeypatch, capsys):
+    install(tmp_path, monkeypatch, "halves-pkg", {"halves": "halves_mod5:Halves"}, {"halves_mod5": GOOD})
+    assert main(["submit", "halves"]) == 0
+    out = capsys.readouterr().out
+    assert [line.strip() for line in out.splitlines()[1:]] == [f"{check}: pass" for check in CHECKS]
+    skipped = [f"{c}: skipped (the contract fails)" for c in list(CHECKS)[1:]]
+    assert check_lines({"contract": ["no hparams"]}) == ["contract: FAIL: no hparams", *skipped]
+
+
+def test_plugin_rows_name_their_package_and_version():
+    record = {"method_origin": "entry point 'halves' (halves_mod:Halves) of package halves-pkg",
+              "versions": {"halves-pkg": "0.1", "torch": "2"}}
+    assert plugin_of(record) == "halves-pkg 0.1"
+    assert plugin_of({**record, "versions": {}}) == "halves-pkg (version not recorded)"
+    assert plugin_of({"method_origin": "built-in"}) is None and plugin_of({}) is None
+    records = make_records()
+    for r in records:
+        if r["method"] == "pcgrad":
+            r.update(record)
+    board = build_leaderboard(records)
+    assert "| pcgrad (plugin halves-pkg 0.1) | 2 |" in board and "| ew | 2 |" in board
+    assert PLUGIN_LEGEND in board and PLUGIN_LEGEND not in build_leaderboard(make_records())
 
 
 @pytest.mark.parametrize("name", sorted(_BUILTINS))
@@ -172,8 +205,11 @@ def test_unknown_entry_point_lists_the_installed_plugins(tmp_path, monkeypatch, 
 def test_submit_runs_the_plugin_next_to_the_builtins(tmp_path, monkeypatch):
     install(tmp_path, monkeypatch, "halves-pkg", {"halves": "halves_mod4:Halves"}, {"halves_mod4": GOOD})
     suite = load_suite(write_suite(tmp_path, "[{name: ew}]"), ["--suite.seeds", "[0]", "--suite.train.epochs", "1"])
-    board = submit("halves", suite).read_text()
-    assert "| halves |" in board and "| ew |" in board and "Δm" in board
+    out = submit("halves", suite)
+    board = out.read_text()
+    assert "| halves (plugin halves-pkg " in board and "| ew |" in board and "Δm" in board
+    figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", board.split("## Figures", 1)[1])
+    assert figures and all((out.parent / name).stat().st_size > 0 for name in figures)
     record = json.loads((tmp_path / "runs" / "tiny" / "synthetic_scenes" / "halves" / "seed0.json").read_text())
     assert "package halves-pkg" in record["method_origin"] and record["method_hparams"] == {}
     ew = json.loads((tmp_path / "runs" / "tiny" / "synthetic_scenes" / "ew" / "seed0.json").read_text())

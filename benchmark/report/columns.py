@@ -77,8 +77,14 @@ FEWER_SEEDS_MARK = "†"
 """Marks a row with fewer seeds than the table's most-seeded row (listed last, not ranked)."""
 
 
+def method_cell(row: Any) -> str:
+    """The row's label, with its plugin package and version, and the fewer-seeds mark."""
+    text = f"{row.label} (plugin {row.plugin})" if row.plugin else row.label
+    return f"{text} {FEWER_SEEDS_MARK}" if row.fewer_seeds else text
+
+
 LABEL_COLUMNS = [
-    Column("method", lambda row: f"{row.label} {FEWER_SEEDS_MARK}" if row.fewer_seeds else row.label),
+    Column("method", method_cell),
     Column("seeds", lambda row: len(row.seeds)),
 ]
 SCORE_COLUMNS = [

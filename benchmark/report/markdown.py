@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,9 @@ LEGEND = (
     "table's most-seeded row: it is listed after the full rows and gets no MR (MR ranks only the full rows). The Δm "
     "CI also counts the measured STL baseline's seed variance (docs/protocols.md §M.7)."
 )
+
+PLUGIN_LEGEND = ("(plugin pkg version): a method from an installed plugin package (its `mtobench.methods` entry "
+                 "point), not a built-in; the version is the package's at training time (the record's `versions`).")
 
 
 def _rule_text(rule: str, val_criterion: str) -> str:
@@ -182,6 +188,8 @@ def _summary_markdown(summary: DatasetSummary) -> list[str]:
     if summary.rows:
         lines += column_table(leaderboard_columns(summary.metrics, _higher(summary)), summary.rows)
         lines += ["", LEGEND]
+        if any(r.plugin for r in summary.rows):
+            lines += ["", PLUGIN_LEGEND]
         lines += _diagnostics_markdown(summary.rows)
         lines += _sweep_markdown(summary)
     else:
@@ -203,6 +211,7 @@ def build_leaderboard(
     of ``records`` already computed (else computed here)."""
     summaries = summarize(records, rule) if summaries is None else summaries
     lines = ["# mtobench leaderboard", "", _provenance(records), ""]
+    lines += [_config_line(records), ""] if any(r.get("config") for r in records) else []
     lines += [line for note in notes for line in (f"> Note: {note}", "")]
     if not summaries:
         lines += ["No finished runs.", ""]
@@ -221,6 +230,33 @@ def _provenance(records: Sequence[Mapping[str, Any]]) -> str:
     torch_builds = distinct((r.get("versions") or {}).get("torch_build") for r in records)
     devices = distinct(r.get("device") for r in records)
     return f"Built from {len(records)} run records; git commit {commits}; torch {torch_builds}; device {devices}."
+
+
+CONFIG_LINE = "Suite configs (sha256 of the records' `config`, first 16 hex digits):"
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> str:
+    """A short hash of a suite's resolved config (``SuiteConfig.to_dict()``, as a record's ``config`` keeps it)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _config_line(records: Sequence[Mapping[str, Any]]) -> str:
+    """:data:`CONFIG_LINE` then, per suite, the fingerprints of its records' configs: one, unless records of an
+    older config were reused. :func:`config_fingerprints` reads it back."""
+    found: dict[str, set[str]] = {}
+    for r in records:
+        if r.get("config"):
+            found.setdefault(str(r["suite"]), set()).add(config_fingerprint(r["config"]))
+    parts = [f"suite `{suite}`: " + ", ".join(f"`{f}`" for f in sorted(prints))
+             for suite, prints in sorted(found.items())]
+    return f"{CONFIG_LINE} {'; '.join(parts)}."
+
+
+def config_fingerprints(leaderboard: str) -> dict[str, list[str]]:
+    """Per suite, the config fingerprints a leaderboard's header names (empty if it has no such line)."""
+    line = next((ln for ln in leaderboard.splitlines() if ln.startswith(CONFIG_LINE)), "")
+    return {suite: re.findall(r"`([0-9a-f]+)`", prints)
+            for suite, prints in re.findall(r"suite `([^`]+)`: ((?:`[0-9a-f]+`(?:, )?)+)", line)}
 
 
 def write_leaderboard(

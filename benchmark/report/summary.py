@@ -78,6 +78,8 @@ class MethodRow:
     """Δm − plain EW's Δm per seed (``report/paired.py``), ``reference`` on EW's own row, None without EW."""
     vs_control: Pairing | str | None = None
     """Δm − the Δm of EW on this row's modified model, per seed; None on the suite's own model."""
+    plugin: str | None = None
+    """``package version`` of a method from a plugin (:func:`plugin_of`); None for a built-in."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,16 @@ class DatasetSummary:
 
 def label_of(record: Mapping[str, Any]) -> str:
     return str(record.get("method_label") or record["method"])
+
+
+def plugin_of(record: Mapping[str, Any]) -> str | None:
+    """``package version`` of the plugin a record's method came from (its ``method_origin``, ``entry point 'name'
+    (module:Class) of package pkg``, and the package's entry in ``versions``); None for a built-in method."""
+    origin = str(record.get("method_origin") or "built-in")
+    if origin == "built-in":
+        return None
+    package = origin.rpartition(" of package ")[2] or origin
+    return f"{package} {(record.get('versions') or {}).get(package, '(version not recorded)')}"
 
 
 def _variant_key(record: Mapping[str, Any]) -> tuple[str, str]:
@@ -317,6 +329,7 @@ def _method_rows(
                 model_key=model_key,
                 model=model_text,
                 model_overrides=dict((runs[0].get("model") or {}).get("overrides") or {}),
+                plugin=plugin_of(runs[0]),
             )
         )
     if rows:
