@@ -53,6 +53,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "benchmark.runner",
         "benchmark.runner.*",
         "benchmark.grid",
+        "benchmark.verification",
         "benchmark.train",
         "benchmark.suite",
         "benchmark.report",

@@ -193,7 +193,7 @@ def test_grid_rerun_skips_finished_runs_and_leftovers_are_not_counted(tmp_path, 
     mtimes = {p: p.stat().st_mtime_ns for p in paths}
     capsys.readouterr()
     run_suite(suite)
-    assert "2 of 2 runs already have records" in capsys.readouterr().out.replace("\n", " ")
+    assert "all 2 runs already have records" in capsys.readouterr().out.replace("\n", " ")
     assert mtimes == {p: p.stat().st_mtime_ns for p in paths}
     loaded, _ = load_records(tmp_path / "runs")
     assert sorted(r["method"] for r in loaded) == ["ew", "uw"]

@@ -166,12 +166,12 @@ def test_protocol_configs_name_their_reference_aggregation():
 
 def test_module_builds_its_metrics_with_the_suite_options():
     from benchmark.methods import create
-    from benchmark.module import MTOModule
+    from benchmark.module import ModuleConfig, MTOModule
     from models import MODELS
 
     specs = [DEPTH, NORMAL]
     model = MODELS["segnet"]({"depth": 1, "normal": 3}, width=4, levels=2)
-    module = MTOModule(model, specs, create("ew", 2), metric_options=MetricOptions("per_batch", 1e-9))
+    module = MTOModule(model, specs, create("ew", 2), ModuleConfig(metric_options=MetricOptions("per_batch", 1e-9)))
     metrics = module.metrics["test"]
     assert metrics["depth"].aggregation == "per_batch" and metrics["depth"].clamp == 1e-9
     assert metrics["normal"].aggregation == "per_batch"
