@@ -21,19 +21,24 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if args.no_wandb:
         overrides = [*overrides, "--suite.logging.wandb", "off"]
+    from benchmark.runner import RunsFailed
+
     suite = load_suite(args.suite_file, overrides)
+    failed = None
     try:
         run(suite, force=args.force, launcher=args.launcher, workers=args.workers)
-    except JobsFailed as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
-        return 1
+    except (JobsFailed, RunsFailed) as exc:
+        failed = exc
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:  # a DDP rank other than 0: rank 0 writes the records and the leaderboard
-        return 0
+        return 0 if failed is None else 1
     out = Path(suite.leaderboard)
     write_leaderboard(Path(suite.output_dir) / suite.name, out, suite.selection, plot=True)
     console.print(f"[green]leaderboard written to {out} (plots beside it)[/]")
+    if failed is not None:
+        console.print(f"[red]error:[/] {escape(str(failed))}", highlight=False)
+        return 1
     return 0
 
 

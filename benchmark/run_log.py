@@ -80,6 +80,15 @@ class RunLog(L.Callback):
         self.series = StepSeries(max_points)
         self.epochs_logged = 0
 
+    def state_dict(self) -> dict:
+        """The step series so far, so a resumed run's record keeps the steps before the resume."""
+        s = self.series
+        return {"points": s.points, "stride": s.stride, "seen": s.seen, "epochs_logged": self.epochs_logged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.series.points, self.series.stride, self.series.seen = state["points"], state["stride"], state["seen"]
+        self.epochs_logged = state["epochs_logged"]
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         entry = pl_module.stats.logged_step
         if entry is None:
