@@ -1,6 +1,7 @@
 """Fault injection through the CLI: each test runs ``mtobench`` in a subprocess, as a user would, on a tiny suite
 (8x8 images, one epoch), injects one fault and asserts a clear error or a correct recovery, and that no record
-was lost or wrong. The list of fault kinds and their expected behaviour is in README.md ("Reliability")."""
+was lost or wrong. The list of fault kinds and their expected behaviour is in README.md ("Reliability"). The
+tests with three or more CLI calls are marked ``slow``."""
 
 import json
 import os
@@ -184,6 +185,7 @@ def test_bad_config_values_are_refused_with_the_field_named(tmp_path, data, over
 # --- records are keyed on what made them --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_changed_config_is_refused_naming_the_fields_and_force_retrains(tmp_path, data):
     path = suite(tmp_path, data)
     assert cli("run", str(path)).returncode == 0
@@ -241,6 +243,7 @@ def _comparable(rec: dict) -> dict:
     return rec
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_resumes_to_the_whole_same_record(tmp_path, data):
     """SIGKILL after batch 3 of 2 x 3: the resumed record equals an uninterrupted one field by field (step log,
     method stats, history), except timings and resume counters."""
@@ -277,6 +280,7 @@ def test_a_pickle_payload_checkpoint_is_refused_and_not_offered_for_resume(tmp_p
     assert record(tmp_path / "runs")["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_configuration_is_refused(tmp_path, data):
     path = suite(tmp_path, data, epochs=2, every=1)
     assert cli("run", str(path), MTOBENCH_KILL_AT_BATCH="1").returncode == -9
@@ -318,6 +322,7 @@ S.train_and_write = counted
 """
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_of_one_suite_train_each_run_exactly_once(tmp_path, data):
     path = suite(tmp_path, data, "[{name: ew}, {name: uw}, {name: rlw}]", seeds="[0, 1]")
     warm = cli("run", path, "--suite.methods=[{name: ew}]", "--suite.seeds=[0]", "--suite.output_dir",
@@ -451,6 +456,7 @@ def test_a_full_disk_is_named_and_the_rerun_resumes(tmp_path, data):
     assert rec["status"] == "finished" and rec["resumes"]
 
 
+@pytest.mark.slow
 def test_a_corrupt_data_cache_is_named_and_regenerated(tmp_path):
     data = tmp_path / "data"
     path = suite(tmp_path, data)

@@ -28,7 +28,7 @@ from benchmark.runner.plan import (
 )
 from benchmark.runner.train import console, train_and_write
 
-TEMP_NAME = re.compile(r"^\..+\.(\d+)(\.[A-Za-z0-9_]+)?\.tmp$")
+TEMP_NAME = re.compile(r"^\.(.+?)\.(\d+)(\.\w+)?\.tmp$")
 """Temp files of the checkpoint (``.<name>.<pid>.tmp``) and record (``.<name>.<pid>.<random>.tmp``) writers."""
 
 
@@ -86,7 +86,7 @@ def remove_orphan_temp_files(folder: Path) -> list[Path]:
     removed = []
     for path in folder.glob(".*.tmp") if folder.is_dir() else []:
         match = TEMP_NAME.match(path.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not _pid_alive(int(match.group(2))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
