@@ -75,6 +75,7 @@ def data(tmp_path_factory) -> Path:
 def suite(tmp_path: Path, data: Path, methods: str = "[{name: ew}]", seeds: str = "[0]", epochs: int = 1,
           every: int = 0, n_train: int = 8, out: Path | None = None, board: Path | None = None) -> Path:
     out = out or tmp_path / "runs"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "suite.yaml"
     path.write_text(SUITE.format(data=data, out=out, board=board or out / "leaderboard.md", methods=methods,
                                  seeds=seeds, epochs=epochs, every=every, n_train=n_train))

@@ -14,6 +14,7 @@ from benchmark.config import MethodConfig, SuiteConfig
 from benchmark.methods import Needs, create
 from benchmark.methods.presets import resolve
 from benchmark.methods.registry import builtin_clash
+from benchmark.module import ModuleConfig, MTOModule
 from benchmark.names import unknown_name
 from benchmark.sweep import SWEEP_METHOD, simplex_grid, sweep_label
 from datamodules import DATAMODULES
@@ -110,10 +111,12 @@ def check_methods(suite: SuiteConfig, tasks: list) -> None:
             raise ValueError(f"suite {suite.name!r}: method {m.key!r}: {clash}; rename the plugin's entry point")
         try:
             method = create(m.name, len(tasks), **resolved_hparams(suite, m))
-            method.check_model(create_model(suite, tasks, m.model))
+            model = create_model(suite, tasks, m.model)
+            method.check_model(model)
             if m.update_every != 1 and (m.update_every < 1 or method.needs is not Needs.GRAMIAN):
                 raise ValueError(f"update_every={m.update_every} must be >= 1, and > 1 only for Gramian methods "
                                  f"({m.name} needs {method.needs.value})")
+            MTOModule(model, tasks, method, ModuleConfig(update_every=m.update_every))  # model-method fit
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"suite {suite.name!r}: method {m.key!r}: {exc}") from exc
 
