@@ -8,6 +8,7 @@ states and how far into its epoch it was. Everything in it is a tensor or plain 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -112,6 +113,11 @@ class RunCheckpoint(Checkpoint):
         try:
             trainer.save_checkpoint(tmp, weights_only=False)
             if getattr(trainer, "is_global_zero", True):  # only rank 0 writes the file
+                if not tmp.is_file():  # Lightning's atomic save can swallow the error (e.g. a read-only folder)
+                    writable = os.access(tmp.parent, os.W_OK)
+                    raise OSError(errno.EACCES if not writable else errno.EIO,
+                                  f"checkpoint {self.path} could not be saved: the temp file {tmp} was not written "
+                                  f"({tmp.parent} is {'not ' if not writable else ''}writable)")
                 with open(tmp, "rb") as f:
                     os.fsync(f.fileno())
                 os.replace(tmp, self.path)

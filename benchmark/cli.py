@@ -83,22 +83,26 @@ def grid_text(suite) -> str:
 def train_suite(suite, args: argparse.Namespace, before: set[Path]) -> int:
     from benchmark.launch import JobsFailed, run
     from benchmark.report.markdown import write_leaderboard
+    from benchmark.runner import RunsFailed
 
+    failed = None
     try:
         paths = run(suite, force=args.force, launcher=args.launcher, workers=args.workers)
-    except JobsFailed as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        return 1
+    except (JobsFailed, RunsFailed) as exc:
+        failed, paths = exc, sorted(Path(suite.output_dir, suite.name).rglob("seed*.json"))
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:  # a DDP rank other than 0: rank 0 writes the records and the leaderboard
-        return 0
+        return 0 if failed is None else 1
     out = Path(suite.leaderboard)
     note = foreign_leaderboard(out, suite.name)
     if note:
         err.print(f"[yellow]note:[/] {escape(note)}")
     write_leaderboard(Path(suite.output_dir) / suite.name, out, suite.selection, plot=True)
     print(closing_summary(suite, paths, before, out))
+    if failed is not None:
+        err.print(f"[red]error:[/] {escape(str(failed))}")
+        return 1
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,7 +303,8 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>", given: set[str
     checks = [
         (t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1"),
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
-        (t.lr > 0, "train.lr", t.lr, "must be > 0"),
+        (t.lr > 0 and math.isfinite(t.lr), "train.lr", t.lr, "must be finite and > 0"),
+        (t.max_nan_skips >= 0, "train.max_nan_skips", t.max_nan_skips, "must be >= 0"),
         (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0"),
         (t.checkpoint_every_n_batches >= 0, "train.checkpoint_every_n_batches", t.checkpoint_every_n_batches,
          "must be >= 0"),

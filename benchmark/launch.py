@@ -16,7 +16,7 @@ from rich.progress import Progress
 from benchmark.config import LauncherConfig, SuiteConfig
 from benchmark.records import record_path
 from benchmark.runner.plan import PlannedRun, create_datamodule
-from benchmark.runner.suite import plan_suite, run_suite
+from benchmark.runner.suite import claimed, plan_suite, run_suite
 from benchmark.runner.train import console, train_and_write
 
 LAUNCHERS = ("none", "local", "slurm")
@@ -40,11 +40,12 @@ def run(suite: SuiteConfig, force: bool = False, launcher: str = "none", workers
 
 
 def run_job(suite: SuiteConfig, run: PlannedRun) -> str | None:
-    """One job: train ``run`` and write its record; returns the record's path (None on DDP ranks other than 0)."""
+    """One job: train ``run`` under its lock (waiting for another process holding it) and write its record;
+    returns the record's path (None on DDP ranks other than 0)."""
     dm = create_datamodule(suite)
     dm.prepare_data()
     dm.setup("fit")
-    with Progress(console=console, disable=True) as progress:
+    with Progress(console=console, disable=True) as progress, claimed(suite, run, wait=True):
         path = train_and_write(suite, run, dm, progress)
     return None if path is None else str(path)
 

@@ -46,6 +46,8 @@ class ModuleConfig:
     def __post_init__(self) -> None:
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={self.nan_policy!r} is not one of {NAN_POLICIES}")
+        if self.max_nan_skips < 0:
+            raise ValueError(f"max_nan_skips={self.max_nan_skips} must be >= 0")
 
     @classmethod
     def from_train(cls, train, **fields) -> ModuleConfig:
@@ -120,6 +122,7 @@ class MTOModule(L.LightningModule):
         return torch.stack([_widened(self.task_loss(batch, t, z)) for t in self.tasks])
 
     def on_fit_start(self) -> None:
+        self.stats.fit_started = time.perf_counter()
         self.sync = GradSync() if self.trainer.world_size > 1 else None
         self.engine.sync = self.sync
         if self.sync is not None:
@@ -241,11 +244,15 @@ class MTOModule(L.LightningModule):
         bad = {t.name: float(v) for t, v in zip(self.tasks, raw_losses.detach()) if not torch.isfinite(v)}
         where = f"epoch {self.current_epoch}, step {self.global_step}"
         if self.config.nan_policy == "error":
-            raise FloatingPointError(f"non-finite task loss at {where}: {bad} (nan_policy: skip would skip the step)")
+            exc = FloatingPointError(f"non-finite task loss at {where}: {bad} (nan_policy: skip would skip the step)")
+            exc.nan_skips = self.stats.nan_skips
+            raise exc
         self.stats.nan_skips += 1
         limit = self.config.max_nan_skips
         if self.stats.nan_skips > limit:
-            raise FloatingPointError(f"over max_nan_skips={limit} bad steps; last at {where}: {bad}")
+            exc = FloatingPointError(f"over max_nan_skips={limit} bad steps; last at {where}: {bad}")
+            exc.nan_skips = self.stats.nan_skips
+            raise exc
 
     @torch.no_grad()
     def _losses_after_step(self, batch: dict) -> Tensor:

@@ -77,7 +77,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -89,6 +90,13 @@ def write_text_atomic(path: Path, text: str) -> None:
         if isinstance(exc, OSError):
             raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_writable(folder: Path, field: str) -> None:
@@ -206,9 +214,12 @@ def check_record(record: Mapping[str, Any]) -> None:
         raise ValueError(f"run {run_id}: an STL record needs 'stl_task'")
 
 
-def load_records(records_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
+def load_records(
+    records_dir: str | os.PathLike[str], unscored: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Finished records found (recursively) as ``*.json`` under ``records_dir``, outside W&B's ``wandb/`` folders,
-    and notes on skipped ones."""
+    and notes on skipped ones; with ``unscored``, the ``diverged`` and ``failed`` ones too (the leaderboard lists
+    them as not scored)."""
     root = Path(records_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"records directory {root} does not exist")
@@ -229,7 +240,7 @@ def load_records(records_dir: str | os.PathLike[str]) -> tuple[list[dict[str, An
                 f"{path}: schema_version {record.get('schema_version')!r} is not supported "
                 f"(expected {SCHEMA_VERSION})"
             )
-        if record.get("status") != "finished":
+        if record.get("status") != "finished" and not (unscored and record.get("status") in ("diverged", "failed")):
             notes.append(
                 f"skipped unfinished run {record['run_id']} (status {record.get('status')!r}, {path})"
             )

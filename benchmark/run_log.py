@@ -57,7 +57,10 @@ def stl_baseline(records_dir: Path, suite: str, dataset: str, metrics: Mapping[s
     """Per metric, the mean over the suite's finished STL runs of its task of the test value ``rule`` selects
     (the leaderboard's baseline, :func:`benchmark.scoring.stl_baseline`); None with a note naming the tasks that
     have no STL record yet."""
-    records = load_records(records_dir)[0] if Path(records_dir).is_dir() else []
+    try:
+        records = load_records(records_dir)[0] if Path(records_dir).is_dir() else []
+    except ValueError as exc:  # an unreadable record (one being retrained, say) leaves Δm undefined, not the run
+        return Baseline(None, f"n/a: {exc}")
     stl = [r for r in records if r.get("kind") == "stl" and r.get("suite") == suite and r.get("dataset") == dataset]
     found = measured_baseline(stl, [record_metric(k, spec) for k, spec in metrics.items()],
                               {r["run_id"]: select(r, rule, "test") for r in stl})
@@ -90,6 +93,15 @@ class RunLog(L.Callback):
         self.directions = dict(directions or {})
         self.series = StepSeries(max_points)
         self.epochs_logged = 0
+
+    def state_dict(self) -> dict:
+        """The step series so far, so a resumed run's record keeps the steps before the resume."""
+        s = self.series
+        return {"points": s.points, "stride": s.stride, "seen": s.seen, "epochs_logged": self.epochs_logged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.series.points, self.series.stride, self.series.seen = state["points"], state["stride"], state["seen"]
+        self.epochs_logged = state["epochs_logged"]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         entry = pl_module.stats.logged_step

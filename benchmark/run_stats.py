@@ -3,6 +3,7 @@ step statistics and the logging probes. It round-trips through the checkpoint wi
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -32,6 +33,9 @@ class RunStats:
     probe_sources: set[str] = field(default_factory=set)
     resumes: list[dict] = field(default_factory=list)
     logged_step: dict[str, float] | None = None
+    wall_before_s: float = 0.0
+    """Training seconds of the earlier attempts of a resumed run (saved in each checkpoint with the current one)."""
+    fit_started: float | None = None
 
     def add_step(self, stats: dict[str, float]) -> None:
         """Count one step's statistics (for the run's means and lasts and the epoch's means)."""
@@ -64,6 +68,7 @@ class RunStats:
             "stat_sums": dict(self.stat_sums), "stat_counts": dict(self.stat_counts), "stat_last": self.stat_last,
             "epoch_stats": dict(self.epoch_stats), "epoch_lr": self.epoch_lr, "resumes": self.resumes,
             "batches": self.batches, "probe": [self.probe_seconds, self.probe_steps, sorted(self.probe_sources)],
+            "wall_s": self.wall_before_s + (time.perf_counter() - self.fit_started if self.fit_started else 0.0),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -79,3 +84,4 @@ class RunStats:
         self.batches = state["batches"]
         self.probe_seconds, self.probe_steps, sources = state["probe"]
         self.probe_sources = set(sources)
+        self.wall_before_s = state.get("wall_s", 0.0)

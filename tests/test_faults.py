@@ -20,7 +20,7 @@ from benchmark.methods import create
 from benchmark.methods.base import Method, Needs
 from benchmark.methods.registry import _BUILTINS, register
 from benchmark.module import ModuleConfig, MTOModule
-from benchmark.runner import check_methods, create_datamodule, run_suite
+from benchmark.runner import RunsFailed, check_methods, create_datamodule, run_suite
 from datamodules import SyntheticScenesDataModule, TaskSpec
 from datamodules.synthetic_scenes import _sha256
 from models import MODELS
@@ -139,7 +139,9 @@ def test_batch_validator_names_the_bad_field(change, message):
 @pytest.mark.parametrize(("override", "message"), [
     (["--suite.train.epoch", "2"], "unknown suite key 'train.epoch'; did you mean --suite.train.epochs"),  # no prefix
     (["--suite.train.epochs", "two"], "epochs"),
-    (["--suite.train.lr", "-0.1"], r"train.lr=-0.1 must be > 0"),
+    (["--suite.train.lr", "-0.1"], r"train.lr=-0.1 must be finite and > 0"),
+    (["--suite.train.lr", "1e400"], r"train.lr=inf must be finite and > 0"),
+    (["--suite.train.max_nan_skips", "-1"], r"train.max_nan_skips=-1 must be >= 0"),
     (["--suite.train.checkpoint_every_n_batches", "-1"], "train.checkpoint_every_n_batches=-1 must be >= 0"),
 ])
 def test_config_errors_name_the_option_and_field(tmp_path, override, message):
@@ -229,12 +231,15 @@ def test_engine_names_a_method_returning_a_wrong_shape_or_nan(plugins, name, val
     assert all(p.grad is None for p in shared.parameters())
 
 
-def test_a_raising_method_is_named_with_its_run_and_leaves_no_record(tmp_path, plugins):
-    with pytest.raises(RuntimeError, match="plugin bug") as info:
+def test_a_raising_method_is_named_with_its_run_and_recorded_as_failed(tmp_path, plugins):
+    with pytest.raises(RunsFailed, match="plugin bug") as info:
         run_suite(load_suite(suite_file(tmp_path, "[{name: test_raises}]")))
-    note = "run faults/synthetic_scenes/test_raises/seed0 (method 'test_raises') failed; no record was written"
-    assert note in info.value.__notes__[0]
-    assert not list((tmp_path / "runs").rglob("*.json")) and not list((tmp_path / "runs").rglob("*.tmp"))
+    run_id = "faults/synthetic_scenes/test_raises/seed0"
+    assert f"run {run_id} (method 'test_raises') failed; recorded as failed in" in str(info.value)
+    (path,) = (tmp_path / "runs").rglob("*.json")
+    failed = json.loads(path.read_text())
+    assert failed["status"] == "failed" and failed["error"]["type"] == "RuntimeError"
+    assert "plugin bug" in Path(failed["error"]["log"]).read_text() and not list((tmp_path / "runs").rglob("*.tmp"))
 
 
 # --- NaN loss ------------------------------------------------------------------------------------------------------

@@ -31,11 +31,13 @@ def test_local_launcher_with_two_workers_matches_a_sequential_run_and_reports_a_
     message = str(info.value)
     assert message.startswith("1 of 3 jobs failed") and "tiny/synthetic_scenes/bad/seed0: ValueError: " in message
     assert "FixedWeights: weights=[1.0, 2.0]" in message
-    launched = records(tmp_path)
+    launched = {k: r for k, r in records(tmp_path).items() if r["status"] == "finished"}
     assert sorted(launched) == ["tiny/synthetic_scenes/ew/seed0", "tiny/synthetic_scenes/pcgrad/seed0"]
+    assert records(tmp_path)["tiny/synthetic_scenes/bad/seed0"]["status"] == "failed"  # recorded, with its log
     assert len(list((tmp_path / "runs" / "submitit" / "tiny").glob("*/*_log.out"))) == 3
     run_suite(suite, force=True)
-    assert comparable(records(tmp_path)) == comparable(launched)
+    rerun = {k: r for k, r in records(tmp_path).items() if r["status"] == "finished"}
+    assert comparable(rerun) == comparable(launched)
 
 
 def test_slurm_executor_gets_partition_gpus_and_time_limit(tmp_path, monkeypatch):

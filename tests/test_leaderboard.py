@@ -227,10 +227,23 @@ def test_unparsable_record_names_the_file(tmp_path):
 
 def test_unfinished_records_are_skipped_with_a_note():
     records = make_records()
-    records[0]["status"] = "failed"
+    records[0]["status"] = "running"
     md = build_leaderboard(records)
     assert "skipped unfinished run default/toy/ew/seed0" in md
     assert "Seeds per method: ew 1, mgda_ub 2, pcgrad 2" in md
+
+
+def test_failed_and_diverged_records_are_listed_as_not_scored_and_warned():
+    records = make_records()
+    records[0].update(status="failed", status_reason="RuntimeError: plugin bug")
+    (pcgrad,) = [r for r in records if r["method"] == "pcgrad" and r["seed"] == 1]
+    pcgrad.update(status="diverged", status_reason="non-finite selected test metric(s) depth/abs_err")
+    md = build_leaderboard(records)
+    assert "> Not scored: `default/toy/ew/seed0` (failed): RuntimeError: plugin bug" in md
+    assert f"> Not scored: `{pcgrad['run_id']}` (diverged): non-finite selected" in md
+    assert "`ew` is missing seed(s) 0 (failed), not scored; its row averages the other 1 seed(s)" in md
+    assert "`pcgrad` is missing seed(s) 1 (diverged)" in md
+    assert "Seeds per method: ew 1, mgda_ub 2, pcgrad 1" in md
 
 
 def test_stl_baseline_is_the_mean_over_stl_seeds():
@@ -252,7 +265,9 @@ def test_stl_baseline_is_the_mean_over_stl_seeds():
     )
 
 
-def test_rows_follow_method_label_and_null_metrics_are_nan():
+def test_rows_follow_method_label_and_null_metrics_are_not_scored():
+    """A record with a null (NaN) selected metric never turns its row NaN: it is listed as not scored and left
+    out of Δm, CIs and ranks, with a warning for the seeds its method misses."""
     records = make_records()
     extra = [make_record("ew", s, MTL[("ew", s)]) for s in (0, 1)]
     for record in extra:
@@ -262,13 +277,13 @@ def test_rows_follow_method_label_and_null_metrics_are_nan():
         record["timing"]["step_time_mean_s"] = None
     md = build_leaderboard(records + extra)
     assert _cells(_row(md, "ew"))[-2] == "1.00×"
-    big = _cells(_row(md, "ew-big"))
-    assert big[4] == "nan ± nan" and big[5] == "nan ± nan" and big[-2] == "n/a"
-    assert (
-        big[8] == f"{(3.5 + 3.5 + 4) / 3:.2f}" and _cells(_row(md, "ew"))[8] == f"{(3.5 + 3.5 + 3) / 3:.2f}"
-    )
+    assert "| ew-big |" not in md
+    for record in extra:
+        assert (f"> Not scored: `{record['run_id']}` (finished): non-finite selected test metric(s) normal/mean"
+                in md)
+    assert "`ew-big` is missing seed(s) 0 (finished), 1 (finished), not scored; it has no row." in md
     order = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "±" in line]
-    assert order[:4] == ["mgda_ub", "pcgrad", "ew", "ew-big"]
+    assert order[:3] == ["mgda_ub", "pcgrad", "ew"] and "ew-big" not in order
 
 
 def test_memory_ratio_only_for_cuda_peaks():

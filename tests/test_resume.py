@@ -16,7 +16,7 @@ from benchmark.config import load_suite
 from benchmark.module import TRAINING_STATE
 from benchmark.records import load_records, read_record
 from benchmark.report.markdown import write_leaderboard
-from benchmark.runner import run_suite
+from benchmark.runner import RunsFailed, run_suite
 from datamodules.sampling import EpochShuffleSampler, epoch_seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,15 +156,16 @@ def test_a_failed_record_write_keeps_the_checkpoint_which_resumes_only_its_own_c
         raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
 
     monkeypatch.setattr(runner, "write_json_atomic", disk_full)
-    with pytest.raises(OSError, match="No space left") as info:
+    with pytest.raises(RunsFailed, match="No space left") as info:
         run_suite(suite)
-    assert f"rerun to resume from {ckpt}" in info.value.__notes__[0]
+    assert f"rerun to resume from {ckpt}" in str(info.value)
     assert ckpt.exists() and not list((tmp_path / "runs").rglob("seed*.json"))
     monkeypatch.setattr(runner, "write_json_atomic", real_write)
     changed = load_suite(write_suite(tmp_path, "runs", "[{name: famo}]"),
                          ["--suite.train.epochs", "1", "--suite.train.lr", "0.01"])
-    with pytest.raises(ValueError, match=f"checkpoint {ckpt} belongs to another configuration"):
+    with pytest.raises(RunsFailed, match=f"checkpoint {ckpt} belongs to another configuration") as info:
         run_suite(changed)
+    assert "rerun to resume" not in str(info.value)
     run_suite(suite)
     (rec,) = records(tmp_path / "runs").values()
     assert rec["resumes"] == [{"epoch": 0, "global_step": BATCHES_PER_EPOCH}] and not ckpt.exists()
@@ -179,9 +180,9 @@ def test_a_truncated_checkpoint_is_named_in_the_error(tmp_path):
     ckpt = checkpoint_path(tmp_path / "runs", "tiny/synthetic_scenes/ew/seed0")
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"PK\x03\x04 not a checkpoint")
-    with pytest.raises(ValueError, match=f"checkpoint {ckpt} cannot be loaded safely"):
+    with pytest.raises(RunsFailed, match=f"checkpoint {ckpt} cannot be loaded safely"):
         run_suite(suite)
-    assert not list((tmp_path / "runs").rglob("seed*.json"))
+    assert [read_record(p)["status"] for p in (tmp_path / "runs").rglob("seed*.json")] == ["failed"]
 
 
 def test_grid_rerun_skips_finished_runs_and_leftovers_are_not_counted(tmp_path, capsys):

@@ -11,7 +11,7 @@ from benchmark.config import load_suite
 from benchmark.methods.base import Method, Needs
 from benchmark.methods.registry import _BUILTINS, register
 from benchmark.records import read_record
-from benchmark.runner import create_datamodule, run_suite
+from benchmark.runner import RunsFailed, create_datamodule, run_suite
 
 SUITE = """
 name: tiny
@@ -61,6 +61,11 @@ def test_suite_runs_end_to_end_and_skips_finished_runs(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(suite_file)]) == 0
     assert "all 12 runs already have records" in capsys.readouterr().out.replace("\n", " ")  # no 0/0 bar
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("seed*.json")}
+    assert main(["run", str(suite_file), "--suite.train.lr=0.01"]) == 1  # a changed config never reuses a record
+    refused = " ".join(capsys.readouterr().out.split())
+    assert "12 run(s) already have records made with other settings" in refused and "--force" in refused
+    assert "tiny/synthetic_scenes/ew/seed0: record" in refused and "train.lr: 0.001 -> 0.01" in refused
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("seed*.json")}
     assert main(["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "lb.md")]) == 0
     board = (tmp_path / "lb.md").read_text()
@@ -147,15 +152,17 @@ def test_method_can_own_the_step(tmp_path, test_methods):
     assert rec["epochs"][-1]["step"] == 3 * 4
 
 
-def test_failed_run_leaves_no_record(tmp_path, test_methods):
-    suite = load_suite(write_suite(tmp_path, "[{name: ew}, {name: test_exploding}]"), ["--suite.stl", "false"])
-    with pytest.raises(RuntimeError, match="boom"):
+def test_failed_run_is_recorded_as_failed_and_the_others_train(tmp_path, test_methods):
+    suite = load_suite(write_suite(tmp_path, "[{name: test_exploding}, {name: ew}]"), ["--suite.stl", "false"])
+    with pytest.raises(RunsFailed, match="(?s)2 of 4 runs failed.*boom"):
         run_suite(suite)
     names = sorted(p.relative_to(tmp_path / "runs").as_posix() for p in (tmp_path / "runs").rglob("*")
-                   if p.is_file() and "wandb" not in p.parts)
-    failed = "tiny/synthetic_scenes/test_exploding/seed0"
-    assert names == ["tiny/synthetic_scenes/ew/seed0.json", "tiny/synthetic_scenes/ew/seed1.json", f"{failed}.ckpt"]
-    assert all(json.loads(p.read_text())["method"] == "ew" for p in (tmp_path / "runs").rglob("seed*.json"))
+                   if p.is_file() and "wandb" not in p.parts and p.suffix != ".lock")
+    failed = "tiny/synthetic_scenes/test_exploding/seed"
+    assert names == ["tiny/synthetic_scenes/ew/seed0.json", "tiny/synthetic_scenes/ew/seed1.json",
+                     *(f"{failed}{s}{ext}" for s in (0, 1) for ext in (".ckpt", ".failed.log", ".json"))]
+    status = {p.parent.name: json.loads(p.read_text())["status"] for p in (tmp_path / "runs").rglob("seed*.json")}
+    assert status == {"ew": "finished", "test_exploding": "failed"}
 
 
 @pytest.mark.parametrize("policy", ["error", "skip"])
@@ -173,9 +180,9 @@ def test_nan_loss_is_never_applied(tmp_path, monkeypatch, policy):
 
     monkeypatch.setattr(tasks, "task_loss", nan_depth)
     if policy == "error":
-        with pytest.raises(FloatingPointError, match="'depth': nan"):
-            run_suite(suite)
-        assert not list((tmp_path / "runs").rglob("seed*.json"))
+        run_suite(suite)
+        (rec,) = records(tmp_path).values()
+        assert rec["status"] == "diverged" and "'depth': nan" in rec["status_reason"] and rec["epochs"] == []
     else:
         run_suite(suite)
         (rec,) = records(tmp_path).values()

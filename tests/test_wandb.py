@@ -161,7 +161,7 @@ def test_a_failed_run_is_finished_with_exit_code_1_and_keeps_its_steps(tmp_path)
     (run_dir,) = find_offline_runs(tmp_path / "runs")
     run = OfflineRun(run_dir)
     assert run.exit_code == 1 and sorted(run.history) == [0, 1]
-    assert not records(tmp_path)
+    assert [r["status"] for r in records(tmp_path).values()] == ["failed"]
 
 
 def test_logging_changes_no_training_result(tmp_path):

@@ -58,6 +58,15 @@ def _plugins() -> dict[str, type[Method]]:
     return _PLUGINS
 
 
+def builtin_clash(name: str) -> str | None:
+    """If a plugin's entry point is also called ``name`` like a built-in: both origins, else None."""
+    _plugins()
+    why = PLUGIN_ERRORS.get(name)
+    if name not in _BUILTINS or why is None or "clashes with the built-in" not in why:
+        return None
+    return f"{why} (built-in: {_BUILTINS[name].__module__}.{_BUILTINS[name].__qualname__})"
+
+
 def reload_plugins() -> None:
     """Forget the loaded plugins, so the next lookup scans the entry points again (after an install)."""
     global _PLUGINS

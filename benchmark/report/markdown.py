@@ -197,10 +197,17 @@ def _summary_markdown(summary: DatasetSummary) -> list[str]:
     lines.append("")
     for note in summary.notes:
         lines += [f"> Note: {note}", ""]
+    lines += _not_scored_markdown(summary)
     if summary.stl_rows:
         lines += ["Single-task (STL) runs:", ""]
         lines += column_table(stl_columns(summary.metrics), summary.stl_rows) + [""]
     return lines
+
+
+def _not_scored_markdown(summary: DatasetSummary) -> list[str]:
+    """One line per run left out of Δm, CIs and ranks, with its status and why."""
+    return [line for n in summary.not_scored
+            for line in (f"> Not scored: `{n.run_id}` ({n.status}): {n.reason}", "")]
 
 
 def build_leaderboard(
@@ -267,11 +274,13 @@ def write_leaderboard(
 ) -> Path:
     """Write the leaderboard of the records below ``records_dir`` to ``out_path``, summarising them once; with
     ``plot``, also the figures of ``report/figures.py`` beside it, linked from a ``Figures`` section."""
-    records, notes = load_records(records_dir)
+    records, notes = load_records(records_dir, unscored=True)
     out = Path(out_path)
     summaries = summarize(records, rule)
-    text = build_leaderboard(records, rule, notes, summaries)
+    left_out = {n.run_id for s in summaries for n in s.not_scored}
+    scored = [r for r in records if r["run_id"] not in left_out]
+    text = build_leaderboard(scored, rule, notes, summaries)
     if plot:
-        text += figures_markdown(write_figures(records, summaries, out, rule), out)
+        text += figures_markdown(write_figures(scored, summaries, out, rule), out)
     write_text_atomic(out, text)
     return out

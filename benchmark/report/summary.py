@@ -83,6 +83,23 @@ class MethodRow:
 
 
 @dataclass(frozen=True)
+class NotScored:
+    """A run left out of Δm, CIs and ranks: ``diverged`` or ``failed``, or finished with a non-finite selected
+    metric (records written before the status was earned), and why."""
+
+    run_id: str
+    label: str
+    kind: str
+    seed: int
+    status: str
+    reason: str
+
+
+UNCOMPARED = ("train.checkpoint_every_n_batches", "dataset.params.data_dir", "dataset.params.generate_workers")
+"""Settings that do not change the numbers, so rows may differ in them."""
+
+
+@dataclass(frozen=True)
 class StlRow:
     task: str
     seeds: tuple[int, ...]
@@ -115,6 +132,8 @@ class DatasetSummary:
     """The metric set Δm, Δp and MR use, Δm's sign and the ``best-val`` score (``record_scoring``)."""
     paired_warnings: list[str] = field(default_factory=list)
     """Missing references of the paired comparison: no plain EW, or no EW control on a row's modified model."""
+    not_scored: list[NotScored] = field(default_factory=list)
+    """Runs listed but left out of every score (see :class:`NotScored`)."""
 
 
 def label_of(record: Mapping[str, Any]) -> str:
@@ -213,9 +232,13 @@ def summarize(records: Sequence[Mapping[str, Any]], rule: str = "last") -> list[
     seen: dict[str, Mapping[str, Any]] = {}
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     skipped: dict[tuple[str, str], list[str]] = defaultdict(list)
+    unscored: dict[tuple[str, str], list[NotScored]] = defaultdict(list)
     for record in records:
         check_record(record)
         group = (str(record["suite"]), str(record["dataset"]))
+        if record.get("status") in ("diverged", "failed"):
+            unscored[group].append(_not_scored(record, record["status"], str(record.get("status_reason") or "")))
+            continue
         if record.get("status", "finished") != "finished":
             skipped[group].append(f"skipped unfinished run {record['run_id']} (status {record['status']!r}).")
             continue
@@ -224,9 +247,66 @@ def summarize(records: Sequence[Mapping[str, Any]], rule: str = "last") -> list[
         seen[record["run_id"]] = record
         groups[group].append(record)
     return [
-        _summarize_group(suite, dataset, groups[(suite, dataset)], rule, skipped[(suite, dataset)])
-        for suite, dataset in sorted(set(groups) | set(skipped))
+        _summarize_group(suite, dataset, groups[(suite, dataset)], rule, skipped[(suite, dataset)],
+                         unscored[(suite, dataset)])
+        for suite, dataset in sorted(set(groups) | set(skipped) | set(unscored))
     ]
+
+
+def _not_scored(record: Mapping[str, Any], status: str, reason: str) -> NotScored:
+    return NotScored(str(record["run_id"]), label_of(record), str(record["kind"]), record["seed"], status, reason)
+
+
+def _unscorable(record: Mapping[str, Any], rule: str) -> str | None:
+    """Why a finished record cannot be scored (a selected test metric that is not finite), else None."""
+    try:
+        values = select(record, "last" if rule == "best-val" else rule, "test")
+    except ValueError as exc:
+        return str(exc)
+    bad = sorted(k for k in record["metrics"] if not math.isfinite(values.get(k, math.nan)))
+    return f"non-finite selected test metric(s) {', '.join(bad)}" if bad else None
+
+
+def _missing_seed_notes(not_scored: Sequence[NotScored], rows: Sequence[MethodRow]) -> list[str]:
+    """A warning per method whose row lacks seeds because they were not scored."""
+    by_label: dict[str, list[NotScored]] = defaultdict(list)
+    for entry in not_scored:
+        if entry.kind == "mtl":
+            by_label[entry.label].append(entry)
+    notes = []
+    for label, entries in sorted(by_label.items()):
+        row = next((r for r in rows if r.label == label or r.label.startswith(f"{label} (")), None)
+        seeds = ", ".join(f"{e.seed} ({e.status})" for e in entries)
+        kept = f"its row averages the other {len(row.seeds)} seed(s)" if row else "it has no row"
+        notes.append(f"**Warning:** `{label}` is missing seed(s) {seeds}, not scored; {kept}.")
+    return notes
+
+
+def _settings_note(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A warning naming the training, model or dataset settings in which the runs of one table differ."""
+
+    def flat(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, Mapping) and value:
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}.{key}").items()}
+        return {prefix: value}
+
+    seen: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        config = record.get("config") or {}
+        for part in ("train", "model", "dataset"):
+            for key, value in flat(config.get(part, {}), part).items():
+                if key not in UNCOMPARED:
+                    seen[key][json.dumps(value, sort_keys=True, default=str)].append(str(record["run_id"]))
+    differing = {k: v for k, v in seen.items() if len(v) > 1}
+    if not differing:
+        return []
+
+    def where(value: str, runs: list[str]) -> str:
+        return f"{value}: {runs[0]}" + (f" and {len(runs) - 1} more" if len(runs) > 1 else "")
+
+    parts = [f"`{k}` ({'; '.join(where(v, runs) for v, runs in values.items())})"
+             for k, values in sorted(differing.items())]
+    return ["**Warning:** the runs of this table were trained with different settings: " + ", ".join(parts) + "."]
 
 def _short_log_note(rule: str, short: Mapping[str, int], total: int) -> str:
     listed = ", ".join(f"{run} ({n})" for run, n in list(short.items())[:5])
@@ -386,8 +466,17 @@ def _stl_rows(
 
 
 def _summarize_group(
-    suite: str, dataset: str, records: Sequence[Mapping[str, Any]], rule: str, skipped: Sequence[str]
+    suite: str, dataset: str, records: Sequence[Mapping[str, Any]], rule: str, skipped: Sequence[str],
+    unscored: Sequence[NotScored] = (),
 ) -> DatasetSummary:
+    not_scored = list(unscored)
+    settings = _settings_note(records)
+    for record in records:
+        why = _unscorable(record, rule)
+        if why is not None:
+            not_scored.append(_not_scored(record, "finished", why))
+    left_out = {n.run_id for n in not_scored}
+    records = [r for r in records if r["run_id"] not in left_out]
     specs = group_metrics(records)
     scoring = record_scoring(records, specs)
     scored = [s for s in specs if s.key in scoring.metrics]
@@ -424,6 +513,7 @@ def _summarize_group(
                                       scoring.higher_is_better if scoring else False)
     sweep_rows = _method_rows(sweep, specs, picks, *scored_args) if sweep else []
     front, dominated = _judge(rows, sweep_rows, specs, baseline, delta_keys, notes)
+    notes += [*settings, *_missing_seed_notes(not_scored, rows)]
     return DatasetSummary(
         suite,
         dataset,
@@ -441,6 +531,7 @@ def _summarize_group(
         dominated,
         scoring,
         paired_warnings,
+        not_scored,
     )
 
 

@@ -13,12 +13,13 @@ from benchmark.runner.plan import (
     run_fingerprint,
 )
 from benchmark.runner.record import make_record, run_status
-from benchmark.runner.suite import SuitePlan, plan_suite, run_suite
+from benchmark.runner.suite import RunsFailed, SuitePlan, plan_suite, run_suite
 from benchmark.runner.train import console, train_and_write, train_one
 
 __all__ = [
     "STL_METHOD",
     "PlannedRun",
+    "RunsFailed",
     "SuitePlan",
     "check_methods",
     "console",

@@ -12,6 +12,8 @@ from benchmark.checkpointing import fingerprint
 from benchmark.config import SuiteConfig
 from benchmark.grid import STL_METHOD, PlannedRun, method_preset, plan_runs, resolved_hparams  # noqa: F401
 from benchmark.methods import Needs, create
+from benchmark.methods.registry import builtin_clash
+from benchmark.module import ModuleConfig, MTOModule
 from benchmark.names import unknown_name
 from datamodules import DATAMODULES
 from models import MODELS
@@ -48,20 +50,51 @@ def check_methods(suite: SuiteConfig, tasks: list) -> None:
     """Build every method and its model once before training, so a bad name, hyper-parameter or model override
     fails before any run."""
     for m in suite.methods:
+        clash = builtin_clash(m.name)
+        if clash is not None:
+            raise ValueError(f"suite {suite.name!r}: method {m.key!r}: {clash}; rename the plugin's entry point")
         try:
             method = create(m.name, len(tasks), **resolved_hparams(suite, m))
-            method.check_model(create_model(suite, tasks, m.model))
+            model = create_model(suite, tasks, m.model)
+            method.check_model(model)
             if m.update_every != 1 and (m.update_every < 1 or method.needs is not Needs.GRAMIAN):
                 raise ValueError(f"update_every={m.update_every} must be >= 1, and > 1 only for Gramian methods "
                                  f"({m.name} needs {method.needs.value})")
+            MTOModule(model, tasks, method, ModuleConfig(update_every=m.update_every))  # model-method fit
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"suite {suite.name!r}: method {m.key!r}: {exc}") from exc
 
 
+NOT_FINGERPRINTED = ("train.checkpoint_every_n_batches", "dataset.params.data_dir", "dataset.params.generate_workers")
+"""Settings that change where or how often files are written, never the numbers (with the output folder and the
+logging, which are not part of the fingerprint at all)."""
+
+
+def _flat(value, prefix: str) -> dict:
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def fingerprint_fields(suite: SuiteConfig, run: PlannedRun) -> dict:
+    """Everything that changes a run's numbers, flattened (``train.lr``, ``run.hparams.alpha``, ...): the run, its
+    dataset and model, and the training settings, less :data:`NOT_FINGERPRINTED`."""
+    payload = {"run": dataclasses.asdict(run), "dataset": dataclasses.asdict(suite.dataset),
+               "model": dataclasses.asdict(suite.model), "train": dataclasses.asdict(suite.train)}
+    flat = {k: v for part, value in payload.items() for k, v in _flat(value, part).items()}
+    return {k: v for k, v in flat.items() if k not in NOT_FINGERPRINTED}
+
+
 def run_fingerprint(suite: SuiteConfig, run: PlannedRun) -> str:
-    """What a checkpoint must match to be resumed: the run, its dataset and model, and the training settings."""
-    train = {k: v for k, v in dataclasses.asdict(suite.train).items() if k != "checkpoint_every_n_batches"}
-    return fingerprint({"run": dataclasses.asdict(run), "dataset": dataclasses.asdict(suite.dataset),
-                        "model": dataclasses.asdict(suite.model), "train": train})
+    """What a checkpoint must match to be resumed, and a record to count as done: the hash of
+    :func:`fingerprint_fields`."""
+    return fingerprint(fingerprint_fields(suite, run))
+
+
+def changed_fields(old: dict, new: dict) -> list[str]:
+    """``field: old -> new`` for each fingerprinted field that differs (absent: ``<unset>``)."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys
+            if old.get(k, "<unset>") != new.get(k, "<unset>")]
 
 

@@ -3,8 +3,11 @@ its status. The one place a run's record and status are made."""
 
 from __future__ import annotations
 
+import math
 import resource
 import time
+import traceback
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -15,7 +18,10 @@ from benchmark.methods.registry import PLUGIN_ORIGINS
 from benchmark.module import MTOModule
 from benchmark.records import SCHEMA_VERSION, git_state, package_versions
 from benchmark.run_log import RunLog
-from benchmark.runner.plan import PlannedRun, model_params
+from benchmark.runner.plan import PlannedRun, fingerprint_fields, model_params, run_fingerprint
+from benchmark.scoring import select
+
+STATUSES = ("finished", "diverged", "failed")
 
 
 def suite_scoring(suite: SuiteConfig, dm) -> dict:
@@ -26,9 +32,83 @@ def suite_scoring(suite: SuiteConfig, dm) -> dict:
     return spec.to_record()
 
 
-def run_status(module: MTOModule) -> dict:
-    """The record's ``status`` of a run that trained to the end."""
-    return {"status": "finished"}
+def run_status(fields: dict, module: MTOModule, rule: str) -> dict:
+    """The record's ``status`` of a run that trained to the end: ``finished`` only if every test metric ``rule``
+    selects and every final weight is finite, else ``diverged`` with the reason and the skipped-step count."""
+    bad_weights = [n for n, p in module.model.named_parameters() if not bool(torch.isfinite(p).all())]
+    try:
+        selected = select(fields, rule, "test")
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        selected, why = {}, f"no test metrics can be selected by rule {rule!r} ({exc})"
+    else:
+        why = None
+    bad = sorted(k for k in fields["metrics"] if not _finite(selected.get(k)))
+    if why is None and bad:
+        why = f"non-finite selected test metric(s) {', '.join(bad)} (rule {rule!r})"
+    if bad_weights:
+        listed = ", ".join(bad_weights[:3]) + (f" and {len(bad_weights) - 3} more" if len(bad_weights) > 3 else "")
+        why = "; ".join(filter(None, [why, f"non-finite final weights in {listed}"]))
+    if why is None:
+        return {"status": "finished"}
+    return {"status": "diverged", "status_reason": f"{why}; after {module.stats.nan_skips} skipped steps"}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def failure_log_path(out_dir: Path, run_id: str) -> Path:
+    """The traceback of a failed run, beside its record."""
+    return Path(out_dir) / f"{run_id}.failed.log"
+
+
+def failure_record(suite: SuiteConfig, run: PlannedRun, tasks: list, exc: BaseException, log: Path) -> dict:
+    """The record of a run that stopped with ``exc``: ``diverged`` for a non-finite loss
+    (``FloatingPointError``, with the skipped-step count), else ``failed`` with the exception's type and
+    message; the traceback is written to ``log`` (by the caller) and named here. It carries no metrics."""
+    diverged = isinstance(exc, FloatingPointError)
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    skips = getattr(exc, "nan_skips", None)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run.run_id,
+        "suite": suite.name,
+        "dataset": suite.dataset.name,
+        "method": run.method if run.stl_task is None else f"stl-{run.stl_task}",
+        "method_label": run.run_id.split("/")[-2],
+        "kind": "mtl" if run.stl_task is None else "stl",
+        "sweep": run.sweep,
+        "method_origin": PLUGIN_ORIGINS.get(run.method, "built-in"),
+        "stl_task": run.stl_task,
+        "method_hparams": run.hparams,
+        "seed": run.seed,
+        "config": suite.to_dict(),
+        "fingerprint": run_fingerprint(suite, run),
+        "fingerprint_fields": fingerprint_fields(suite, run),
+        "versions": package_versions(),
+        **git_state(),
+        "metrics": T.metric_table(tasks),
+        "epochs": [],
+        "nan_skips": skips,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "status": "diverged" if diverged else "failed",
+        "status_reason": (f"{message}; after {skips} skipped steps" if diverged and skips is not None
+                          else f"{type(exc).__name__}: {message}"),
+        "error": {"type": type(exc).__name__, "message": message, "log": str(log)},
+    }
+
+
+def traceback_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
+def effective_setup(trainer: L.Trainer) -> dict:
+    """What Lightning actually ran: precision, accelerator, device count and strategy (after its resolution of
+    ``auto`` and any silent change, e.g. 16-mixed becoming bf16-mixed on CPU)."""
+    return {"precision": str(trainer.precision_plugin.precision),
+            "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
+            "devices": trainer.num_devices, "num_nodes": trainer.num_nodes,
+            "strategy": type(trainer.strategy).__name__}
 
 
 def make_record(suite: SuiteConfig, run: PlannedRun, dm, tasks: list, module: MTOModule, trainer: L.Trainer,
@@ -75,14 +155,17 @@ def make_record(suite: SuiteConfig, run: PlannedRun, dm, tasks: list, module: MT
         "scoring": suite_scoring(suite, dm),
         "epochs": stats.history,
         "timing": {"step_time_mean_s": float(times.mean()), "step_time_median_s": float(times.median()),
-                   "steps": len(stats.step_times), "wall_time_s": wall, **memory},
+                   "steps": len(stats.step_times), "wall_time_s": stats.wall_before_s + wall, **memory},
         "nan_skips": stats.nan_skips,
         "resumes": stats.resumes,
         "amp_skipped_steps": stats.amp_skipped_steps,
         "method_stats": stats.method_summary(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **run_status(module),
+        "fingerprint": run_fingerprint(suite, run),
+        "fingerprint_fields": fingerprint_fields(suite, run),
+        "effective": effective_setup(trainer),
     }
+    fields.update(run_status(fields, module, suite.selection))
     return {**fields, **log.record_fields(module)}
 
 

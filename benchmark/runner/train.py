@@ -17,10 +17,10 @@ from benchmark.checkpointing import RunCheckpoint, check_resumable, checkpoint_p
 from benchmark.config import SuiteConfig
 from benchmark.methods import create
 from benchmark.module import ModuleConfig, MTOModule
-from benchmark.records import record_path, write_json_atomic
+from benchmark.records import read_record, record_path, write_json_atomic, write_text_atomic
 from benchmark.run_log import RunLog, run_log
 from benchmark.runner.plan import PlannedRun, create_model, run_fingerprint
-from benchmark.runner.record import make_record
+from benchmark.runner.record import failure_log_path, failure_record, make_record, traceback_text
 
 console = Console()
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -87,23 +87,63 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: 
 
 def train_and_write(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, force: bool = False) -> Path | None:
     """Train ``run`` with its logging open (resuming from its checkpoint unless ``force``), write its record and
-    drop the checkpoint; the record's path (None on DDP ranks > 0). A failed run keeps its checkpoint."""
+    drop the checkpoint; the record's path (None on DDP ranks > 0).
+
+    A run stopped by a non-finite loss gets a ``diverged`` record (its path is returned). Any other exception
+    gets a ``failed`` record with the traceback in ``<run>.failed.log`` and is raised again, with a note; the run
+    keeps its checkpoint (a rerun resumes it). An earlier finished record of the same configuration is never
+    replaced by a failure."""
     out = Path(suite.output_dir)
     ckpt = checkpoint_path(out, run.run_id)
     if force:
         ckpt.unlink(missing_ok=True)
     tasks = [t for t in dm.tasks if run.stl_task in (None, t.name)]
+    path = record_path(out, run.run_id)
     try:
         with run_log(suite, run, T.metric_table(tasks)) as log:
             record = train_one(suite, run, dm, progress, log, out)
             if record is None:
                 return None
-            path = record_path(out, run.run_id)
             write_json_atomic(path, record)
             ckpt.unlink(missing_ok=True)
+            failure_log_path(out, run.run_id).unlink(missing_ok=True)
             log.attach_record(path, record)
+            if record["status"] != "finished":
+                console.print(f"[yellow]{run.run_id}: {record['status']}: {record['status_reason']}[/]")
             return path
     except Exception as exc:
-        exc.add_note(f"run {run.run_id} (method {run.method!r}) failed; no record was written"
-                     + (f"; rerun to resume from {ckpt}" if ckpt.exists() else ""))
+        written = _write_failure(suite, run, tasks, exc)
+        if isinstance(exc, FloatingPointError) and written is not None:
+            ckpt.unlink(missing_ok=True)
+            console.print(f"[yellow]{run.run_id}: diverged: {exc}[/]", highlight=False)
+            return written
+        refused = isinstance(exc, ValueError) and str(exc).startswith(f"checkpoint {ckpt}")
+        exc.add_note(f"run {run.run_id} (method {run.method!r}) failed; "
+                     + (f"recorded as failed in {written}, traceback in {failure_log_path(out, run.run_id)}"
+                        if written is not None else "no record was written")
+                     + (f"; rerun to resume from {ckpt}" if ckpt.exists() and not refused else ""))
         raise
+
+
+def _write_failure(suite: SuiteConfig, run: PlannedRun, tasks: list, exc: Exception) -> Path | None:
+    """Write the ``diverged``/``failed`` record of ``run`` and its traceback log; None if it could not be
+    written (disk full) or an earlier finished record of this configuration stands."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    out = Path(suite.output_dir)
+    path, log = record_path(out, run.run_id), failure_log_path(out, run.run_id)
+    if rank_zero_only.rank != 0:
+        return None
+    try:
+        old = read_record(path) if path.exists() else None
+    except ValueError:
+        old = None
+    if old is not None and old.get("status") == "finished" and old.get("fingerprint") == run_fingerprint(suite, run):
+        return None
+    try:
+        write_text_atomic(log, traceback_text(exc))
+        write_json_atomic(path, failure_record(suite, run, tasks, exc, log))
+    except OSError as write_error:
+        exc.add_note(f"the failure record could not be written either: {write_error}")
+        return None
+    return path
