@@ -185,6 +185,8 @@ def resolve_scoring(suite: SuiteConfig, metrics: dict[str, dict], auxiliary: lis
     else:
         keys = tuple(k for k in metrics if k.split("/", 1)[0] not in auxiliary)
         source, field_name = "every non-auxiliary metric", "scoring.metrics"
+    if not keys:
+        raise ValueError(f"suite file {path}: {field_name}={list(keys)!r} must name at least one metric")
     for key in keys:
         if key not in metrics:
             raise ValueError(f"suite file {path}: {field_name}: {key!r} is not a metric of dataset "

@@ -168,8 +168,6 @@ class ScoringSpec:
     source: str = "every non-auxiliary metric"
 
     def __post_init__(self) -> None:
-        if not self.metrics:
-            raise ValueError(f"scoring.metrics={list(self.metrics)!r} must name at least one metric")
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"scoring.metrics={list(self.metrics)!r} names a metric twice")
         if self.select_on not in SELECT_ON:

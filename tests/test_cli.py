@@ -63,7 +63,7 @@ def test_version(capsys):
      "did you mean 'synthetic_scenes'?"),
     (["run", "--method", "pcgard"], "--method: unknown method 'pcgard'", "did you mean 'pcgrad'"),
     (["run", "default", "--suite.train.epochs=two"], "option --suite.train.epochs:", "Expected a <class 'int'>"),
-    (["run", "default", "--suite.train.lr=-1"], "option --suite.train.lr: train.lr=-1.0 must be > 0", ""),
+    (["run", "default", "--suite.train.lr=-1"], "option --suite.train.lr: train.lr=-1.0 must be finite and > 0", ""),
     (["run", "defualt"], "unknown suite 'defualt'", "did you mean 'default'?"),
     (["list", "modles"], "invalid choice: 'modles'", "did you mean 'models'?"),
     (["methods", "nash-mtl"], "unknown method 'nash-mtl'", "did you mean 'nash_mtl'"),

@@ -179,7 +179,7 @@ def test_a_diverged_seed_leaves_the_row_finite_and_is_warned(tmp_path, data):
 ])
 def test_bad_config_values_are_refused_with_the_field_named(tmp_path, data, override, message):
     proc = cli("run", str(suite(tmp_path, data)), override)
-    assert proc.returncode == 1 and message in output(proc)
+    assert proc.returncode == 2 and message in output(proc)  # a usage error
     assert not (tmp_path / "runs").exists()
 
 

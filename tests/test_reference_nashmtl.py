@@ -26,8 +26,9 @@ import datamodules.mtan_folder as mtan_folder
 from benchmark import tasks as T
 from benchmark.config import load_suite
 from benchmark.methods import create
-from benchmark.module import MTOModule
+from benchmark.module import ModuleConfig, MTOModule
 from benchmark.runner import create_datamodule, create_model, resolved_hparams
+from benchmark.tasks import MetricOptions
 from tests.fixtures_mtan import write_nyuv2
 from tests.reference_replay import ReplaySampler, StepRecorder, load_reference, mtan_name, recipe_, rel_diff
 
@@ -83,11 +84,10 @@ def protocol_module(suite, ref_method: str, model) -> MTOModule:
     m = method_config(suite, ref_method)
     method = create(m.name, len(TASKS), **resolved_hparams(suite, m))
     t = suite.train
-    return MTOModule(model, create_datamodule(suite).tasks, method, lr=t.lr, weight_decay=t.weight_decay,
-                     jacobian_mode=t.jacobian_mode, nan_policy=t.nan_policy, max_nan_skips=t.max_nan_skips,
-                     clip_shared_grad_norm=t.clip_shared_grad_norm, lr_schedule=t.lr_schedule,
-                     optimizer=t.optimizer, momentum=t.momentum, lr_step_size=t.lr_step_size,
-                     lr_gamma=t.lr_gamma, log_every_n_steps=0)
+    config = ModuleConfig.from_train(t, log_every_n_steps=0,
+                                     metric_options=MetricOptions(suite.dataset.metric_aggregation,
+                                                                  suite.dataset.depth_clamp))
+    return MTOModule(model, create_datamodule(suite).tasks, method, config)
 
 
 def reference_model(suite, dm):

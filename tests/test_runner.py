@@ -63,7 +63,8 @@ def test_suite_runs_end_to_end_and_skips_finished_runs(tmp_path, capsys):
     assert "all 12 runs already have records" in capsys.readouterr().out.replace("\n", " ")  # no 0/0 bar
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("seed*.json")}
     assert main(["run", str(suite_file), "--suite.train.lr=0.01"]) == 1  # a changed config never reuses a record
-    refused = " ".join(capsys.readouterr().out.split())
+    captured = capsys.readouterr()
+    refused = " ".join((captured.out + captured.err).split())
     assert "12 run(s) already have records made with other settings" in refused and "--force" in refused
     assert "tiny/synthetic_scenes/ew/seed0: record" in refused and "train.lr: 0.001 -> 0.01" in refused
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("seed*.json")}

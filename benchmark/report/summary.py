@@ -475,10 +475,10 @@ def _summarize_group(
         why = _unscorable(record, rule)
         if why is not None:
             not_scored.append(_not_scored(record, "finished", why))
-    left_out = {n.run_id for n in not_scored}
-    records = [r for r in records if r["run_id"] not in left_out]
     specs = group_metrics(records)
     scoring = record_scoring(records, specs)
+    left_out = {n.run_id for n in not_scored}
+    records = [r for r in records if r["run_id"] not in left_out]
     scored = [s for s in specs if s.key in scoring.metrics]
     shown = [s for s in specs if not s.auxiliary]
     mtl = [r for r in records if r["kind"] == "mtl" and not r.get("sweep")]
