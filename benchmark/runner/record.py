@@ -62,6 +62,19 @@ def failure_log_path(out_dir: Path, run_id: str) -> Path:
     return Path(out_dir) / f"{run_id}.failed.log"
 
 
+def run_identity(suite: SuiteConfig, run: PlannedRun) -> dict:
+    """The fields that open every record: schema, run, suite and dataset."""
+    return {"schema_version": SCHEMA_VERSION, "run_id": run.run_id, "suite": suite.name, "dataset": suite.dataset.name}
+
+
+def run_method(run: PlannedRun) -> dict:
+    """The fields that name a record's method: its key, label, kind, origin and single-task target."""
+    return {"method": run.method if run.stl_task is None else f"stl-{run.stl_task}",
+            "method_label": run.run_id.split("/")[-2], "kind": "mtl" if run.stl_task is None else "stl",
+            "sweep": run.sweep, "method_origin": PLUGIN_ORIGINS.get(run.method, "built-in"),
+            "stl_task": run.stl_task}
+
+
 def failure_record(suite: SuiteConfig, run: PlannedRun, tasks: list, exc: BaseException, log: Path) -> dict:
     """The record of a run that stopped with ``exc``: ``diverged`` for a non-finite loss
     (``FloatingPointError``, with the skipped-step count), else ``failed`` with the exception's type and
@@ -70,16 +83,8 @@ def failure_record(suite: SuiteConfig, run: PlannedRun, tasks: list, exc: BaseEx
     message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     skips = getattr(exc, "nan_skips", None)
     return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run.run_id,
-        "suite": suite.name,
-        "dataset": suite.dataset.name,
-        "method": run.method if run.stl_task is None else f"stl-{run.stl_task}",
-        "method_label": run.run_id.split("/")[-2],
-        "kind": "mtl" if run.stl_task is None else "stl",
-        "sweep": run.sweep,
-        "method_origin": PLUGIN_ORIGINS.get(run.method, "built-in"),
-        "stl_task": run.stl_task,
+        **run_identity(suite, run),
+        **run_method(run),
         "method_hparams": run.hparams,
         "seed": run.seed,
         "config": suite.to_dict(),
@@ -125,17 +130,9 @@ def make_record(suite: SuiteConfig, run: PlannedRun, dm, tasks: list, module: MT
         memory = {"peak_memory_bytes": peak_rss, "peak_memory_kind": "process_max_rss"}
     infos = T.metric_table(tasks)
     fields = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run.run_id,
-        "suite": suite.name,
-        "dataset": suite.dataset.name,
+        **run_identity(suite, run),
         "dataset_info": dm.describe(),
-        "method": run.method if run.stl_task is None else f"stl-{run.stl_task}",
-        "method_label": run.run_id.split("/")[-2],
-        "kind": "mtl" if run.stl_task is None else "stl",
-        "sweep": run.sweep,
-        "method_origin": PLUGIN_ORIGINS.get(run.method, "built-in"),
-        "stl_task": run.stl_task,
+        **run_method(run),
         "method_hparams": module.method.hparams(),
         "preset": run.preset,
         "update_every": run.update_every,
