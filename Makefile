@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUITE ?= configs/suites/default.yaml
+# Runs trained at once by `make benchmark`, sharing the CPU threads (two 1-thread runs beat one 2-thread run ~1.5x
+# on 2 cores at the default suite's size: benchmark/perf/power_notes.md §5).
+WORKERS ?= 2
 # A wheel index for torch and torchvision, e.g. the CPU-only builds (no CUDA libraries, a far smaller .venv):
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # Empty (the default): they come from the default index with the rest, in the versions pyproject.toml allows.
@@ -26,7 +29,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 benchmark: $(STAMP)
-	$(BIN)/mtobench run $(SUITE)
+	$(BIN)/mtobench run $(SUITE) --workers $(WORKERS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -74,21 +74,25 @@ def check_resumable(path: Path, expected: str) -> dict:
 
 
 class RunCheckpoint(Checkpoint):
-    """Saves ``path`` at every training epoch end (after the module's own epoch-end hook) and, with
-    ``every_n_batches > 0``, every that many training batches; each save is a temp file + ``os.replace``.
+    """Saves ``path`` at the end of every ``every_n_epochs``-th training epoch and of the last one (after the
+    module's own epoch-end hook) and, with ``every_n_batches > 0``, every that many training batches; each save is
+    a temp file + ``os.replace``.
 
     Resuming mid-epoch needs a train sampler with ``skip_once`` (:class:`datamodules.sampling.EpochShuffleSampler`),
     which is told how many samples of the restored epoch were already used.
     """
 
-    def __init__(self, path: Path, run_fingerprint: str, every_n_batches: int = 0, sampler=None) -> None:
+    def __init__(self, path: Path, run_fingerprint: str, every_n_batches: int = 0, sampler=None,
+                 every_n_epochs: int = 1) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"train.checkpoint_every_n_epochs={every_n_epochs} must be >= 1")
         if every_n_batches < 0:
             raise ValueError(f"train.checkpoint_every_n_batches={every_n_batches} must be >= 0")
         if every_n_batches and not hasattr(sampler, "skip_once"):
             raise ValueError(f"train.checkpoint_every_n_batches={every_n_batches}: resuming mid-epoch needs a train "
                              f"sampler with skip_once (datamodules/sampling.py), got {type(sampler).__name__}")
         self.path, self.run_fingerprint = Path(path), run_fingerprint
-        self.every_n_batches, self.sampler = every_n_batches, sampler
+        self.every_n_batches, self.every_n_epochs, self.sampler = every_n_batches, every_n_epochs, sampler
         self.resumed_from: dict | None = None
         self._batch_in_epoch = 0
         self._batch_size = 0
@@ -105,7 +109,9 @@ class RunCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         self._batch_in_epoch = 0
-        self.save(trainer)
+        done = trainer.current_epoch + 1
+        if done % self.every_n_epochs == 0 or done == trainer.max_epochs:
+            self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")

@@ -288,7 +288,8 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", default="none", choices=("none", "local", "slurm"),
                         help="none: train in this process; local/slurm: one submitit job per run (suite 'launcher')")
     parser.add_argument("--workers", type=int, default=1,
-                        help="jobs running at once (local), or the SLURM array parallelism when > 1")
+                        help="runs trained at once: worker processes sharing this machine's CPU threads (none), "
+                             "jobs (local), or the SLURM array parallelism when > 1")
 
 
 class Parser(argparse.ArgumentParser):

@@ -53,8 +53,13 @@ class TrainConfig:
     clip_shared_grad_norm: float | None = None
     accelerator: Literal["cpu", "cuda", "auto"] = "cpu"
     checkpoint_every_n_batches: int = 0
-    """Checkpoint every this many training batches too (0: at every epoch end only); a killed run resumes from its
+    """Checkpoint every this many training batches too (0: at epoch ends only); a killed run resumes from its
     last checkpoint on the next ``mtobench run``."""
+    checkpoint_every_n_epochs: int = 1
+    """Checkpoint at the end of every this many epochs (and of the last one)."""
+    eval_every_n_epochs: int = 1
+    """Evaluate the validation and test splits after every this many epochs; ``epochs`` must be a multiple, so the
+    last epoch is always evaluated. Each evaluation's method statistics cover the epochs since the previous one."""
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     """Autocast (``bf16-mixed``; ``16-mixed`` adds a GradScaler and needs a GPU); gradient methods always see
     unscaled float32 per-task gradients, and steps the scaler skips are counted in the record."""
@@ -146,6 +151,9 @@ class SuiteConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     stl: bool = True
+    stl_seeds: list[int] | None = None
+    """Seeds of the single-task runs (None: ``seeds``). The STL baseline is their mean; it scales every method's
+    Δm alike, so fewer STL seeds leave the paired comparisons to EW unchanged in kind (docs/protocols.md §M.7)."""
     selection: str = "last"
     output_dir: str = "runs"
     leaderboard: str | None = None
@@ -310,6 +318,10 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>", given: set[str
         (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0"),
         (t.checkpoint_every_n_batches >= 0, "train.checkpoint_every_n_batches", t.checkpoint_every_n_batches,
          "must be >= 0"),
+        (t.checkpoint_every_n_epochs >= 1, "train.checkpoint_every_n_epochs", t.checkpoint_every_n_epochs,
+         "must be >= 1"),
+        (t.eval_every_n_epochs >= 1 and t.epochs % t.eval_every_n_epochs == 0, "train.eval_every_n_epochs",
+         t.eval_every_n_epochs, f"must be >= 1 and divide train.epochs={t.epochs} (the last epoch is evaluated)"),
         (t.lr_step_size >= 1, "train.lr_step_size", t.lr_step_size, "must be >= 1"),
         (0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "must be in (0, 1]"),
         (0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)"),
@@ -326,6 +338,8 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>", given: set[str
         (len(suite.methods) > 0, "methods", suite.methods, "must list at least one method"),
         (len(suite.seeds) > 0 and len(set(suite.seeds)) == len(suite.seeds), "seeds", suite.seeds,
          "must be a non-empty list of distinct ints"),
+        (suite.stl_seeds is None or (len(suite.stl_seeds) > 0 and len(set(suite.stl_seeds)) == len(suite.stl_seeds)),
+         "stl_seeds", suite.stl_seeds, "must be null or a non-empty list of distinct ints"),
         (suite.selection in SELECTION_RULES, "selection", suite.selection, f"must be one of {SELECTION_RULES}"),
         (suite.scoring.select_on in SELECT_ON, "scoring.select_on", suite.scoring.select_on,
          f"must be one of {SELECT_ON}"),

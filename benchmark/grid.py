@@ -52,8 +52,8 @@ def resolved_hparams(suite: SuiteConfig, m: MethodConfig) -> dict:
 
 
 def plan_runs(suite: SuiteConfig, task_names: list[str], trained: list[str] | None = None) -> list[PlannedRun]:
-    """The grid: single-task runs of ``task_names`` x seeds first (so MTL runs can log Δm against them), then
-    methods x seeds, then the sweep's weight vectors x seeds.
+    """The grid: single-task runs of ``task_names`` x ``stl_seeds`` (default: the seeds) first (so MTL runs can
+    log Δm against them), then methods x seeds, then the sweep's weight vectors x seeds.
 
     ``trained``: every task in the model's order, auxiliary ones included (default ``task_names``); the sweep
     varies the weights of ``task_names`` and gives auxiliary tasks weight 1."""
@@ -61,7 +61,7 @@ def plan_runs(suite: SuiteConfig, task_names: list[str], trained: list[str] | No
     runs = [
         PlannedRun(STL_METHOD, {}, seed, f"{base}/stl-{task}/seed{seed}", stl_task=task)
         for task in (task_names if suite.stl else [])
-        for seed in suite.seeds
+        for seed in (suite.seeds if suite.stl_seeds is None else suite.stl_seeds)
     ]
     runs += [
         PlannedRun(m.name, resolved_hparams(suite, m), seed, f"{base}/{m.key}/seed{seed}",

@@ -30,10 +30,10 @@ POLL_S = 0.5
 
 def run(suite: SuiteConfig, force: bool = False, launcher: str = "none", workers: int = 1) -> list[Path]:
     """Train the runs of ``suite`` that have no record yet (all with ``force``) and return its record paths: in
-    this process (``launcher`` ``none``, :func:`benchmark.runner.run_suite`) or as submitit jobs (``local``,
-    ``slurm``; their checkpoints are resumed even with ``force``)."""
+    ``workers`` processes of this command (``launcher`` ``none``, :func:`benchmark.runner.run_suite`) or as
+    submitit jobs (``local``, ``slurm``; their checkpoints are resumed even with ``force``)."""
     if launcher == "none":
-        return run_suite(suite, force)
+        return run_suite(suite, force, processes=workers)
     plan = plan_suite(suite, force)
     launch_runs(suite, plan.todo, launcher, workers)
     return plan.record_paths()

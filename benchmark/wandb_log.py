@@ -43,13 +43,15 @@ def wandb_dir(output_dir: str | os.PathLike[str]) -> Path:
 def open_run(mode: str, output_dir: str | os.PathLike[str], project: str, entity: str | None, group: str,
              job_type: str, name: str, config: dict[str, Any], tags: Sequence[str] = ()):
     """A new W&B run (``mode`` offline or online) writing under ``wandb_dir(output_dir)``, with ``tags``;
-    console capture off."""
+    console capture, system monitor, git and pip metadata off: the attached run record carries the commit and
+    package versions, and the lean set-up opens and finishes a run ~4x faster (benchmark/perf/power_notes.md)."""
     import wandb
 
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     return wandb.init(mode=mode, dir=str(output_dir), project=project, entity=entity, group=group,
                       job_type=job_type, name=name, config=config, tags=list(tags), reinit="create_new",
-                      settings=wandb.Settings(silent=True, console="off"))
+                      settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True,
+                                              x_save_requirements=False, disable_git=True, save_code=False))
 
 
 def attach_file(run, path: Path, name: str) -> None:

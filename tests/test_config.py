@@ -52,6 +52,10 @@ def test_overrides_and_plan(tmp_path):
     assert len(ids) == len(set(ids)) == 2 * 2 + 2 * 2
     assert "tiny/synthetic_scenes/mgda-l2/seed1" in ids
     assert "tiny/synthetic_scenes/stl-depth/seed0" in ids
+    fewer = plan_runs(load_suite(write(tmp_path, GOOD), ["--suite.stl_seeds", "[1]"]), ["semseg", "depth"])
+    assert sorted(r.run_id for r in fewer if r.stl_task) == ["tiny/synthetic_scenes/stl-depth/seed1",
+                                                             "tiny/synthetic_scenes/stl-semseg/seed1"]
+    assert [r for r in fewer if not r.stl_task] == [r for r in runs if not r.stl_task]
 
 
 @pytest.mark.parametrize(
@@ -64,6 +68,9 @@ def test_overrides_and_plan(tmp_path):
         (GOOD + "train: {jacobian_mode: fastest}\n", "fastest"),
         (GOOD + "selection: best-test\n", "selection='best-test'"),
         (GOOD.replace("seeds: [0, 1]", "seeds: [1, 1]"), "seeds=[1, 1]"),
+        (GOOD + "stl_seeds: []\n", "stl_seeds=[]"),
+        (GOOD + "train: {epochs: 4, eval_every_n_epochs: 3}\n", "train.eval_every_n_epochs=3 must be >= 1 and divide"),
+        (GOOD + "train: {checkpoint_every_n_epochs: 0}\n", "train.checkpoint_every_n_epochs=0 must be >= 1"),
         (GOOD.replace("label: mgda-l2", "label: ew"), "duplicate"),
     ],
 )

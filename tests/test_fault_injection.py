@@ -307,7 +307,8 @@ def test_the_record_states_what_lightning_ran(tmp_path, data):
     assert proc.returncode == 0, output(proc)
     effective = record(tmp_path / "runs")["effective"]
     assert effective == {"precision": "32-true", "accelerator": "cuda" if torch.cuda.is_available() else "cpu",
-                         "devices": 1, "num_nodes": 1, "strategy": "SingleDeviceStrategy"}
+                         "devices": 1, "num_nodes": 1, "strategy": "SingleDeviceStrategy",
+                         "cpu_threads": torch.get_num_threads()}
 
 
 # --- one writer per run --------------------------------------------------------------------------------------------

@@ -140,6 +140,33 @@ def test_cso_killed_mid_training_resumes_to_the_same_result(tmp_path):
     kill_and_resume(tmp_path, "[{name: cso, model: {task_bn: true}}]", 1)
 
 
+def test_sparse_checkpoints_and_evaluations_resume_to_the_same_result(tmp_path):
+    """Checkpoints and evaluations every 2nd epoch of 4: a kill in epoch 4 resumes from epoch 2's checkpoint and
+    the record (2 evaluations) equals an uninterrupted run's."""
+    train = ("train: {epochs: 4, batch_size: 8, jacobian_mode: loop, checkpoint_every_n_epochs: 2, "
+             "eval_every_n_epochs: 2}")
+    methods = "[{name: famo}]"
+
+    def suite_file(out: str) -> Path:
+        path = write_suite(tmp_path, out, methods)
+        default = "train: {epochs: 2, batch_size: 8, jacobian_mode: loop, checkpoint_every_n_batches: 2}"
+        path.write_text(path.read_text().replace(default, train))
+        return path
+
+    run_suite(load_suite(suite_file("reference")))
+    runs = suite_file("runs")
+    assert run_cli(runs, kill_at=3 * BATCHES_PER_EPOCH + 2).returncode == -9
+    (ckpt,) = (tmp_path / "runs").rglob("*.ckpt")
+    saved = read_checkpoint(ckpt)
+    assert saved["global_step"] == 2 * BATCHES_PER_EPOCH and len(saved[TRAINING_STATE]["history"]) == 1
+    proc = run_cli(runs)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (ref,), (rec,) = records(tmp_path / "reference").values(), records(tmp_path / "runs").values()
+    assert rec["resumes"] == [{"epoch": 1, "global_step": 2 * BATCHES_PER_EPOCH}]
+    assert [e["epoch"] for e in ref["epochs"]] == [1, 3] and len(rec["epochs"]) == 2
+    assert stable(rec) == stable(ref)
+
+
 @pytest.mark.slow
 def test_stateful_methods_killed_and_resumed_match_an_uninterrupted_run(tmp_path):
     kill_and_resume(tmp_path, STATEFUL, 5)

@@ -86,6 +86,29 @@ def test_same_seed_gives_identical_records(tmp_path):
         assert rec["method_stats"] == second[run_id]["method_stats"], run_id
 
 
+def test_worker_processes_give_the_records_of_one_thread_in_this_process(tmp_path, monkeypatch):
+    """``run_suite(processes=2)`` (``mtobench run --workers 2``) splits this process's threads between two spawned
+    workers; each run's numbers are those of the same run trained here with that many threads."""
+    suite = load_suite(write_suite(tmp_path, "[{name: ew}, {name: famo}]"),
+                       ["--suite.stl", "false", "--suite.seeds", "[0]", "--suite.logging.wandb", "off"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_suite(suite, processes=2)
+        parallel = records(tmp_path)
+        torch.set_num_threads(1)
+        run_suite(suite, force=True)
+        serial = records(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(parallel) == ["tiny/synthetic_scenes/ew/seed0", "tiny/synthetic_scenes/famo/seed0"]
+    for run_id, rec in parallel.items():
+        assert rec["effective"]["cpu_threads"] == serial[run_id]["effective"]["cpu_threads"] == 1
+        assert rec["epochs"] == serial[run_id]["epochs"] and rec["method_stats"] == serial[run_id]["method_stats"]
+    with pytest.raises(ValueError, match="processes=0 must be >= 1"):
+        run_suite(suite, processes=0)
+
+
 class Exploding(Method):
     needs = Needs.LOSSES
 

@@ -95,7 +95,8 @@ class NotScored:
     reason: str
 
 
-UNCOMPARED = ("train.checkpoint_every_n_batches", "dataset.params.data_dir", "dataset.params.generate_workers")
+UNCOMPARED = ("train.checkpoint_every_n_batches", "train.checkpoint_every_n_epochs",
+              "dataset.params.data_dir", "dataset.params.generate_workers")
 """Settings that do not change the numbers, so rows may differ in them."""
 
 

@@ -65,7 +65,8 @@ def check_methods(suite: SuiteConfig, tasks: list) -> None:
             raise ValueError(f"suite {suite.name!r}: method {m.key!r}: {exc}") from exc
 
 
-NOT_FINGERPRINTED = ("train.checkpoint_every_n_batches", "dataset.params.data_dir", "dataset.params.generate_workers")
+NOT_FINGERPRINTED = ("train.checkpoint_every_n_batches", "train.checkpoint_every_n_epochs",
+                     "dataset.params.data_dir", "dataset.params.generate_workers")
 """Settings that change where or how often files are written, never the numbers (with the output folder and the
 logging, which are not part of the fingerprint at all)."""
 

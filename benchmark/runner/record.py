@@ -109,11 +109,13 @@ def traceback_text(exc: BaseException) -> str:
 
 def effective_setup(trainer: L.Trainer) -> dict:
     """What Lightning actually ran: precision, accelerator, device count and strategy (after its resolution of
-    ``auto`` and any silent change, e.g. 16-mixed becoming bf16-mixed on CPU)."""
+    ``auto`` and any silent change, e.g. 16-mixed becoming bf16-mixed on CPU), and torch's intra-op CPU threads
+    (``mtobench run --processes N`` trains N runs at once with fewer threads each; float sums may round
+    differently with another thread count)."""
     return {"precision": str(trainer.precision_plugin.precision),
             "accelerator": type(trainer.accelerator).__name__.removesuffix("Accelerator").lower(),
             "devices": trainer.num_devices, "num_nodes": trainer.num_nodes,
-            "strategy": type(trainer.strategy).__name__}
+            "strategy": type(trainer.strategy).__name__, "cpu_threads": torch.get_num_threads()}
 
 
 def make_record(suite: SuiteConfig, run: PlannedRun, dm, tasks: list, module: MTOModule, trainer: L.Trainer,

@@ -1,8 +1,10 @@
 """Run a suite: plan its grid, skip the runs that have records of the same configuration, train the others one
-after another, each under its own lock (``filelock``), so concurrent ``mtobench run`` of one suite share the work."""
+after another (or ``processes`` at a time), each under its own lock (``filelock``), so concurrent ``mtobench run``
+of one suite share the work."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 from collections.abc import Iterator
@@ -165,11 +167,17 @@ def claimed(suite: SuiteConfig, run: PlannedRun, wait: bool) -> Iterator[bool]:
         lock.release()
 
 
-def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
-    """Train, in this process, every planned run that has no record of this configuration yet (resuming from its
-    checkpoint, if any; ``force`` retrains from scratch); return the record paths of the suite. A run another
-    process is training is left to it, then waited for at the end. A failed run does not stop the others:
-    :class:`RunsFailed` names them all at the end. ``benchmark.launch.run`` trains them as submitit jobs instead."""
+def run_suite(suite: SuiteConfig, force: bool = False, processes: int = 1) -> list[Path]:
+    """Train every planned run that has no record of this configuration yet (resuming from its checkpoint, if any;
+    ``force`` retrains from scratch); return the record paths of the suite. A run another process is training is
+    left to it, then waited for at the end. A failed run does not stop the others: :class:`RunsFailed` names them
+    all at the end. ``benchmark.launch.run`` trains them as submitit jobs instead.
+
+    ``processes`` > 1 trains that many runs at once in worker processes, splitting this process's torch CPU
+    threads between them: on 2 cores a small model gains little from a second intra-op thread, so two one-thread
+    runs train ~1.5x as many steps per second as one two-thread run (benchmark/perf/power_notes.md §5)."""
+    if processes < 1:
+        raise ValueError(f"processes={processes} must be >= 1")
     plan = plan_suite(suite, force)
     if not plan.todo:
         return plan.record_paths()
@@ -178,6 +186,9 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
     failures: list[str] = []
     with Progress(*columns, console=console) as progress:
         grid = progress.add_task(f"suite {suite.name}", total=len(plan.todo))
+        if processes > 1 and len(plan.todo) > 1:
+            _train_in_workers(plan, force, processes, progress, grid, failures)
+            return _finish(plan, failures)
         deferred = []
         for run in plan.todo:
             if not _train_claimed(suite, run, plan.dm, progress, force, failures, wait=False):
@@ -188,10 +199,44 @@ def run_suite(suite: SuiteConfig, force: bool = False) -> list[Path]:
         for run in deferred:
             _train_claimed(suite, run, plan.dm, progress, force, failures, wait=True)
             progress.advance(grid)
+    return _finish(plan, failures)
+
+
+def _finish(plan: SuitePlan, failures: list[str]) -> list[Path]:
     if failures:
         raise RunsFailed(f"{len(failures)} of {len(plan.todo)} runs failed (the others have records):\n  "
                          + "\n  ".join(failures))
     return plan.record_paths()
+
+
+_worker: dict = {}
+"""A worker process's suite, datamodule and (disabled) progress display, set by :func:`_start_worker`."""
+
+
+def _start_worker(suite: SuiteConfig, threads: int) -> None:
+    torch.set_num_threads(threads)
+    dm = create_datamodule(suite)
+    dm.setup("fit")
+    _worker.update(suite=suite, dm=dm, progress=Progress(console=console, disable=True))
+
+
+def _train_in_worker(job: tuple[PlannedRun, bool]) -> list[str]:
+    run, force = job
+    failures: list[str] = []
+    w = _worker
+    _train_claimed(w["suite"], run, w["dm"], w["progress"], force, failures, wait=True)
+    return failures
+
+
+def _train_in_workers(plan: SuitePlan, force: bool, processes: int, progress: Progress, grid, failures: list[str]):
+    """Train ``plan.todo`` in ``processes`` spawned workers, in plan order, each run under its lock."""
+    threads = max(1, torch.get_num_threads() // processes)
+    console.print(f"[dim]training {processes} runs at a time, {threads} torch thread(s) each[/]")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes, initializer=_start_worker, initargs=(plan.suite, threads)) as pool:
+        for failed in pool.imap_unordered(_train_in_worker, [(run, force) for run in plan.todo], chunksize=1):
+            failures += failed
+            progress.advance(grid)
 
 
 def _train_claimed(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, force: bool, failures: list[str],

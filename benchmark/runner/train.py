@@ -65,7 +65,8 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: 
     callbacks, resume = [GridProgress(progress, run.run_id), log], None
     if out is not None:
         ckpt, key = checkpoint_path(out, run.run_id), run_fingerprint(suite, run)
-        callbacks.append(RunCheckpoint(ckpt, key, t.checkpoint_every_n_batches, getattr(train_loader, "sampler", None)))
+        callbacks.append(RunCheckpoint(ckpt, key, t.checkpoint_every_n_batches, getattr(train_loader, "sampler", None),
+                                       every_n_epochs=t.checkpoint_every_n_epochs))
         if ckpt.exists():
             check_resumable(ckpt, key)
             resume = ckpt
@@ -73,7 +74,8 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: 
     trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, precision=t.precision, logger=False,
                         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, sync_batchnorm=t.sync_batchnorm,
                         enable_checkpointing=out is not None, enable_progress_bar=False, enable_model_summary=False,
-                        deterministic=True, num_sanity_val_steps=0, callbacks=callbacks)
+                        deterministic=True, num_sanity_val_steps=0, check_val_every_n_epoch=t.eval_every_n_epochs,
+                        callbacks=callbacks)
     if trainer.strategy.root_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
