@@ -40,6 +40,7 @@ test-all: $(STAMP)
 perf: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[compare]'
 	$(BIN)/python -m benchmark.perf.step_time --out perf.md
+	$(BIN)/python -m benchmark.perf.overhead --out perf.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -25,3 +25,22 @@ def test_step_time_writes_ratio_table(tmp_path, tiny_size):
         assert "libmtl:PCGrad" in rows and "libmtl:IMTL" in rows
         assert rows["pcgrad"].split("|")[6].strip() != ""
 
+
+
+def test_overhead_compares_the_library_defaults_with_the_suite_and_replaces_its_own_section(tmp_path):
+    from benchmark.config import load_suite
+    from benchmark.perf import overhead
+
+    suite = load_suite("configs/suites/default.yaml")
+    before, after = overhead.settings(suite).values()
+    assert after is suite and before.train.eval_every_n_epochs == 1 and before.train.checkpoint_every_n_epochs == 1
+    assert before.train.jacobian_mode == "auto" and before.logging.log_every_n_steps == 10
+    assert before.train.epochs == suite.train.epochs and before.methods == suite.methods
+    assert "train.eval_every_n_epochs: 1 → 8" in overhead.changed(suite)
+    page = tmp_path / "perf.md"
+    page.write_text("# perf\n\nother table\n")
+    overhead.replace_section(page, f"{overhead.BEGIN}\nfirst\n{overhead.END}\n")
+    overhead.replace_section(page, f"{overhead.BEGIN}\nsecond\n{overhead.END}\n")
+    text = page.read_text()
+    assert text.startswith("# perf\n\nother table\n") and "second" in text and "first" not in text
+    assert text.count(overhead.BEGIN) == 1
