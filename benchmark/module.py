@@ -31,8 +31,8 @@ TRAINING_STATE = "mtobench_training_state"
 class ModuleConfig:
     """How :class:`MTOModule` trains: the optimiser and schedule (``optim``), the engine's Jacobian path and
     ``update_every``, what a non-finite loss does (``nan_policy``: ``error``, or ``skip`` up to ``max_nan_skips``
-    steps), the clipping of the shared gradient's norm, every how many batches a step is logged, and how the metrics
-    aggregate (``metric_options``)."""
+    steps), the clipping of the shared gradient's norm, every how many batches a step is logged, how the metrics
+    aggregate (``metric_options``) and after every how many epochs (and the last) both splits are evaluated."""
 
     optim: OptimConfig = field(default_factory=OptimConfig)
     jacobian_mode: str = "auto"
@@ -42,8 +42,11 @@ class ModuleConfig:
     clip_shared_grad_norm: float | None = None
     log_every_n_steps: int = 0
     metric_options: T.MetricOptions | None = None
+    eval_every_n_epochs: int = 1
 
     def __post_init__(self) -> None:
+        if self.eval_every_n_epochs < 1:
+            raise ValueError(f"eval_every_n_epochs={self.eval_every_n_epochs} must be >= 1")
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={self.nan_policy!r} is not one of {NAN_POLICIES}")
         if self.max_nan_skips < 0:
@@ -63,8 +66,9 @@ class MTOModule(L.LightningModule):
     """Trains ``model`` (``encode`` + ``head(task, z)``) on ``tasks`` with ``method``, as ``config`` says; what it
     counts is in ``stats`` (``benchmark/run_stats.py``).
 
-    Each validation pass evaluates the validation and the test split (dataloader 0 and 1) and appends one
-    entry to ``stats.history``: the metrics of both splits and the summed validation loss.
+    Each validation pass after an evaluated epoch (every ``eval_every_n_epochs``-th and the last) evaluates the
+    validation and the test split (dataloader 0 and 1) and appends one entry to ``stats.history``: the metrics of
+    both splits and the summed validation loss; the passes after other epochs do nothing.
 
     Under DDP the task losses carry the global batch's value (the mean over ranks) and a local gradient; loss
     methods rely on DDP's gradient all-reduce, every other step (gradient methods, own steps) runs with it off
@@ -287,7 +291,14 @@ class MTOModule(L.LightningModule):
                 m.momentum = momentum
                 m.num_batches_tracked.copy_(tracked)
 
+    @property
+    def evaluated_epoch(self) -> bool:
+        done = self.current_epoch + 1
+        return done % self.config.eval_every_n_epochs == 0 or done == self.trainer.max_epochs
+
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not self.evaluated_epoch:
+            return
         split = SPLITS[dataloader_idx]
         z = None if self.conditioned else self.encode(batch)
         for t in self.tasks:
@@ -299,6 +310,8 @@ class MTOModule(L.LightningModule):
         self._val_batches += split == "val"
 
     def on_validation_epoch_end(self) -> None:
+        if not self.evaluated_epoch:
+            return
         entry: dict = {"epoch": self.current_epoch, "step": self.global_step, "lr": self.stats.epoch_lr}
         for split in SPLITS:
             entry[split] = {}

@@ -109,6 +109,16 @@ def test_worker_processes_give_the_records_of_one_thread_in_this_process(tmp_pat
         run_suite(suite, processes=0)
 
 
+def test_evaluation_every_n_epochs_always_includes_the_last(tmp_path):
+    suite = load_suite(write_suite(tmp_path, "[{name: ew}]"),
+                       ["--suite.stl", "false", "--suite.seeds", "[0]", "--suite.logging.wandb", "off",
+                        "--suite.train.epochs", "3", "--suite.train.eval_every_n_epochs", "2"])
+    run_suite(suite)
+    (rec,) = records(tmp_path).values()
+    assert [e["epoch"] for e in rec["epochs"]] == [1, 2] and rec["timing"]["steps"] == 3 * 2
+    assert all(set(e) >= {"val", "test", "val_loss", "method_stats"} for e in rec["epochs"])
+
+
 class Exploding(Method):
     needs = Needs.LOSSES
 

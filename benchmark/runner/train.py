@@ -74,8 +74,7 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: 
     trainer = L.Trainer(max_epochs=t.epochs, accelerator=t.accelerator, precision=t.precision, logger=False,
                         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, sync_batchnorm=t.sync_batchnorm,
                         enable_checkpointing=out is not None, enable_progress_bar=False, enable_model_summary=False,
-                        deterministic=True, num_sanity_val_steps=0, check_val_every_n_epoch=t.eval_every_n_epochs,
-                        callbacks=callbacks)
+                        deterministic=True, num_sanity_val_steps=0, callbacks=callbacks)
     if trainer.strategy.root_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
