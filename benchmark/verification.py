@@ -27,14 +27,18 @@ def load_summary(path: Path = SUMMARY_FILE) -> dict:
 
 def verification_line(table: str, path: Path = SUMMARY_FILE) -> str:
     """One line for ``mtobench table <table>``: "protocol verified against <repo>@<commit>: N steps, max rel.
-    diff X" with the methods and stated differences, or "protocol NOT verified: <why>"."""
+    diff X" with the stated differences, "protocol partly verified ..." when the entry lists parts it does not
+    cover (``not_verified``), or "protocol NOT verified: <why>"."""
     entry = load_summary(path)["tables"].get(table)
     if entry is None:
         return f"protocol NOT verified: no differential test covers table {table!r}"
     if not entry["verified"]:
         return f"protocol NOT verified: {entry['reason']}"
-    line = (f"protocol verified against {entry['repository']}@{entry['commit'][:12]}: {entry['steps']} steps, "
-            f"max rel. diff {entry['max_rel_diff']:.1e} ({entry['scope']}; {entry['test']})")
+    gaps = entry.get("not_verified", [])
+    line = (f"protocol {'partly ' if gaps else ''}verified against {entry['repository']}@{entry['commit'][:12]}: "
+            f"{entry['steps']} steps, max rel. diff {entry['max_rel_diff']:.1e} ({entry['scope']}; {entry['test']})")
     for diff in entry.get("differences", []):
         line += f"\n  differs from the reference: {diff}"
+    for gap in gaps:
+        line += f"\n  not verified: {gap}"
     return line

@@ -36,3 +36,18 @@ def test_verification_line():
     assert verification_line("libmtl-nyuv2").startswith("protocol NOT verified: not replayed yet: LibMTL")
     assert verification_line("no-such-table") == "protocol NOT verified: no differential test covers table " \
                                                  "'no-such-table'"
+
+
+def test_an_entry_with_gaps_is_partly_verified_and_names_them(tmp_path):
+    entry = {"verified": True, "lineage": "x", "repository": "o/r", "commit": "0123456789abcdef", "steps": 20,
+             "max_rel_diff": 2e-6, "scope": "data, model", "test": "tests/test_x.py",
+             "differences": ["MGDA weights sum to 1"], "not_verified": ["the CAGrad replay"]}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"tables": {"t": entry}}))
+    load_summary.cache_clear()
+    try:
+        lines = verification_line("t", path).splitlines()
+    finally:
+        load_summary.cache_clear()
+    assert lines[0].startswith("protocol partly verified against o/r@0123456789ab: 20 steps, max rel. diff 2.0e-06")
+    assert lines[1:] == ["  differs from the reference: MGDA weights sum to 1", "  not verified: the CAGrad replay"]
