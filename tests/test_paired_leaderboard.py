@@ -100,6 +100,16 @@ def test_paired_mean_and_ci_match_scipy_on_an_independent_delta_m():
     assert "Paired by seed (the headline" in md and "Unpaired (each row on its own)" in md
 
 
+def test_seeds_to_separate_two_points_follow_the_spread_of_the_differences():
+    """The power column: the fewest seeds n whose t-interval at the observed spread is under ±2 points."""
+    table = paired_table(build_leaderboard(records()))
+    for label in ("pcgrad", "noisy", "worse"):
+        spread = float(np.std(expected(label, "ew")[0], ddof=1))
+        n = next(n for n in range(2, 1001) if stats.t.ppf(0.975, n - 1) * spread / math.sqrt(n) < 2.0)
+        assert table[label]["seeds to separate 2 points"] == str(n), label
+    assert table["noisy"]["seeds to separate 2 points"] != table["pcgrad"]["seeds to separate 2 points"]
+
+
 def test_the_paired_interval_is_narrower_than_the_unpaired_one_here():
     row = {r.label: r for r in summarize(records())[0].rows}["pcgrad"]
     unpaired = float(stats.t.ppf(0.975, row.delta_m.n - 1)) * row.delta_m.std / math.sqrt(row.delta_m.n)

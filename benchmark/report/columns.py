@@ -8,6 +8,7 @@ table; append one entry there to add a column.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -15,7 +16,7 @@ from typing import Any
 
 from benchmark.records import RecordMetric
 from benchmark.report.paired import NO_CONTROL, Pairing
-from benchmark.scoring import SeedStats
+from benchmark.scoring import SeedStats, seeds_to_separate
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 ABSENT = "—"
@@ -165,12 +166,30 @@ def separable(pairing: Pairing, higher_is_better: bool = False) -> str:
     return "**yes, better**" if (stats.mean > 0) == higher_is_better else "**yes, worse**"
 
 
+SEPARATION_TARGET = 2.0
+"""The Δm difference (points) the default suite is meant to separate (issue 12)."""
+
+
+def seeds_for_target(pairing: Pairing) -> str:
+    """The seeds whose paired 95% CI would be narrower than ±:data:`SEPARATION_TARGET` at this spread of the
+    per-seed differences (``benchmark.scoring.seeds_to_separate``)."""
+    values = list(pairing.stats.differences.values())
+    if len(values) < 2 or any(math.isnan(v) for v in values):
+        return "n/a"
+    spread = statistics.stdev(values)
+    try:
+        return str(seeds_to_separate(spread, SEPARATION_TARGET))
+    except ValueError:
+        return "> 1000"
+
+
 PAIRED_COLUMNS = [
     Column("method", lambda row: row.label),
     Column("paired seeds vs EW", lambda row: row.vs_ew, _pairing(paired_seeds)),
     Column("Δm − EW per seed", lambda row: row.vs_ew, _pairing(per_seed, marker=False)),
     Column("Δm − EW ↓ mean [95% CI]", lambda row: row.vs_ew, _pairing(paired_mean_ci)),
     Column("separable from EW", lambda row: row.vs_ew, _pairing(separable, marker=False)),
+    Column(f"seeds to separate {SEPARATION_TARGET:g} points", lambda row: row.vs_ew, _pairing(seeds_for_target, marker=False)),
     Column("control", lambda row: row.vs_control, control_label),
     Column("paired seeds vs control", lambda row: row.vs_control, _pairing(paired_seeds, marker=False)),
     Column("Δm − control ↓ mean [95% CI]", lambda row: row.vs_control, _pairing(paired_mean_ci, marker=False)),
