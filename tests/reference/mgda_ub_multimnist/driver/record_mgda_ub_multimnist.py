@@ -168,6 +168,9 @@ def main() -> None:
         uniform_recipe_(named)
         record["param_shapes"] = {n: list(q.shape) for n, q in named.items()}
         record["param_count"] = sum(q.numel() for q in named.values())
+        record["buffer_names"] = [f"{k}.{n}" for k, m in model.items() for n, _ in m.named_buffers()]
+        record["batchnorm_count"] = sum(isinstance(x, torch.nn.modules.batchnorm._BatchNorm)
+                                        for m in model.values() for x in m.modules())
         record["initial_param_sums"] = {n: float(q.double().sum()) for n, q in named.items()}
         state["named"] = named
         state["shared"] = {id(q) for n, q in named.items() if n.startswith("rep.")}
