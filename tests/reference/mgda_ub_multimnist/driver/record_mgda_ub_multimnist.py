@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--reference", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--reference-commit", help="the snapshot's commit, when --reference is not a git work tree")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--n-train", type=int, default=512)
     ap.add_argument("--n-test", type=int, default=250)
@@ -279,7 +280,9 @@ def main() -> None:
     record["processed"] = processed
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.reference, capture_output=True,
-                            text=True).stdout.strip() or None
+                            text=True).stdout.strip() or args.reference_commit
+    if not commit:
+        raise SystemExit(f"{args.reference} is not a git work tree: pass --reference-commit")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "mgda_ub.json").write_text(json.dumps(record, separators=(",", ":")) + "\n")
     header = {
@@ -288,10 +291,13 @@ def main() -> None:
         "entry_point": "multi_task/train_multi_task.py: the click command train_multi_task, run in-process with "
                        "cwd holding configs.json (the repository's, mnist.path -> the fixture) and params.json",
         "command": " ".join(["python", "tests/reference/mgda_ub_multimnist/driver/record_mgda_ub_multimnist.py",
-                             "--reference <MultiObjectiveOptimization>", "--work <tmp>", "--out <this folder>"]
+                             "--reference <MultiObjectiveOptimization>", f"--reference-commit {commit}", "--work <tmp>",
+                             "--out <this folder>"]
                             + [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                               if k not in ("reference", "work", "out")]),
+                               if k not in ("reference", "reference_commit", "work", "out")]),
         "params_json": params,
+        "methods": {"mgda_ub": {"steps": len(record["steps"]), "epochs": args.epochs,
+                                "argv": ["train_multi_task.py", "--param_file", "params.json"]}},
         "driver": "tests/reference/mgda_ub_multimnist/driver/record_mgda_ub_multimnist.py (shims and "
                   "instrumentation in its docstring; no reference code)",
         "fixture": {"writer": "tests.fixtures_mnist.write_mnist",
