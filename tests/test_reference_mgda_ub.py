@@ -145,14 +145,15 @@ def unpack(text: str, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def inject_masks(model: nn.Module, ref: dict) -> list[RecordedMask]:
-    """Our dropout layers replaced by the reference's masks, step by step (one encoder pass per step)."""
+    """Our dropout layers (rate 0.5, the reference's Bernoulli(0.5) masks) replaced by the reference's masks, step
+    by step (one encoder pass per step)."""
     steps = ref["steps"]
     rep = RecordedMask([torch.tensor(s["rep_mask"], dtype=torch.float32).view(1, -1, 1, 1) for s in steps])
-    assert isinstance(model.encoder[4], nn.Dropout2d)
+    assert isinstance(model.encoder[4], nn.Dropout2d) and model.encoder[4].p == 0.5
     model.encoder[4] = rep
     injected = [rep]
     for key, task in TASKS.items():
-        assert isinstance(model.heads[task][2], nn.Dropout)
+        assert isinstance(model.heads[task][2], nn.Dropout) and model.heads[task][2].p == 0.5
         model.heads[task][2] = RecordedMask([unpack(s["head_masks"][key], (s["batch"], 50)) for s in steps])
         injected.append(model.heads[task][2])
     return injected

@@ -108,3 +108,13 @@ def test_protocol_mgda_ub_matches_reference_solver(suite, ref, case):
         fw = method(suite, normalization=kind, solver="frank_wolfe", max_iter=UNCAPPED, official_two_point_clip=True)
         np.testing.assert_allclose(fw.gramian_weights(m, losses).numpy(), theirs["weights_fw"], atol=WEIGHT_ATOL,
                                    err_msg=kind)
+
+
+def test_schedule_is_the_replayed_trainer_rule(suite):
+    """The reference runs every dataset through one loop (``train_multi_task.py``), whose lr rule the MultiMNIST
+    replay verifies step by step (tests/test_reference_mgda_ub.py); the CelebA protocol must use the same rule."""
+    multimnist = load_suite(ROOT / "configs" / "protocols" / "mgda_ub_multimnist.yaml").train
+    t = suite.train
+    assert (t.lr_schedule, t.lr_step_size, t.lr_gamma) == ("step_shifted", 10, 0.85)
+    assert (t.lr_schedule, t.lr_step_size, t.lr_gamma) == (multimnist.lr_schedule, multimnist.lr_step_size,
+                                                            multimnist.lr_gamma)

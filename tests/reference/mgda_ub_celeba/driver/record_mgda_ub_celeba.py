@@ -11,7 +11,7 @@ and one ``FaceAttributeDecoder`` per attribute, as ``model_selector.get_model`` 
 ``gradient_normalizers`` for each normalisation type and the weights of ``MinNormSolver.find_min_norm_element``
 (projected gradient, what ``train_multi_task.py`` calls) and ``find_min_norm_element_FW``.
 
-Usage: python record_mgda_ub_celeba.py --reference <MultiObjectiveOptimization> --out <dir>
+Usage: python record_mgda_ub_celeba.py --reference <MultiObjectiveOptimization> [--reference-commit <sha>] --out <dir>
 """
 
 from __future__ import annotations

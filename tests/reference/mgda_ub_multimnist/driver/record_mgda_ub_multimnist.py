@@ -17,7 +17,8 @@ Instrumentation (recording only): the sampler's index order, the dropout masks t
 normalisers and the solver's weights, the Adam step's gradient and update norms and learning rate, and the
 initial parameters, overwritten by ``tests.fixtures_mnist.uniform_recipe_`` keyed by the reference's names.
 
-Usage: python record_mgda_ub_multimnist.py --reference <MultiObjectiveOptimization> --work <tmp> --out <dir>
+Usage: python record_mgda_ub_multimnist.py --reference <MultiObjectiveOptimization> [--reference-commit <sha>]
+       --work <tmp> --out <dir>
 """
 
 from __future__ import annotations
