@@ -38,8 +38,9 @@ class TrainConfig:
     epochs: int = 4
     batch_size: int = 16
     lr: float = 1e-3
-    lr_schedule: Literal["constant", "cosine", "step", "poly"] = "constant"
-    """``step``: lr x ``lr_gamma`` every ``lr_step_size`` epochs (StepLR); ``poly``: lr (1 - epoch/epochs)^0.9;
+    lr_schedule: Literal["constant", "cosine", "step", "step_shifted", "poly"] = "constant"
+    """``step``: lr x ``lr_gamma`` every ``lr_step_size`` epochs (StepLR); ``step_shifted``: the same from epoch
+    ``lr_step_size - 1`` on (Sener & Koltun's trainer); ``poly``: lr (1 - epoch/epochs)^0.9;
     ``cosine``: per-batch cosine annealing to 0."""
     lr_step_size: int = 100
     lr_gamma: float = 0.5

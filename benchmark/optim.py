@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-LR_SCHEDULES = ("constant", "cosine", "step", "poly")
+LR_SCHEDULES = ("constant", "cosine", "step", "step_shifted", "poly")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -15,7 +15,8 @@ OPTIMIZERS = ("adam", "sgd")
 class OptimConfig:
     """``optimizer`` (``adam``, or ``sgd`` with ``momentum``) at ``lr``, with ``weight_decay`` on the model;
     ``lr_schedule``: ``constant``, ``cosine`` (per batch, to 0), ``step`` (x ``lr_gamma`` every ``lr_step_size``
-    epochs) or ``poly`` ((1 - epoch/epochs)^0.9)."""
+    epochs), ``step_shifted`` (the same one epoch earlier: from epoch ``lr_step_size - 1`` on, as Sener & Koltun's
+    trainer's ``(epoch + 1) % 10 == 0``; docs/protocols.md P6/P7) or ``poly`` ((1 - epoch/epochs)^0.9)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -55,19 +56,19 @@ def make_schedule(config: OptimConfig, optimizer: torch.optim.Optimizer, steps: 
     if config.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     per_epoch = max(steps // epochs, 1)
-    if config.lr_schedule == "step":
-        factor = _StepFactor(per_epoch, config.lr_step_size, config.lr_gamma)
+    if config.lr_schedule in ("step", "step_shifted"):
+        factor = _StepFactor(per_epoch, config.lr_step_size, config.lr_gamma, int(config.lr_schedule != "step"))
     else:
         factor = _PolyFactor(per_epoch, epochs)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class _StepFactor:
-    def __init__(self, per_epoch: int, step_size: int, gamma: float) -> None:
-        self.per_epoch, self.step_size, self.gamma = per_epoch, step_size, gamma
+    def __init__(self, per_epoch: int, step_size: int, gamma: float, shift: int = 0) -> None:
+        self.per_epoch, self.step_size, self.gamma, self.shift = per_epoch, step_size, gamma, shift
 
     def __call__(self, step: int) -> float:
-        return self.gamma ** ((step // self.per_epoch) // self.step_size)
+        return self.gamma ** ((step // self.per_epoch + self.shift) // self.step_size)
 
 
 class _PolyFactor:

@@ -14,6 +14,17 @@ def test_step_factor_is_steplr_in_epochs():
     assert f(5) == 1.0 and f(6) == 0.5
 
 
+def test_shifted_step_factor_is_sener_koltun_rule():
+    """``step_shifted``: x gamma at the start of every epoch e with (e + 1) % step_size == 0, as the MGDA-UB
+    authors' trainer does (docs/protocols.md P7)."""
+    f = _StepFactor(per_epoch=3, step_size=10, gamma=0.85, shift=1)
+    expected = 1.0
+    for epoch in range(100):
+        if (epoch + 1) % 10 == 0:
+            expected *= 0.85
+        assert f(3 * epoch) == pytest.approx(expected) == f(3 * epoch + 2), epoch
+
+
 def test_poly_factor_is_mtinet_poly():
     f = _PolyFactor(per_epoch=2, epochs=4)
     assert [f(s) for s in range(0, 8, 2)] == pytest.approx([1.0, 0.75**0.9, 0.5**0.9, 0.25**0.9])

@@ -1,0 +1,116 @@
+"""Records, from intel-isl/MultiObjectiveOptimization, the parts of its CelebA MGDA-UB setting that run here, for
+tests/test_reference_mgda_ub_celeba.py.
+
+Contains no reference code: it imports ``multi_task/min_norm_solvers.py`` and ``multi_task/models/
+multi_faces_resnet.py`` from ``--reference``. Shims (applied from outside, for 0.4-era code on torch 2.x): ``x[0]``
+of a 0-dim tensor returns ``x.item()``; ``torch.dot`` flattens its arguments.
+
+Recorded: (1) the CelebA network's parameter shapes and BatchNorm settings (``ResNet(BasicBlock, [2, 2, 2, 2])``
+and one ``FaceAttributeDecoder`` per attribute, as ``model_selector.get_model`` builds them); (2) for seeded
+40-task representation-gradient sets (recipe :func:`tests.fixtures_min_norm.gradient_case`), the reference's
+``gradient_normalizers`` for each normalisation type and the weights of ``MinNormSolver.find_min_norm_element``
+(projected gradient, what ``train_multi_task.py`` calls) and ``find_min_norm_element_FW``.
+
+Usage: python record_mgda_ub_celeba.py --reference <MultiObjectiveOptimization> [--reference-commit <sha>] --out <dir>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[4]
+sys.path.insert(0, str(REPO))
+from tests.fixtures_min_norm import GRADIENT_CASES, gradient_case  # noqa: E402
+
+NORMALIZATIONS = ("l2", "loss", "loss+", "none")
+
+
+def install_shims() -> None:
+    getitem = torch.Tensor.__getitem__
+
+    def getitem0(self, index):
+        if isinstance(index, int) and index == 0 and self.dim() == 0:
+            return self.item()
+        return getitem(self, index)
+
+    torch.Tensor.__getitem__ = getitem0
+    dot = torch.dot
+    torch.dot = lambda a, b: dot(a.reshape(-1), b.reshape(-1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reference", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--reference-commit", help="the snapshot's commit, when --reference is not a git work tree")
+    args = ap.parse_args()
+    install_shims()
+    sys.path.insert(0, str(args.reference / "multi_task"))
+    from min_norm_solvers import MinNormSolver, gradient_normalizers
+    from models.multi_faces_resnet import BasicBlock, FaceAttributeDecoder, ResNet
+
+    model = {"rep": ResNet(BasicBlock, [2, 2, 2, 2])}
+    model.update({str(t): FaceAttributeDecoder() for t in range(40)})
+    named = {f"{k}.{n}": p for k, m in model.items() for n, p in m.named_parameters()}
+    bns = [x for x in model["rep"].modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    network = {
+        "param_shapes": {n: list(p.shape) for n, p in named.items() if n.startswith(("rep.", "0."))},
+        "rep_param_count": sum(p.numel() for n, p in named.items() if n.startswith("rep.")),
+        "head_param_count": sum(p.numel() for n, p in named.items() if n.startswith("0.")),
+        "batchnorm": {"count": len(bns), "momentum": sorted({m.momentum for m in bns}),
+                      "eps": sorted({m.eps for m in bns}), "affine": sorted({m.affine for m in bns}),
+                      "track_running_stats": sorted({m.track_running_stats for m in bns})},
+        "rep_output_shape": list(model["rep"](torch.zeros(2, 3, 64, 64), None)[0].shape),
+    }
+    cases = []
+    for case in range(GRADIENT_CASES):
+        grads, losses = gradient_case(case)
+        tasks = list(range(grads.shape[0]))
+        entry = {"case": case, "normalizations": {}}
+        for kind in NORMALIZATIONS:
+            vecs = {t: [grads[t]] for t in tasks}
+            gn = gradient_normalizers(vecs, {t: float(losses[t]) for t in tasks}, kind)
+            scaled = [[grads[t] / gn[t]] for t in tasks]
+            sol, cost = MinNormSolver.find_min_norm_element(scaled)
+            sol_fw, cost_fw = MinNormSolver.find_min_norm_element_FW(scaled)
+            entry["normalizations"][kind] = {"normalizers": [float(gn[t]) for t in tasks],
+                                             "weights": [float(v) for v in sol], "min_norm": float(cost),
+                                             "weights_fw": [float(v) for v in sol_fw], "min_norm_fw": float(cost_fw)}
+        cases.append(entry)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.reference, capture_output=True,
+                            text=True).stdout.strip() or args.reference_commit
+    if not commit:
+        raise SystemExit(f"{args.reference} is not a git work tree: pass --reference-commit")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "solver_network.json").write_text(
+        json.dumps({"network": network, "cases": cases}, separators=(",", ":")) + "\n")
+    header = {
+        "repository": "https://github.com/intel-isl/MultiObjectiveOptimization",
+        "commit": commit,
+        "entry_point": "multi_task/min_norm_solvers.py (MinNormSolver, gradient_normalizers) and "
+                       "multi_task/models/multi_faces_resnet.py (ResNet, BasicBlock, FaceAttributeDecoder), imported",
+        "command": "python tests/reference/mgda_ub_celeba/driver/record_mgda_ub_celeba.py "
+                   f"--reference <MultiObjectiveOptimization> --reference-commit {commit} --out <this folder>",
+        "driver": "tests/reference/mgda_ub_celeba/driver/record_mgda_ub_celeba.py (shims in its docstring; no "
+                  "reference code)",
+        "inputs": f"tests.fixtures_min_norm.gradient_case(c) for c < {GRADIENT_CASES}: 40 tasks' float32 gradients "
+                  "w.r.t. a 16 x 2048 representation and 40 losses, from torch.Generator seeds",
+        "not_run": "the CelebA trainer: its loader needs the CelebA PNG release (scipy.misc.imread/imresize), and "
+                   "our protocol's network pools to 512-d where the reference's pools 4x4 to 2048-d",
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "numpy": np.__version__, "device": "cpu"},
+    }
+    (args.out / "header.json").write_text(json.dumps(header, indent=1) + "\n")
+    print(f"{len(cases)} solver cases -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
