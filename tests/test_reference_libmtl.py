@@ -1,0 +1,436 @@
+"""Differential test of protocol P2 (``configs/protocols/libmtl_nyuv2_deeplab.yaml``) against LibMTL's NYUv2 trainer.
+
+``tests/reference/libmtl_nyuv2/`` holds what median-research-group/LibMTL's ``Trainer`` (HPS, ``rep_grad`` False,
+``resnet_dilated('resnet50')`` + ``DeepLabHead`` decoders, the losses and metrics of ``examples/nyu/utils.py``,
+Adam 1e-4 / weight decay 1e-5, StepLR(100, 0.5)) produced on the MTAN-format fixture
+``tests.fixtures_mtan.write_nyuv2(n_train=8, n_val=5, 32 x 32, seed 0)``, per weighting method, 20 steps of batch 2
+(provenance and the run's changes in ``header.json``). Our side takes the protocol config, our NYUv2 datamodule
+(no augmentation, as LibMTL's ``--aug`` default), our DeepLab-ResNet-50 (the same initial weights through
+:func:`libmtl_name`), our losses, metrics, optimizer, LR schedule and methods, and must reproduce it.
+
+Both sides re-seed torch (``1000 + k``) before the k-th train-mode encoder call, so the heads' dropout masks agree.
+Where the protocol's settings differ from LibMTL's the test runs LibMTL's (:data:`REFERENCE_SETTINGS`) and the
+difference stands in the protocol file. The fast tests check the data, the parameter map and counts, BatchNorm,
+the step-1 losses, the loss and metric functions and the LR schedule; the replays are ``slow``. Where LibMTL is
+importable (it is not in CI) its weighting classes also run live against ours on a fixed gradient matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from benchmark import tasks as T
+from benchmark.config import load_suite
+from benchmark.methods import create
+from benchmark.methods.presets import resolve
+from benchmark.module import ModuleConfig, MTOModule
+from benchmark.runner import create_datamodule, create_model, resolved_hparams
+from benchmark.tasks import MetricOptions
+from tests.fixtures_mtan import write_nyuv2
+from tests.reference_replay import ReplaySampler, StepRecorder, load_reference, recipe_, rel_diff
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL = ROOT / "configs" / "protocols" / "libmtl_nyuv2_deeplab.yaml"
+LINEAGE = "libmtl_nyuv2"
+TASKS = ["semseg", "depth", "normal"]
+REF_TASKS = {"segmentation": "semseg", "depth": "depth", "normal": "normal"}
+METHODS = {"EW": ("ew", "EW"), "MGDA": ("mgda", "MGDA"), "PCGrad": ("pcgrad", "PCGrad"),
+           "CAGrad": ("cagrad", "CAGrad"), "IMTL": ("imtl_h", "IMTL"), "Nash_MTL": ("nash_mtl", "Nash-MTL"),
+           "Aligned_MTL": ("aligned_mtl", "Aligned-MTL"), "DB_MTL": ("db_mtl", "DB-MTL"),
+           "FAMO": ("famo", None), "FairGrad": ("fairgrad", None)}
+"""LibMTL weighting -> (our method, the protocol's label; None: not in the protocol, built with the libmtl preset)."""
+REFERENCE_SETTINGS = {
+    "IMTL": {"grad_source": "params"},
+    "Nash_MTL": {"head_weighting": "weighted"},
+    "FAMO": {"bn_update": True},
+}
+"""Where the protocol (its ``libmtl`` preset) differs from LibMTL's ``rep_grad=False`` HPS run, the test runs LibMTL's
+setting: IMTL on the shared parameters' gradients (the protocol: ``rep_batchsum``, LibMTL's ``rep_grad=True``
+mode); Nash-MTL back-propagates ``sum_t alpha_t L_t`` so the heads are weighted; FAMO's after-step forward pass
+updates the BatchNorm statistics (LibMTL's trainer runs it in train mode)."""
+NO_WEIGHTS = {"CAGrad": "LibMTL returns the inner solution w, not the weights of the applied update",
+              "DB_MTL": "LibMTL returns ones"}
+NASH_SCALE = ("LibMTL's Nash-MTL weights are 1.735x ours at step 1 (the same proportions to 1e-4), so its heads' "
+              "gradients are too; cause not found (its CCCP on G'G / |G'G|, 20 iterations, stop at 1e-3)")
+RECORDED = [m for m in METHODS if m in load_reference(LINEAGE, "header")["methods"]]
+"""The methods with a stored run (EW, MGDA, Nash_MTL in this session; the others' ``METHODS`` entries await one)."""
+REPLAYED = [pytest.param(m, marks=pytest.mark.xfail(reason=NASH_SCALE, strict=True)) if m == "Nash_MTL" else m
+            for m in RECORDED]
+BASE = "EW"
+"""The recorded run whose data, parameter shapes and first step the fast tests use."""
+WEIGHT_RTOL = {"MGDA": 1e-3, "Nash_MTL": 2e-3}
+"""MGDA: LibMTL's Frank-Wolfe stops at a change < 1e-5 (ours solves to 1e-10); Nash-MTL: LibMTL's CCCP/ECOS stops at
+|G alpha - 1/alpha| < 1e-3."""
+STEP1_RTOL = 1e-5
+STEP1_GRAD_RTOL = 3e-4
+"""Gradient and update norms on step 1: the recorded norms of EW, MGDA and Nash-MTL are float32 reductions over
+72M parameters (about 1e-4 relative; the other runs reduce in float64), ours float64."""
+DRIFT_RTOL = {"loss": 3e-2, "update_norm": 1e-2, "weight": 2e-2, "lr": 0.0}
+"""The bounds after N steps, from the measured EW replay (20 steps: losses 2.7e-2, update norms 4.5e-3, BN running
+statistics 1.4e-4, parameter norms 4.7e-2). The gradient norms are held only on steps 1-2 (1.7e-2 on step 2): from
+step 3 they differ by up to 68% in both directions. Suspected cause, not proven: float32 noise amplified by Adam's
+first steps (|update| ~ lr per element whatever the gradient) and by the BatchNorm of the ASPP image-pooling branch,
+which normalises 2 values (batch 2 of 1 x 1 maps) and whose gradient grows as 1 / |x_1 - x_2|."""
+GRAD_STEPS = 2
+FINAL_RTOL = {"bn": 1e-3, "param": 5e-2}
+DROPOUT_SEED = 1000
+LIBMTL_ROOT = "MTOBENCH_LIBMTL_ROOT"
+"""A LibMTL checkout (with examples/nyu) whose Trainer the live test runs; LibMTL==1.1.5 from PyPI alone cannot:
+it ships no examples/nyu, does not import with torchvision >= 0.13 and lacks five of the methods."""
+DRIVER = ROOT / "tests" / "reference" / LINEAGE / "driver" / "record_libmtl.py"
+
+
+def libmtl_name(ref_name: str) -> str:
+    """LibMTL ``HPS`` parameter/buffer name -> ``models.deeplab.DeepLabResNet`` name."""
+    if ref_name.startswith("encoder."):
+        return ref_name
+    m = re.match(r"decoders\.(\w+)\.(.*)", ref_name)
+    if m is None or m[1] not in REF_TASKS:
+        raise KeyError(f"no mapping for reference name {ref_name!r}")
+    head, rest = f"heads.{REF_TASKS[m[1]]}", m[2]
+    for pattern, repl in ((r"0\.convs\.([0-3])\.", r"0.branches.\1."), (r"0\.convs\.4\.", "0.pool."),
+                          (r"0\.project\.", "0.project."), (r"([124])\.", r"\1.")):
+        if re.match(pattern, rest):
+            return f"{head}.{re.sub(pattern, repl, rest, count=1)}"
+    raise KeyError(f"no mapping for reference name {ref_name!r}")
+
+
+@pytest.fixture(scope="module")
+def header() -> dict:
+    return load_reference(LINEAGE, "header")
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory, header) -> Path:
+    root = write_nyuv2(tmp_path_factory.mktemp("nyuv2"), **header["fixture"]["kwargs"])
+    got = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.npy"))}
+    assert got == header["fixture"]["sha256"], "write_nyuv2 no longer writes the fixture the reference ran on"
+    return root
+
+
+def protocol_suite(root: Path, epochs: int | None = None):
+    """The protocol file as shipped, pointed at the fixture (its size, no worker processes, CPU) with the recorded
+    batch size (2; the protocol's 8 needs more than the fixture's 8 images for 20 steps)."""
+    suite = load_suite(PROTOCOL)
+    suite.dataset.params.update(root=str(root), height=32, width=32, check_sizes=False, num_workers=0)
+    suite.train.batch_size = load_reference(LINEAGE, BASE)["batch_size"]
+    if epochs is not None:
+        suite.train.epochs = epochs
+    suite.train.accelerator = "cpu"
+    return suite
+
+
+def protocol_method(suite, ref_method: str):
+    """Our method as ``benchmark.runner.train_one`` builds it from the suite (the libmtl preset for a method the
+    protocol does not list), with :data:`REFERENCE_SETTINGS`."""
+    name, label = METHODS[ref_method]
+    if label is None:
+        hparams = resolve(suite.preset, name, {})
+    else:
+        hparams = resolved_hparams(suite, next(m for m in suite.methods if m.key == label))
+    return create(name, len(TASKS), **{**hparams, **REFERENCE_SETTINGS.get(ref_method, {})})
+
+
+def protocol_module(suite, ref_method: str, model) -> MTOModule:
+    config = ModuleConfig.from_train(suite.train, log_every_n_steps=0,
+                                     metric_options=MetricOptions(suite.dataset.metric_aggregation,
+                                                                  suite.dataset.depth_clamp))
+    return MTOModule(model, create_datamodule(suite).tasks, protocol_method(suite, ref_method), config)
+
+
+def reseed_dropout(model) -> dict[str, int]:
+    """Re-seed torch before every train-mode encoder call, as the reference driver does; returns the call count."""
+    calls = {"n": 0}
+
+    def hook(module, inputs):
+        if module.training:
+            torch.manual_seed(DROPOUT_SEED + calls["n"])
+            calls["n"] += 1
+
+    model.encoder.register_forward_pre_hook(hook)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def suite(fixture_root):
+    return protocol_suite(fixture_root)
+
+
+@pytest.fixture(scope="module")
+def initial_model(suite):
+    """Our protocol model with the reference's initial weights (recipe keyed by reference names, mapped to ours);
+    shared by the fast tests that only read it or run it without a step."""
+    model = create_model(suite, create_datamodule(suite).tasks)
+    ours = dict(model.named_parameters())
+    recipe_({ref: ours[libmtl_name(ref)] for ref in load_reference(LINEAGE, BASE)["param_shapes"]
+             if ref.startswith(("encoder.", "decoders."))})
+    return model
+
+
+def reference_model(suite, dm, initial: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, int]]:
+    """A fresh protocol model holding ``initial``'s state, and its dropout re-seeding counter."""
+    model = create_model(suite, dm.tasks)
+    model.load_state_dict(initial.state_dict())
+    return model, reseed_dropout(model)
+
+
+def replay_loader(dm, ref: dict) -> torch.utils.data.DataLoader:
+    """Our training loader (its dataset, augmented if the protocol says so) over the reference's batch order."""
+    ds = dm.train_dataloader().dataset
+    n = len(ds)
+    position = {file_id: i for i, file_id in enumerate(ds.ids)}
+    train = [position[s["index"]] for s in ref["samples"]["train"]]
+    keys = [[(e, i) for i in train[e * n:(e + 1) * n]] for e in range(len(train) // n)]
+    return torch.utils.data.DataLoader(ds, batch_size=dm.batch_size, sampler=ReplaySampler(keys),
+                                       drop_last=dm.drop_last)
+
+
+def sample_sums(image: torch.Tensor, targets: dict) -> list[float]:
+    return [float(x.double().sum()) for x in (image, targets["semseg"], targets["depth"], targets["normal"])]
+
+
+def test_batches_match_reference_order_and_values(fixture_root):
+    """Every training sample LibMTL fetched (no crop, no flip: float32 image, labels, depth, normals), summed per map,
+    equals ours; the test split in file order likewise."""
+    ref = load_reference(LINEAGE, BASE)
+    dm = create_datamodule(protocol_suite(fixture_root))
+    loader = replay_loader(dm, ref)
+    ours = []
+    for epoch in range(len(loader.sampler.keys)):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            for b in range(batch["image"].shape[0]):
+                ours.append(sample_sums(batch["image"][b], {k: v[b] for k, v in batch["targets"].items()}))
+    train = ref["samples"]["train"]
+    assert len(ours) == len(train) == 2 * len(ref["steps"]) >= 40
+    for i, (mine, theirs) in enumerate(zip(ours, train)):
+        np.testing.assert_allclose(mine, theirs["sums"], rtol=1e-6, atol=1e-3, err_msg=f"train sample {i}: {theirs}")
+    test = [sample_sums(b["image"][i], {k: v[i] for k, v in b["targets"].items()})
+            for b in dm.test_dataloader() for i in range(b["image"].shape[0])]
+    np.testing.assert_allclose(test, [s["sums"] for s in ref["samples"]["test"][:len(test)]], rtol=1e-6, atol=1e-3)
+
+
+def test_parameter_map_and_counts_are_exact(initial_model):
+    ref = load_reference(LINEAGE, BASE)
+    model = initial_model
+    ours = {n: list(p.shape) for n, p in model.named_parameters()}
+    assert {libmtl_name(n): shape for n, shape in ref["param_shapes"].items()} == ours
+    assert sum(p.numel() for p in model.parameters()) == ref["param_count"] == 71_888_721
+    assert sum(p.numel() for p in model.shared_parameters()) == ref["encoder_param_count"] == 23_508_032
+    assert sorted(libmtl_name(n) for n in ref["buffer_names"]) == sorted(n for n, _ in model.named_buffers())
+
+
+def test_batchnorm_settings_match_reference(initial_model):
+    """Momentum, eps and affine of every BatchNorm of our protocol model are LibMTL's."""
+    ref = load_reference(LINEAGE, BASE)["batchnorm"]
+    bns = [m for m in initial_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == ref["count"]
+    assert sorted({m.momentum for m in bns}) == ref["momentum"]
+    assert sorted({m.eps for m in bns}) == ref["eps"]
+    assert sorted({m.affine for m in bns}) == ref["affine"]
+    assert sorted({m.track_running_stats for m in bns}) == ref["track_running_stats"]
+
+
+def test_step1_losses_match(suite, initial_model):
+    """One train-mode forward on the reference's first batch (its dropout draw): the three masked losses; the
+    BatchNorm statistics are left as they were."""
+    ref = load_reference(LINEAGE, BASE)
+    dm = create_datamodule(suite)
+    batch = next(iter(replay_loader(dm, ref)))
+    module = protocol_module(suite, "EW", initial_model)
+    with torch.no_grad(), module._frozen_bn():
+        torch.manual_seed(DROPOUT_SEED)
+        losses = module.task_losses(batch)
+    np.testing.assert_allclose(losses.tolist(), ref["steps"][0]["losses"], rtol=STEP1_RTOL)
+
+
+def test_lr_schedule_matches_reference_steplr(initial_model):
+    """Our per-batch schedule over the protocol's 200 epochs of 795 // 8 batches (drop_last) gives, at every epoch,
+    LibMTL's StepLR (its recorded arguments, stepped once per epoch as its trainer does)."""
+    ref = load_reference(LINEAGE, BASE)
+    suite = load_suite(PROTOCOL)
+    suite.train.accelerator = "cpu"
+    module = MTOModule(initial_model, [], create("ew", 3), ModuleConfig.from_train(suite.train, log_every_n_steps=0))
+    per_epoch = 795 // suite.train.batch_size
+    module._trainer = SimpleNamespace(estimated_stepping_batches=per_epoch * suite.train.epochs,
+                                      max_epochs=suite.train.epochs)
+    ours = module.configure_optimizers()
+    optim = ref["optim_param"]
+    assert (suite.train.optimizer, suite.train.lr, suite.train.weight_decay) == (optim["optim"], optim["lr"],
+                                                                                 optim["weight_decay"])
+    theirs_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=optim["lr"])
+    sched = ref["scheduler_param"]
+    theirs = torch.optim.lr_scheduler.StepLR(theirs_opt, sched["step_size"], sched["gamma"])
+    factor = ours["lr_scheduler"].lr_lambdas[0]
+    for epoch in range(suite.train.epochs):
+        for batch in (0, per_epoch - 1):
+            assert suite.train.lr * factor(epoch * per_epoch + batch) == pytest.approx(theirs.get_last_lr()[0])
+        theirs.step()
+
+
+def recipe_predictions(b: int, shape) -> dict[str, torch.Tensor]:
+    """The predictions ``metrics.json`` was recorded with (driver/record_libmtl_metrics.py)."""
+    g = torch.Generator().manual_seed(1000 + b)
+    n, _, h, w = shape
+    return {"semseg": torch.randn(n, 13, h, w, generator=g), "depth": 0.5 + 7.5 * torch.rand(n, 1, h, w, generator=g),
+            "normal": torch.randn(n, 3, h, w, generator=g)}
+
+
+def test_losses_and_metrics_match_reference_functions(suite):
+    """LibMTL's SegLoss / DepthLoss / NormalLoss and SegMetric / DepthMetric / NormalMetric on fixed predictions over
+    our test loader: our masked losses per batch; our split metrics (the protocol's aggregation) equal LibMTL's:
+    one confusion matrix, depth errors weighted by valid pixels, normal errors pooled over every valid pixel; the
+    normal median within our histogram's bin width (0.005 degrees)."""
+    ref = load_reference(LINEAGE, "metrics")
+    dm = create_datamodule(suite)
+    options = MetricOptions(suite.dataset.metric_aggregation, suite.dataset.depth_clamp)
+    specs = {t.name: t for t in dm.tasks}
+    metrics = {t: T.make_metric(specs[t], options) for t in TASKS}
+    for b, (batch, theirs) in enumerate(zip(dm.test_dataloader(), ref["batches"], strict=True)):
+        preds = recipe_predictions(b, batch["image"].shape)
+        losses = [float(T.task_loss(specs[t], preds[t], batch["targets"][t])) for t in TASKS]
+        np.testing.assert_allclose(losses, theirs["losses"], rtol=STEP1_RTOL, err_msg=f"batch {b} losses")
+        for t in TASKS:
+            metrics[t].update(preds[t], batch["targets"][t])
+    scores = ref["scores"]
+    seg = metrics["semseg"].compute()
+    np.testing.assert_allclose([float(seg["miou"]) / 100, float(seg["pix_acc"]) / 100], scores["segmentation"],
+                               rtol=1e-6)
+    depth = [float(v) for v in metrics["depth"].compute().values()]
+    np.testing.assert_allclose(depth[:2], scores["depth"], rtol=1e-5)
+    normal = [float(v) for v in metrics["normal"].compute().values()]
+    np.testing.assert_allclose(normal[:2] + [v / 100 for v in normal[2:5]], scores["normal"], rtol=1e-5, atol=5e-3)
+
+
+def run_replay(fixture_root, initial: torch.nn.Module, ref_method: str, first_step_only: bool = False
+               ) -> tuple[StepRecorder, MTOModule, dict[str, int]]:
+    """Our protocol path on the recorded run: all its epochs, or (``first_step_only``) one step, no evaluation.
+    Returns the per-step records, the trained module and its count of train-mode encoder calls."""
+    ref = load_reference(LINEAGE, ref_method)
+    epochs = 1 if first_step_only else ref["epochs_run"]
+    suite = protocol_suite(fixture_root, epochs)
+    dm = create_datamodule(suite)
+    torch.manual_seed(0)
+    model, calls = reference_model(suite, dm, initial)
+    module = protocol_module(suite, ref_method, model)
+    if ref_method == "PCGrad":
+        orders = iter(s["pcgrad_orders"] for s in ref["steps"])
+        module.method.permutations = lambda: next(orders)
+    recorder = StepRecorder(TASKS)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                        num_sanity_val_steps=0, callbacks=[recorder],
+                        **({"limit_train_batches": 1, "limit_val_batches": 0} if first_step_only else {}))
+    trainer.fit(module, train_dataloaders=replay_loader(dm, ref),
+                val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
+    return recorder, module, calls
+
+
+def compare_steps(ref: dict, ours: list[dict], ref_method: str) -> dict[str, float]:
+    """Max relative difference per quantity over all steps; step 1 held to float32 precision."""
+    worst: dict[str, float] = {}
+    for i, (mine, theirs) in enumerate(zip(ours, ref["steps"], strict=False)):
+        pairs = [("loss", a, b) for a, b in zip(mine["losses"], theirs["losses"])]
+        pairs += [(k, mine[k], theirs[k]) for k in ("grad_norm_shared", "grad_norm_heads", "update_norm", "lr")]
+        if ref_method not in NO_WEIGHTS:
+            pairs += [("weight", a, b) for a, b in zip(mine["weights"], theirs["weights"])]
+        for key, a, b in pairs:
+            d = rel_diff(a, b)
+            worst[key] = max(worst.get(key, 0.0), d)
+            if i == 0:
+                tol = WEIGHT_RTOL.get(ref_method, STEP1_GRAD_RTOL) if key == "weight" else \
+                    STEP1_RTOL if key == "loss" else STEP1_GRAD_RTOL
+                assert d <= tol, f"{ref_method} step 1 {key}: ours {a} vs reference {b} (rel {d:.2e} > {tol})"
+            tol = DRIFT_RTOL.get(key, DRIFT_RTOL["weight"] if i < GRAD_STEPS else math.inf)
+            assert d <= tol, f"{ref_method} step {i + 1} {key}: ours {a} vs reference {b} (rel {d:.2e} > {tol})"
+    return worst
+
+
+def test_first_step_of_a_gradient_method_matches(fixture_root, initial_model):
+    """Step 1 of MGDA (fast): losses, MGDA weights, the shared and head gradient norms the optimizer applied and the
+    update norm. A changed scale convention (sum vs mean, heads weighted or not, clipping) moves the gradient
+    norms even where Adam's step would hide it."""
+    recorder, _, _ = run_replay(fixture_root, initial_model, "MGDA", first_step_only=True)
+    assert len(recorder.steps) == 1
+    compare_steps(load_reference(LINEAGE, "MGDA"), recorder.steps, "MGDA")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ref_method", REPLAYED)
+def test_first_step_matches_reference(fixture_root, initial_model, ref_method):
+    recorder, _, _ = run_replay(fixture_root, initial_model, ref_method, first_step_only=True)
+    assert len(recorder.steps) == 1
+    compare_steps(load_reference(LINEAGE, ref_method), recorder.steps, ref_method)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ref_method", REPLAYED)
+def test_replay_matches_reference(fixture_root, initial_model, ref_method):
+    """The whole recorded run (20 steps, 5 epochs): per-step losses, weights, gradient/update norms and lr; the
+    per-epoch test metrics (LibMTL's accumulation); the BN running statistics and every parameter's norm at the end."""
+    ref = load_reference(LINEAGE, ref_method)
+    recorder, module, calls = run_replay(fixture_root, initial_model, ref_method)
+    assert len(recorder.steps) == len(ref["steps"]) == load_reference(LINEAGE, "header")["methods"][ref_method]["steps"]
+    compare_steps(ref, recorder.steps, ref_method)
+    history = module.stats.history
+    assert len(history) == len(ref["epochs"])
+    first, theirs = history[0]["test"], ref["epochs"][0]["test_metrics"]
+    ours = [first["semseg/miou"] / 100, first["semseg/pix_acc"] / 100, first["depth/abs_err"], first["depth/rel_err"],
+            first["normal/normal_mean"], first["normal/normal_median"]]
+    np.testing.assert_allclose(ours, theirs["segmentation"] + theirs["depth"] + theirs["normal"][:2], rtol=1e-2,
+                               atol=2e-3, err_msg="test metrics after the first epoch")
+    bns = [m for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for key, attr in (("running_mean_norm", "running_mean"), ("running_var_norm", "running_var")):
+        norm = math.sqrt(sum(float(getattr(m, attr).double().square().sum()) for m in bns))
+        assert rel_diff(norm, ref["final"][key]) <= FINAL_RTOL["bn"], key
+    assert int(bns[0].num_batches_tracked) == ref["final"]["num_batches_tracked"]
+    assert calls["n"] == ref["final"]["encoder_calls"]
+    params = dict(module.model.named_parameters())
+    for name, norm in ref["final"]["param_norms"].items():
+        if name.startswith(("encoder.", "decoders.")):
+            ours = float(params[libmtl_name(name)].detach().double().norm())
+            assert rel_diff(ours, norm) <= FINAL_RTOL["param"], name
+
+
+def live_reference(tmp_path: Path, fixture_root: Path, ref_method: str, epochs: int) -> dict:
+    """LibMTL's own Trainer run now through the recording driver (``MTOBENCH_LIBMTL_ROOT``, its python importing
+    LibMTL and its dependencies), on the fixture the stored data was recorded on."""
+    root = os.environ.get(LIBMTL_ROOT)
+    if not root:
+        pytest.skip(f"{LIBMTL_ROOT} is not set: no LibMTL checkout to run live (the stored reference runs instead)")
+    python = os.environ.get("MTOBENCH_LIBMTL_PYTHON", sys.executable)
+    probe = subprocess.run([python, "-c", f"import sys; sys.path.insert(0, {root!r}); "
+                            "sys.modules.setdefault('torch_geometric', type(sys)('torch_geometric')); import LibMTL"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"LibMTL from {root} does not import with {python}: {probe.stderr.strip().splitlines()[-1:]}")
+    out = tmp_path / f"{ref_method}.json"
+    subprocess.run([python, str(DRIVER), "--libmtl-root", root, "--fixture", str(fixture_root), "--method",
+                    ref_method, "--epochs", str(epochs), "--out", str(out)], check=True, capture_output=True)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ref_method", ["EW", "MGDA", "DB_MTL"])
+def test_live_libmtl_matches_stored_reference_and_ours(tmp_path, fixture_root, initial_model, ref_method):
+    """Where LibMTL can run: its Trainer, run now for one epoch, reproduces the stored reference (same steps,
+    losses and weights to float32 noise), and our first step matches the live run."""
+    live = live_reference(tmp_path, fixture_root, ref_method, epochs=1)
+    stored = load_reference(LINEAGE, ref_method)
+    for mine, theirs in zip(live["steps"], stored["steps"]):
+        np.testing.assert_allclose(mine["losses"], theirs["losses"], rtol=1e-4)
+    recorder, _, _ = run_replay(fixture_root, initial_model, ref_method, first_step_only=True)
+    compare_steps(live, recorder.steps, ref_method)
