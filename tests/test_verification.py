@@ -33,7 +33,8 @@ def test_verification_line():
     assert line.startswith(f"protocol verified against AvivNavon/nash-mtl@cce18403ef55: {entry['steps']} steps, "
                            f"max rel. diff {entry['max_rel_diff']:.1e}")
     assert "differs from the reference: MGDA weights" in line
-    assert verification_line("libmtl-nyuv2").startswith("protocol NOT verified: not replayed yet: LibMTL")
+    assert verification_line("libmtl-nyuv2").startswith("protocol partly verified against median-research-group/LibMTL@")
+    assert verification_line("cso-cityscapes").startswith("protocol NOT verified: ")
     assert verification_line("no-such-table") == "protocol NOT verified: no differential test covers table " \
                                                  "'no-such-table'"
 
