@@ -4,6 +4,7 @@ seeded per-sample augmentation and the loaders the runner uses (val = dataloader
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from datamodules.dense_io import affine, normalize_image, read_split, sample_rng
 from datamodules.sampling import EpochShuffleSampler
 from datamodules.task_spec import TaskSpec
 
+NORMAL_LOSSES = {"cosine": "", "l1": "l1"}
+"""``normal_loss`` parameter -> the normals ``TaskSpec.loss_variant``."""
 Augment = Callable[[np.random.Generator, float], tuple[torch.Tensor, bool]]
 """(sample rng, input aspect w/h) -> (theta, flip)."""
 
@@ -90,6 +93,18 @@ class DenseDataModule(lightning.LightningDataModule):
 
     def _variant(self) -> dict:
         return {}
+
+    def _set_normal_loss(self, normal_loss: str) -> None:
+        """``"cosine"`` (1 - cos, the default) or ``"l1"`` (Vandenhende's L1, P3 / P5) for the normals task."""
+        if normal_loss not in NORMAL_LOSSES:
+            raise ValueError(f"{self.NAME}: normal_loss={normal_loss!r} is not one of {list(NORMAL_LOSSES)}")
+        self.normal_loss = normal_loss
+        variant = NORMAL_LOSSES[normal_loss]
+        self.tasks = [replace(t, loss_variant=variant) if t.kind == "normals" else t for t in self.tasks]
+
+    def _normal_loss_variant(self) -> dict:
+        """``{"normal_loss": ...}`` for ``describe()`` when it is not the default (records stay as they were)."""
+        return {} if self.normal_loss == "cosine" else {"normal_loss": self.normal_loss}
 
     def prepare_data(self) -> None:
         """Nothing to download: the data must be in place (see the error ``setup`` gives otherwise)."""

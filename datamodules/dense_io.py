@@ -157,15 +157,16 @@ def warp(image: np.ndarray, targets: dict[str, tuple[np.ndarray, str, int]], the
          size: tuple[int, int], flip: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Resample a sample onto an ``size`` grid through ``theta`` (see :func:`affine`).
 
-    ``image`` H x W x 3 uint8 -> 3 x h x w float in [0, 1] (bilinear, border pixels replicated). ``targets``
+    ``image`` H x W x 3 uint8 -> 3 x h x w float in [0, 1] (bilinear in float64, border pixels replicated, so that an
+    identity warp gives the float32 x / 255 of Vandenhende's ``ToTensor`` exactly). ``targets``
     maps a task to (array H x W [x C], kind, ignore_index): nearest neighbour; outside the input, labels become
     ``ignore_index`` and depth / normals 0 (invalid). Label kinds come back int64 h x w (segmentation,
     human_parts) or float 1 x h x w (saliency, edges); depth 1 x h x w; normals 3 x h x w, x negated when ``flip``.
     """
     h, w = size
-    grid = F.affine_grid(theta.unsqueeze(0), [1, 1, h, w], align_corners=False)
-    img = torch.tensor(image).permute(2, 0, 1).float().unsqueeze(0) / 255.0
-    out_image = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    grid = F.affine_grid(theta.double().unsqueeze(0), [1, 1, h, w], align_corners=False)
+    img = torch.tensor(image).permute(2, 0, 1).double().unsqueeze(0) / 255.0
+    out_image = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)[0].float()
     out = {}
     for name, (arr, kind, ignore) in targets.items():
         t = torch.tensor(arr, dtype=torch.float64)

@@ -4,7 +4,8 @@ Tasks: 40-class semantic segmentation (file value 0 = unlabelled -> ignore 255, 
 (0 invalid), surface normals (zero vector invalid) and edges (auxiliary: trained, not scored; balanced BCE with
 positive weight 0.95, Vandenhende's NYUD config). Training augmentation (P3): scale s in {1, 1.2, 1.5}, a random
 ``height x width`` crop of the scaled image and a horizontal flip (normals' x negated); depth is not divided by
-s, as in the reference code. Evaluation resizes to ``height x width`` (identity for the 480 x 640 release).
+s. Vandenhende's code instead zooms about the centre and divides depth by s (tests/test_reference_mtinet.py).
+Evaluation resizes to ``height x width`` (identity for the 480 x 640 release).
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ class NYUDDataModule(DenseDataModule):
 
     def __init__(self, root: str | None = None, height: int = 480, width: int = 640, batch_size: int = 8,
                  num_workers: int = 0, strict_sizes: bool = True, val_size: int = 0,
-                 tasks: list[str] | None = None, augment: bool = True) -> None:
+                 tasks: list[str] | None = None, augment: bool = True, normal_loss: str = "cosine") -> None:
         super().__init__(root, height, width, batch_size, num_workers, strict_sizes, val_size, tasks, augment)
+        self._set_normal_loss(normal_loss)
         self.save_hyperparameters()
 
     def _find_root(self):
@@ -123,5 +125,6 @@ class NYUDDataModule(DenseDataModule):
         return affine(scale=scale, flip=flip, shift=shift, aspect=aspect), flip
 
     def _variant(self) -> dict:
-        return {"variant": "vandenhende_mtinet", "num_classes": NUM_CLASSES, "edge_pos_weight": 0.95,
+        return {**self._normal_loss_variant(), "variant": "vandenhende_mtinet", "num_classes": NUM_CLASSES,
+                "edge_pos_weight": 0.95,
                 "augmentation": "scale {1, 1.2, 1.5}, random crop, horizontal flip" if self.use_augment else "none"}

@@ -6,13 +6,13 @@ Tasks: 21-class semseg (255 ignore; ``semseg/VOC12`` first, else ``semseg/pascal
 Guo-Hall thinning of |Laplacian(LabelMap)| > 0, as the reference's ``skimage.morphology.thin(cv2.Laplacian(..))``;
 balanced BCE with positive weight 0.95). Vandenhende et al. (TPAMI 2021) and Maninis et al. (CVPR 2019).
 
-The reference keeps normals only on Context classes that NYU also has; that table (``nyu_classes.json``,
-``context_classes.json``) is not in the archive, so ``normals_valid_classes`` takes the LabelMap ids to keep, and
-None keeps every pixel (recorded by ``describe()``). Training augmentation (P5): horizontal flip (normals' x
-negated), rotation U(-20, 20) degrees and scale U(0.75, 1.25) about the centre, then a fixed resize to
-``height x width``; evaluation is the fixed resize. Targets are resampled with nearest neighbour (the reference
-uses cubic for normals, which blurs the invalid mask) and normals are not rotated with the image (as in the
-reference).
+The reference keeps normals only on Context classes that NYU also has (its repository's ``data/db_info/
+nyu_classes.json``, ``context_classes.json``, not the archive); ``normals_valid_classes`` takes those LabelMap ids
+(the CSO protocol lists them), None keeps every pixel (recorded by ``describe()``). Training augmentation (P5):
+horizontal flip (normals' x negated), rotation U(-20, 20) degrees and scale U(0.75, 1.25) about the centre, then
+a fixed resize to ``height x width``; evaluation is the fixed resize. Targets are resampled with nearest
+neighbour (the reference uses cubic for normals, which blurs the invalid mask) and normals are not rotated with the
+image (the reference rotates their in-plane component).
 """
 
 from __future__ import annotations
@@ -153,8 +153,9 @@ class PascalContextDataModule(DenseDataModule):
     def __init__(self, root: str | None = None, height: int = 512, width: int = 512, batch_size: int = 8,
                  num_workers: int = 0, strict_sizes: bool = True, val_size: int = 0,
                  tasks: list[str] | None = None, augment: bool = True,
-                 normals_valid_classes: list[int] | None = None) -> None:
+                 normals_valid_classes: list[int] | None = None, normal_loss: str = "cosine") -> None:
         super().__init__(root, height, width, batch_size, num_workers, strict_sizes, val_size, tasks, augment)
+        self._set_normal_loss(normal_loss)
         self.normals_valid_classes = None if normals_valid_classes is None else sorted(set(normals_valid_classes))
         self.save_hyperparameters()
 
@@ -226,7 +227,8 @@ class PascalContextDataModule(DenseDataModule):
         return affine(scale=scale, angle_deg=angle, flip=flip, aspect=aspect), flip
 
     def _variant(self) -> dict:
-        return {"variant": "astmt_pascal_mt", "semseg_classes": 21, "parts_classes": 7, "edge_pos_weight": 0.95,
+        return {**self._normal_loss_variant(), "variant": "astmt_pascal_mt", "semseg_classes": 21, "parts_classes": 7,
+                "edge_pos_weight": 0.95,
                 "normals_valid_classes": self.normals_valid_classes or "all pixels (not the reference NYU-class mask)",
                 "augmentation": ("flip, rotation U(-20, 20) deg, scale U(0.75, 1.25), fixed resize" if self.use_augment
                                  else "none")}

@@ -20,7 +20,8 @@ class TaskSpec:
 
     ``pos_weight`` (saliency, edges): the balanced BCE weight w of positive pixels (negatives get 1 - w);
     None weighs by the batch's share of negative pixels (HED). ``auxiliary`` tasks are trained but left out
-    of Δm, Δp and mean rank (edges in CSO Tables 1-2).
+    of Δm, Δp and mean rank (edges in CSO Tables 1-2). ``loss_variant`` picks one of the kind's alternative losses
+    ("" = its default; normals: ``"l1"``, see ``benchmark.tasks.normals``).
 
     ``kind`` names an entry of the task-kind registry (``benchmark.tasks.KINDS``), which checks the fields that
     kind needs (e.g. ``num_classes``) wherever the spec is used; here only the kind-independent ranges.
@@ -33,6 +34,7 @@ class TaskSpec:
     output_bias: float = 0.0
     pos_weight: float | None = None
     auxiliary: bool = False
+    loss_variant: str = ""
 
     def __post_init__(self) -> None:
         if not self.kind or not isinstance(self.kind, str):

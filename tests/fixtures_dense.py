@@ -66,9 +66,9 @@ def write_parts_mat(path: Path, objects: list[tuple[int, np.ndarray, list[str], 
 
 
 def write_pascal(base: Path, n_train: int = 4, n_val: int = 3, h: int = 14, w: int = 18, nested: bool = True,
-                 seed: int = 0) -> Path:
-    """``base/PASCAL_MT/...``; image 1 of each split has a person with parts, image 2 a person without parts,
-    the others none. Semseg comes from VOC12 for even ids and from pascal-context for odd ones."""
+                 seed: int = 0, parts_images: tuple[int, ...] = (1,)) -> Path:
+    """``base/PASCAL_MT/...``; the images ``parts_images`` of each split have a person with parts, image 2 a person
+    without parts, the others none. Semseg comes from VOC12 for even ids and from pascal-context for odd ones."""
     root = base / "PASCAL_MT" if nested else base
     for folder in ("JPEGImages", "semseg/VOC12", "semseg/pascal-context", "human_parts", "normals_distill",
                    "sal_distill", "pascal-context/trainval"):
@@ -89,10 +89,10 @@ def write_pascal(base: Path, n_train: int = 4, n_val: int = 3, h: int = 14, w: i
         Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(root / "sal_distill" / f"{i}.png")
         objects = [(3, np.zeros((h, w), dtype=np.uint8), [], [])]
         k = n if n < n_train else n - n_train
-        if k in (1, 2):
+        if k == 2 or k in parts_images:
             body = np.zeros((h, w), dtype=np.uint8)
             body[2:10, 3:9] = 1
-            names = list(PART_NAMES) if k == 1 else []
+            names = list(PART_NAMES) if k in parts_images else []
             masks = []
             for j, _ in enumerate(names):
                 m = np.zeros((h, w), dtype=np.uint8)

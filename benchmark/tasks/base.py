@@ -77,6 +77,8 @@ class TaskKind:
     """The spec must give ``num_classes >= 2``."""
     weighted: bool = False
     """The spec may give a ``pos_weight`` (balanced BCE)."""
+    loss_variants: tuple[str, ...] = ()
+    """Names a ``TaskSpec.loss_variant`` may take besides "" (the default loss)."""
 
     def head_channels(self, spec: TaskSpec) -> int:
         raise NotImplementedError

@@ -46,10 +46,12 @@ def balanced_bce(raw: Tensor, target: Tensor, pos_weight: float | None, ignore_i
 class SaliencyMetric(Metric):
     """Saliency maxF and mIoU (percent) over the thresholds of §M.4 (ASTMT / Vandenhende offline evaluation).
 
-    The prediction is ``sigmoid(logit)`` stored as an 8-bit PNG, i.e. floor(255 p) / 255, and binarised as
-    ``> τ``. Per image and τ: precision TP/(TP+FP+1e-12), recall TP/(TP+FN+1e-12) and Jaccard TP/(TP+FP+FN)
-    (1 when both masks are empty), over the pixels whose target is not ``ignore_index``. Precision, recall and
-    Jaccard are averaged over the images; F(τ) = (1+β²)PR/(β²P+R+1e-12); maxF = max_τ F(τ) and
+    The prediction is ``sigmoid(logit)`` stored as an 8-bit PNG and read back, in float32 as the reference code
+    computes it: floor(255 / (1 + exp(-logit))) / 255, binarised as ``> τ`` (so a level exactly at τ = 0.2, 0.4,
+    0.6, 0.8 counts as above: float32(k / 255) > τ). Per image and τ: precision TP/(TP+FP+1e-12), recall
+    TP/(TP+FN+1e-12) and Jaccard TP/(TP+FP+FN) (1 when both masks are empty), over the pixels whose target is
+    not ``ignore_index``. Precision, recall and Jaccard are averaged over the images;
+    F(τ) = (1+β²)PR/(β²P+R+1e-12); maxF = max_τ F(τ) and
     mIoU = max_τ mean Jaccard.
     """
 
@@ -69,7 +71,8 @@ class SaliencyMetric(Metric):
         if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 1:
             raise ValueError(f"SaliencyMetric: prediction shape {tuple(pred.shape)} and target shape "
                              f"{tuple(target.shape)} must both be (B, 1, H, W)")
-        prob = torch.floor(torch.sigmoid(pred.double()) * 255.0) / 255.0
+        level = torch.floor(255.0 / (1.0 + torch.exp(-pred.float())))
+        prob = (level / 255.0).double()
         valid = (target != self.ignore_index).flatten(1)
         gt = ((target == 1).flatten(1) & valid).unsqueeze(1)
         tau = torch.tensor(SALIENCY_THRESHOLDS, dtype=prob.dtype, device=prob.device).view(1, -1, 1)

@@ -1,5 +1,5 @@
-"""``normals``: 3-vector unit normals, the zero vector = invalid; 1 - cos loss; angular errors (docs/protocols.md
-§M.3)."""
+"""``normals``: 3-vector unit normals, the zero vector = invalid; 1 - cos loss (``loss_variant="l1"``: the L1 loss of
+Vandenhende's ``NormalsLoss``); angular errors (docs/protocols.md §M.3)."""
 
 from __future__ import annotations
 
@@ -123,10 +123,17 @@ class Normals(TaskKind):
         """L2-normalised over the channels (§M.3)."""
         return F.normalize(raw, p=2.0, dim=1, eps=_NORM_EPS)
 
+    loss_variants = ("l1",)
+
     def loss(self, spec: TaskSpec, raw: Tensor, target: Tensor) -> Tensor:
-        """1 - cos(predict(raw), target) over the pixels whose target is not the zero vector (MTAN / nash-mtl)."""
+        """1 - cos(predict(raw), target) over the pixels whose target is not the zero vector (MTAN / nash-mtl);
+        ``loss_variant="l1"``: |predict(raw) - target| summed over the components of the valid pixels, divided by
+        their number of components (Vandenhende et al.'s ``NormalsLoss(normalize=True, norm=1)``, P3 / P5)."""
         check_raw_shape(spec, raw, target)
         valid = normals_valid(target)
+        if spec.loss_variant == "l1":
+            error = (self.predict(raw) - target).abs().sum(dim=1)
+            return torch.where(valid, error, 0.0).sum() / (3 * valid.sum()).clamp_min(1)
         cos = (self.predict(raw) * target).sum(dim=1)
         return torch.where(valid, 1.0 - cos, 0.0).sum() / valid.sum().clamp_min(1)
 

@@ -47,6 +47,9 @@ class KindRegistry(Mapping[str, TaskKind]):
         if spec.pos_weight is not None and not kind.weighted:
             raise ValueError(f"TaskSpec {spec.name!r}: pos_weight={spec.pos_weight!r} needs a kind in "
                              f"{self.weighted()}")
+        if spec.loss_variant not in ("", *kind.loss_variants):
+            raise ValueError(f"TaskSpec {spec.name!r}: loss_variant={spec.loss_variant!r} is not one of "
+                             f"{['', *kind.loss_variants]} for kind {spec.kind!r}")
         return kind
 
     def metric_infos(self, specs: Sequence[TaskSpec]) -> dict[str, MetricInfo]:
