@@ -101,7 +101,7 @@ class StepRecorder(L.Callback):
         def norm(ps):
             return math.sqrt(sum(float(p.grad.double().square().sum()) for p in ps if p.grad is not None))
 
-        stats = module.stat_last
+        stats = module.stats.stat_last
         self.steps.append({
             "losses": [stats[f"loss_{t}"] for t in self.tasks],
             "weights": [stats[f"weight_{t}"] for t in self.tasks],

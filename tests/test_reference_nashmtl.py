@@ -385,8 +385,8 @@ def test_replay_matches_reference(fixture_root, ref_method, monkeypatch):
     recorder, module, dm = run_replay(fixture_root, ref_method, monkeypatch)
     assert len(recorder.steps) == len(ref["steps"])
     compare_steps(ref, recorder.steps, ref_method)
-    assert len(module.history) == len(ref["epochs"])
-    for entry, theirs in zip(module.history, ref["epochs"]):
+    assert len(module.stats.history) == len(ref["epochs"])
+    for entry, theirs in zip(module.stats.history, ref["epochs"]):
         ours = [entry["test"]["semseg/miou"] / 100, entry["test"]["semseg/pix_acc"] / 100]
         np.testing.assert_allclose(ours, theirs["test_metrics"][:2], rtol=DRIFT_RTOL, atol=1e-3)
     final = ref["epochs"][-1]["test_metrics"]
