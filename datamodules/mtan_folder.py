@@ -69,14 +69,16 @@ def _resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
     if tuple(x.shape[-2:]) == size:
         return x
     kwargs = {"align_corners": True} if mode == "bilinear" else {}
-    return F.interpolate(x[None].float(), size=size, mode=mode, **kwargs)[0].to(x.dtype)
+    work = x if x.is_floating_point() else x.float()
+    return F.interpolate(work[None], size=size, mode=mode, **kwargs)[0].to(x.dtype)
 
 
 def scale_crop_flip(sample: dict[str, Tensor], kinds: dict[str, str], aug: ScaleCropFlip) -> dict[str, Tensor]:
     """Apply ``aug`` to C x H x W maps (segmentation H x W), by kind, as MTAN's ``RandomScaleCrop``:
 
     crop, then resize back to H x W (image and normals bilinear with align_corners, not renormalised; labels and
-    depth nearest); depth is divided by the scale (a zoom brings the scene closer). A flip mirrors every map
+    depth nearest), in the maps' own float dtype (the release's float64, as MTAN resizes before its ``.float()``);
+    depth is divided by the scale (a zoom brings the scene closer). A flip mirrors every map
     and negates the normals' x channel. Invalid values (label ignore, depth 0, zero normal) stay invalid.
     """
     out = {}
@@ -100,10 +102,18 @@ def scale_crop_flip(sample: dict[str, Tensor], kinds: dict[str, str], aug: Scale
 
 
 def to_tensor(array: np.ndarray, kind: str) -> Tensor:
-    """H x W x C float arrays -> C x H x W float32; labels H x W -> int64 (the ignore value kept)."""
+    """H x W x C float arrays -> C x H x W in their float dtype (float64 stays float64 until the augmentation is
+    done, :func:`to_float32`); labels H x W -> int64 (the ignore value kept)."""
     if kind == "segmentation":
         return torch.from_numpy(np.asarray(array, dtype=np.int64))
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(array, dtype=np.float32), -1, 0)))
+    dtype = np.float64 if array.dtype == np.float64 else np.float32
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(array, dtype=dtype), -1, 0)))
+
+
+def to_float32(sample: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Float maps to float32, after the crop, resize, depth scaling and flip (MTAN's order: the reference's
+    ``__getitem__`` augments the arrays as loaded and ends with ``.float()``); labels stay int64."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in sample.items()}
 
 
 class NpyFolderDataset(Dataset):
@@ -132,6 +142,7 @@ class NpyFolderDataset(Dataset):
             image = sample["image"]
             aug = draw_scale_crop_flip(self.augment_seed, epoch, self.ids[position], *image.shape[-2:])
             sample = scale_crop_flip(sample, self.kinds, aug)
+        sample = to_float32(sample)
         image = sample.pop("image")
         return {"image": image, "targets": sample}
 

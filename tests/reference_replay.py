@@ -83,7 +83,8 @@ class ReplaySampler(torch.utils.data.Sampler):
 
 class StepRecorder(L.Callback):
     """Per training step: our task losses and weights (the module's logged stats), the norms of the gradients
-    the optimizer applied (shared / heads), the parameter-update norm and the learning rate."""
+    the optimizer applied (shared / heads), the parameter-update norm, the learning rate and the method's clip
+    factor (``clip_coef``, 1 where it has none)."""
 
     def __init__(self, tasks: list[str]):
         self.tasks, self.steps = tasks, []
@@ -109,6 +110,7 @@ class StepRecorder(L.Callback):
             "update_norm": math.sqrt(sum(float((p.detach().double() - b.double()).square().sum())
                                          for p, b in zip(self.params, self.before))),
             "lr": self.lr,
+            "clip_coef": stats.get("clip_coef", 1.0),
         })
         self.before = None
 

@@ -1,0 +1,230 @@
+"""Record nash-mtl's NYUv2 trainer step by step (tests/reference/README.md; docs/protocols.md P1).
+
+Usage: python record.py <nash-mtl work tree> <method> <out.json> <fixture root> <epochs>
+
+Runs <work tree>/experiments/nyuv2/trainer.py unmodified as ``__main__`` (cwd = the work tree, seed 42, CPU).
+Only objects are wrapped from outside; no reference file is edited and no reference code is copied here:
+
+* the dataset's module-level ``random`` / ``torch.rand`` (augmentation draws) and ``NYUv2.__getitem__`` (the
+  sample order and per-map sums);
+* ``WeightMethods.backward``: the losses, the returned weights and, on every step, the float64 Gramian of the
+  per-task gradients of the shared parameters (computed with ``torch.autograd.grad`` before the method runs; it
+  touches neither ``.grad`` nor any RNG);
+* ``PCGrad._project_conflicting`` + ``random.shuffle`` (the projection orders), ``scipy.optimize.minimize`` as
+  CAGrad calls it (its weights ``w``), ``NashMTL.solve_optimization`` (its input, normalisation factor, result);
+* ``torch.optim.Adam.step`` (gradient norms of shared / head parameters as applied, update norm, lr),
+  ``StepLR`` (arguments, lr), ``utils.delta_fn`` (the per-epoch test metrics the trainer prints).
+
+The initial parameters are replaced, right after the reference builds ``SegNetMtan``, by
+``tests.reference_replay.recipe_`` (re-stated below; the test checks both give the same tensors by name).
+"""
+import json
+import math
+import random
+import runpy
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ref, method, out_path, root, epochs = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+sys.path.insert(0, str(ref))
+
+import experiments.nyuv2.data as data_mod  # noqa: E402
+import experiments.nyuv2.models as models_mod  # noqa: E402
+import experiments.nyuv2.utils as utils_mod  # noqa: E402
+import methods.weight_methods as wm_mod  # noqa: E402
+
+rec = {"steps": [], "epochs": [], "samples": [], "lr_per_scheduler_step": []}
+state = {"model": None, "draws": [], "shuffles": None, "step": {}}
+
+
+def recipe_(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            if p.dim() == 4:
+                rf = p.shape[2] * p.shape[3]
+                p.copy_(torch.randn(p.shape, generator=g) * math.sqrt(2.0 / (p.shape[1] * rf + p.shape[0] * rf)))
+            elif name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+            else:
+                p.fill_(1.0)
+
+
+_orig_init = models_mod.SegNetMtan.__init__
+
+
+def _init(self):
+    _orig_init(self)
+    recipe_(self)
+    state["model"] = self
+
+
+models_mod.SegNetMtan.__init__ = _init
+
+
+class RecRandom:
+    def __getattr__(self, k):
+        return getattr(random, k)
+
+    def randint(self, a, b):
+        v = random.randint(a, b)
+        state["draws"].append(v)
+        return v
+
+    def shuffle(self, x):
+        random.shuffle(x)
+        state["shuffles"].append([state["order"][id(e)] for e in x])
+
+
+class RecTorch:
+    def __getattr__(self, k):
+        return getattr(torch, k)
+
+    def rand(self, *a, **kw):
+        v = torch.rand(*a, **kw)
+        state["draws"].append(float(v))
+        return v
+
+
+data_mod.random = RecRandom()
+data_mod.torch = RecTorch()
+wm_mod.random = RecRandom()
+
+_orig_get = data_mod.NYUv2.__getitem__
+
+
+def _getitem(self, index):
+    state["draws"] = []
+    out = _orig_get(self, index)
+    rec["samples"].append({"split": "train" if self.train else "test", "index": int(index),
+                           "draws": list(state["draws"]), "sums": [float(t.double().sum()) for t in out]})
+    return out
+
+
+data_mod.NYUv2.__getitem__ = _getitem
+
+_orig_project = wm_mod.PCGrad._project_conflicting
+
+
+def _project(self, grads):
+    state["order"] = {id(e): i for i, e in enumerate(grads)}
+    state["shuffles"] = []
+    return _orig_project(self, grads)
+
+
+wm_mod.PCGrad._project_conflicting = _project
+
+_orig_minimize = wm_mod.minimize
+
+
+def _minimize(*a, **kw):
+    res = _orig_minimize(*a, **kw)
+    state["step"]["cagrad_w"] = [float(v) for v in res.x]
+    return res
+
+
+wm_mod.minimize = _minimize
+
+_orig_solve = wm_mod.NashMTL.solve_optimization
+
+
+def _solve(self, gtg):
+    alpha = _orig_solve(self, gtg)
+    state["step"]["nash"] = {"gtg": np.asarray(gtg, dtype=np.float64).tolist(),
+                             "normalization_factor": float(np.asarray(self.normalization_factor).item()),
+                             "alpha": [float(v) for v in alpha]}
+    return alpha
+
+
+wm_mod.NashMTL.solve_optimization = _solve
+
+_orig_backward = wm_mod.WeightMethods.backward
+
+
+def _backward(self, losses, **kw):
+    state["shuffles"] = None
+    shared = kw["shared_parameters"]
+    flat = [torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)]).double()
+            for loss in losses]
+    gramian = torch.stack(flat) @ torch.stack(flat).T
+    state["step"] = {"gramian": gramian.tolist()}
+    loss, extra = _orig_backward(self, losses, **kw)
+    w = (extra or {}).get("weights")
+    state["step"].update({"losses": [float(v) for v in losses.detach()],
+                          "weights": None if w is None else [float(v) for v in torch.as_tensor(w).flatten()],
+                          "pcgrad_orders": state["shuffles"]})
+    return loss, extra
+
+
+wm_mod.WeightMethods.backward = _backward
+
+
+class RecAdam(torch.optim.Adam):
+    def step(self, closure=None):
+        by_id = {id(p): n for n, p in state["model"].named_parameters()}
+        params = self.param_groups[0]["params"]
+        before = [p.detach().clone() for p in params]
+
+        def norm(head):
+            return math.sqrt(sum(float(p.grad.double().square().sum()) for p in params
+                                 if p.grad is not None and ("pred" in by_id[id(p)]) == head))
+
+        gsh, ghd, lr = norm(False), norm(True), self.param_groups[0]["lr"]
+        out = super().step(closure)
+        upd = math.sqrt(sum(float((p.detach().double() - b.double()).square().sum()) for p, b in zip(params, before)))
+        rec["steps"].append({**state["step"], "grad_norm_shared": gsh, "grad_norm_heads": ghd, "update_norm": upd,
+                             "lr": lr})
+        return out
+
+
+torch.optim.Adam = RecAdam
+
+
+class RecStepLR(torch.optim.lr_scheduler.StepLR):
+    def __init__(self, optimizer, step_size, gamma=0.1, **kw):
+        rec["scheduler"] = {"class": "StepLR", "step_size": step_size, "gamma": gamma}
+        super().__init__(optimizer, step_size, gamma, **kw)
+
+    def step(self, *a, **kw):
+        super().step(*a, **kw)
+        rec["lr_per_scheduler_step"].append(self.get_last_lr()[0])
+
+
+torch.optim.lr_scheduler.StepLR = RecStepLR
+
+_orig_delta = utils_mod.delta_fn
+
+
+def _delta(a):
+    rec["epochs"].append({"test_metrics": [float(v) for v in a], "after_step": len(rec["steps"])})
+    return _orig_delta(a)
+
+
+utils_mod.delta_fn = _delta
+
+sys.argv = ["trainer.py", "--data-path", root, "--method", method, "--n-epochs", str(epochs), "--seed", "42"]
+import os  # noqa: E402
+
+os.chdir(ref)
+runpy.run_path(str(ref / "experiments/nyuv2/trainer.py"), run_name="__main__")
+
+model = state["model"]
+bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+rec["final"] = {
+    "param_norms": {n: float(p.detach().double().norm()) for n, p in model.named_parameters()},
+    "running_mean_norm": math.sqrt(sum(float(m.running_mean.double().square().sum()) for m in bns)),
+    "running_var_norm": math.sqrt(sum(float(m.running_var.double().square().sum()) for m in bns)),
+    "num_batches_tracked": int(bns[0].num_batches_tracked),
+}
+rec["param_count"] = sum(p.numel() for p in model.parameters())
+rec["param_shapes"] = {n: list(p.shape) for n, p in model.named_parameters()}
+rec["buffer_names"] = [n for n, _ in model.named_buffers()]
+rec["method"] = method
+rec["argv"] = sys.argv
+out_path.parent.mkdir(parents=True, exist_ok=True)
+out_path.write_text(json.dumps(rec))
+print("wrote", out_path, len(rec["steps"]), "steps")
