@@ -8,6 +8,7 @@ per step what the reference recorded (task losses, task weights, gradient and up
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -23,6 +24,21 @@ REFERENCE = Path(__file__).parent / "reference"
 
 def load_reference(lineage: str, name: str) -> dict:
     return json.loads((REFERENCE / lineage / f"{name}.json").read_text())
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file; of a .mat file without its 128-byte header (which holds the creation time)."""
+    data = path.read_bytes()
+    return hashlib.sha256(data[128:] if path.suffix == ".mat" else data).hexdigest()
+
+
+def check_fixture(root: Path, fixture: dict, pattern: str = "*") -> Path:
+    """``root``, once its files (``pattern``) are exactly those the reference ran on: ``fixture["sha256"]`` of a
+    reference header maps each path relative to ``root`` to its :func:`file_digest`."""
+    got = {str(p.relative_to(root)): file_digest(p) for p in sorted(root.rglob(pattern)) if p.is_file()}
+    assert got == fixture["sha256"], f"{fixture.get('writer', 'the fixture writer')} no longer writes the fixture " \
+                                     "the reference ran on"
+    return root
 
 
 def recipe_(named: dict[str, nn.Parameter]) -> None:

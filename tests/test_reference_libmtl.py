@@ -17,7 +17,6 @@ importable (it is not in CI) its weighting classes also run live against ours on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -36,11 +35,10 @@ from benchmark import tasks as T
 from benchmark.config import load_suite
 from benchmark.methods import create
 from benchmark.methods.presets import resolve
-from benchmark.module import ModuleConfig, MTOModule
-from benchmark.runner import create_datamodule, create_model, resolved_hparams
-from benchmark.tasks import MetricOptions
+from benchmark.module import MTOModule
+from benchmark.runner import create_datamodule, create_model, module_config, resolved_hparams
 from tests.fixtures_mtan import write_nyuv2
-from tests.reference_replay import ReplaySampler, StepRecorder, load_reference, recipe_, rel_diff
+from tests.reference_replay import ReplaySampler, StepRecorder, check_fixture, load_reference, recipe_, rel_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "configs" / "protocols" / "libmtl_nyuv2_deeplab.yaml"
@@ -124,10 +122,8 @@ def header() -> dict:
 
 @pytest.fixture(scope="module")
 def fixture_root(tmp_path_factory, header) -> Path:
-    root = write_nyuv2(tmp_path_factory.mktemp("nyuv2"), **header["fixture"]["kwargs"])
-    got = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.npy"))}
-    assert got == header["fixture"]["sha256"], "write_nyuv2 no longer writes the fixture the reference ran on"
-    return root
+    return check_fixture(write_nyuv2(tmp_path_factory.mktemp("nyuv2"), **header["fixture"]["kwargs"]),
+                         header["fixture"], "*.npy")
 
 
 def protocol_suite(root: Path, epochs: int | None = None):
@@ -154,9 +150,7 @@ def protocol_method(suite, ref_method: str):
 
 
 def protocol_module(suite, ref_method: str, model) -> MTOModule:
-    config = ModuleConfig.from_train(suite.train, log_every_n_steps=0,
-                                     metric_options=MetricOptions(suite.dataset.metric_aggregation,
-                                                                  suite.dataset.depth_clamp))
+    config = module_config(suite, log_every_n_steps=0)
     return MTOModule(model, create_datamodule(suite).tasks, protocol_method(suite, ref_method), config)
 
 
@@ -272,7 +266,7 @@ def test_lr_schedule_matches_reference_steplr(initial_model):
     ref = load_reference(LINEAGE, BASE)
     suite = load_suite(PROTOCOL)
     suite.train.accelerator = "cpu"
-    module = MTOModule(initial_model, [], create("ew", 3), ModuleConfig.from_train(suite.train, log_every_n_steps=0))
+    module = MTOModule(initial_model, [], create("ew", 3), module_config(suite, log_every_n_steps=0))
     per_epoch = 795 // suite.train.batch_size
     module._trainer = SimpleNamespace(estimated_stepping_batches=per_epoch * suite.train.epochs,
                                       max_epochs=suite.train.epochs)
@@ -305,7 +299,7 @@ def test_losses_and_metrics_match_reference_functions(suite):
     normal median within our histogram's bin width (0.005 degrees)."""
     ref = load_reference(LINEAGE, "metrics")
     dm = create_datamodule(suite)
-    options = MetricOptions(suite.dataset.metric_aggregation, suite.dataset.depth_clamp)
+    options = module_config(suite).metric_options
     specs = {t.name: t for t in dm.tasks}
     metrics = {t: T.make_metric(specs[t], options) for t in TASKS}
     for b, (batch, theirs) in enumerate(zip(dm.test_dataloader(), ref["batches"], strict=True)):

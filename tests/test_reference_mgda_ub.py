@@ -31,12 +31,11 @@ from torch import nn
 from benchmark.config import load_suite
 from benchmark.grid import resolved_hparams
 from benchmark.methods import create
-from benchmark.module import ModuleConfig, MTOModule
-from benchmark.runner import create_datamodule, create_model
-from benchmark.tasks import MetricOptions
+from benchmark.module import MTOModule
+from benchmark.runner import create_datamodule, create_model, module_config
 from datamodules.multi_mnist import _MultiDataset, overlay
 from tests.fixtures_mnist import uniform_recipe_, write_mnist
-from tests.reference_replay import ReplaySampler, load_reference, rel_diff
+from tests.reference_replay import ReplaySampler, check_fixture, load_reference, rel_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "configs" / "protocols" / "mgda_ub_multimnist.yaml"
@@ -75,9 +74,7 @@ def ref() -> dict:
 def fixture_root(tmp_path_factory, header) -> Path:
     root = tmp_path_factory.mktemp("mnist")
     write_mnist(root, **header["fixture"]["kwargs"])
-    got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
-    assert got == header["fixture"]["sha256"], "write_mnist no longer writes the fixture the reference ran on"
-    return root
+    return check_fixture(root, header["fixture"])
 
 
 def protocol_suite(root: Path, epochs: int | None = None):
@@ -163,9 +160,7 @@ def protocol_module(suite, dm, model) -> MTOModule:
     """Our method (the protocol's ``mgda_ub`` row, preset resolved) and module, as ``train_one`` builds them."""
     m = next(m for m in suite.methods if m.name == "mgda_ub")
     method = create(m.name, len(dm.tasks), **resolved_hparams(suite, m))
-    config = ModuleConfig.from_train(suite.train, log_every_n_steps=0,
-                                     metric_options=MetricOptions(suite.dataset.metric_aggregation,
-                                                                  suite.dataset.depth_clamp))
+    config = module_config(suite, log_every_n_steps=0)
     return MTOModule(model, dm.tasks, method, config)
 
 

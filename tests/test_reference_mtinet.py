@@ -13,7 +13,6 @@ to the reference's here (:data:`REFERENCE_SETTINGS`); each such difference is st
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,12 +27,12 @@ import datamodules.pascal_context as pascal
 from benchmark import tasks as T
 from benchmark.config import load_suite
 from benchmark.methods import create
-from benchmark.module import ModuleConfig, MTOModule
-from benchmark.runner import create_datamodule, create_model, resolved_hparams
+from benchmark.module import MTOModule
+from benchmark.runner import create_datamodule, create_model, module_config, resolved_hparams
 from benchmark.tasks import MetricOptions
 from datamodules.dense_io import affine
 from tests.fixtures_dense import write_nyud, write_pascal
-from tests.reference_replay import ReplaySampler, StepRecorder, load_reference, recipe_, rel_diff
+from tests.reference_replay import ReplaySampler, StepRecorder, check_fixture, load_reference, recipe_, rel_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("nyud", "pascal")
@@ -74,16 +73,7 @@ def header(dataset) -> dict:
 def fixture_root(tmp_path_factory, dataset, header) -> Path:
     fx = header["fixture"]
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in fx["kwargs"].items()}
-    root = WRITER[dataset](tmp_path_factory.mktemp(dataset), **kwargs)
-    got = {str(p.relative_to(root)): file_digest(p) for p in sorted(root.rglob("*")) if p.is_file()}
-    assert got == fx["sha256"], f"{fx['writer']} no longer writes the fixture the reference ran on"
-    return root
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of the file; of a .mat file without its 128-byte header (which holds the creation time)."""
-    data = path.read_bytes()
-    return hashlib.sha256(data[128:] if path.suffix == ".mat" else data).hexdigest()
+    return check_fixture(WRITER[dataset](tmp_path_factory.mktemp(dataset), **kwargs), fx)
 
 
 def ref(dataset: str, name: str) -> dict:
@@ -137,9 +127,7 @@ def reference_model(suite, dm, dataset: str):
 def protocol_module(suite, dm, model) -> MTOModule:
     m = next(m for m in suite.methods if m.name == "ew")
     method = create(m.name, len(dm.tasks), **resolved_hparams(suite, m))
-    config = ModuleConfig.from_train(suite.train, log_every_n_steps=0,
-                                     metric_options=MetricOptions(suite.dataset.metric_aggregation,
-                                                                  suite.dataset.depth_clamp))
+    config = module_config(suite, log_every_n_steps=0)
     return MTOModule(model, dm.tasks, method, config)
 
 
@@ -309,7 +297,7 @@ def test_losses_and_metrics_match_reference_functions(dataset, fixture_root):
     metrics = ref(dataset, "metrics")
     suite = protocol_suite(dataset, fixture_root)
     dm = create_datamodule(suite)
-    options = MetricOptions(suite.dataset.metric_aggregation, suite.dataset.depth_clamp)
+    options = module_config(suite).metric_options
     specs = {t.name: t for t in dm.tasks}
     ours_metric = {t.name: T.make_metric(t, options) for t in dm.tasks}
     channels = metrics["channels"]
@@ -431,7 +419,7 @@ def test_replay_matches_reference(dataset, fixture_root):
     worst = compare_steps(run, recorder.steps, recorder.order, drift_bounds(dataset))
     print(f"{dataset}: max rel. diff per quantity over {len(run['steps'])} steps: {worst}")
     suite = protocol_suite(dataset, fixture_root)
-    ours = final_metrics(module, dm, MetricOptions(suite.dataset.metric_aggregation, suite.dataset.depth_clamp))
+    ours = final_metrics(module, dm, module_config(suite).metric_options)
     for name, (source, task, key, _, _) in REFERENCE_METRIC.items():
         if name.removesuffix("_miou") in ours and name not in ARGMAX_METRICS:
             noise = rel_diff(other["final"][source][task][key], run["final"][source][task][key])

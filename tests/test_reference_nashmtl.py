@@ -14,7 +14,6 @@ IMTL-G / Nash-MTL weight rules over 25 steps; the model replays (3 recorded step
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,11 +27,18 @@ import datamodules.mtan_folder as mtan_folder
 from benchmark import tasks as T
 from benchmark.config import load_suite
 from benchmark.methods import create
-from benchmark.module import ModuleConfig, MTOModule
-from benchmark.runner import create_datamodule, create_model, resolved_hparams
-from benchmark.tasks import MetricOptions
+from benchmark.module import MTOModule
+from benchmark.runner import create_datamodule, create_model, module_config, resolved_hparams
 from tests.fixtures_mtan import write_nyuv2
-from tests.reference_replay import ReplaySampler, StepRecorder, load_reference, mtan_name, recipe_, rel_diff
+from tests.reference_replay import (
+    ReplaySampler,
+    StepRecorder,
+    check_fixture,
+    load_reference,
+    mtan_name,
+    recipe_,
+    rel_diff,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "configs" / "protocols" / "nashmtl_nyuv2.yaml"
@@ -63,10 +69,8 @@ def header() -> dict:
 
 @pytest.fixture(scope="module")
 def fixture_root(tmp_path_factory, header) -> Path:
-    root = write_nyuv2(tmp_path_factory.mktemp("nyuv2"), **header["fixture"]["kwargs"])
-    got = {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.npy"))}
-    assert got == header["fixture"]["sha256"], "write_nyuv2 no longer writes the fixture the reference ran on"
-    return root
+    return check_fixture(write_nyuv2(tmp_path_factory.mktemp("nyuv2"), **header["fixture"]["kwargs"]),
+                         header["fixture"], "*.npy")
 
 
 def protocol_suite(root: Path, epochs: int | None = None):
@@ -87,10 +91,7 @@ def protocol_module(suite, ref_method: str, model) -> MTOModule:
     """Our method and module as ``benchmark.runner.train_one`` builds them from the suite."""
     m = method_config(suite, ref_method)
     method = create(m.name, len(TASKS), **resolved_hparams(suite, m))
-    t = suite.train
-    config = ModuleConfig.from_train(t, log_every_n_steps=0,
-                                     metric_options=MetricOptions(suite.dataset.metric_aggregation,
-                                                                  suite.dataset.depth_clamp))
+    config = module_config(suite, log_every_n_steps=0)
     return MTOModule(model, create_datamodule(suite).tasks, method, config)
 
 

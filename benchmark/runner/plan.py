@@ -33,6 +33,15 @@ def model_params(suite: SuiteConfig, overrides: dict | None = None) -> dict:
     return {**suite.model.params, **(overrides or {})}
 
 
+def module_config(suite: SuiteConfig, update_every: int = 1, log_every_n_steps: int | None = None) -> ModuleConfig:
+    """How the suite's runs train (:class:`ModuleConfig`): its ``train`` section, metric options and logging
+    interval (``log_every_n_steps`` overrides it)."""
+    every = suite.logging.log_every_n_steps if log_every_n_steps is None else log_every_n_steps
+    return ModuleConfig.from_train(suite.train, update_every=update_every, log_every_n_steps=every,
+                                   metric_options=T.MetricOptions(suite.dataset.metric_aggregation,
+                                                                  suite.dataset.depth_clamp))
+
+
 def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None) -> torch.nn.Module:
     if suite.model.name not in MODELS:
         raise unknown_name("model", suite.model.name, MODELS)

@@ -16,10 +16,10 @@ from benchmark import tasks as T
 from benchmark.checkpointing import RunCheckpoint, check_resumable, checkpoint_path
 from benchmark.config import SuiteConfig
 from benchmark.methods import create
-from benchmark.module import ModuleConfig, MTOModule
+from benchmark.module import MTOModule
 from benchmark.records import read_record, record_path, write_json_atomic, write_text_atomic
 from benchmark.run_log import RunLog, run_log
-from benchmark.runner.plan import PlannedRun, create_model, run_fingerprint
+from benchmark.runner.plan import PlannedRun, create_model, module_config, run_fingerprint
 from benchmark.runner.record import failure_log_path, failure_record, make_record, traceback_text
 
 console = Console()
@@ -56,11 +56,7 @@ def train_one(suite: SuiteConfig, run: PlannedRun, dm, progress: Progress, log: 
     model = create_model(suite, tasks, run.model_overrides)
     method = create(run.method, len(tasks), **run.hparams)
     t = suite.train
-    config = ModuleConfig.from_train(t, update_every=run.update_every,
-                                     log_every_n_steps=suite.logging.log_every_n_steps,
-                                     metric_options=T.MetricOptions(suite.dataset.metric_aggregation,
-                                                                    suite.dataset.depth_clamp))
-    module = MTOModule(model, tasks, method, config)
+    module = MTOModule(model, tasks, method, module_config(suite, update_every=run.update_every))
     train_loader = dm.train_dataloader(seed=run.seed)
     callbacks, resume = [GridProgress(progress, run.run_id), log], None
     if out is not None:
