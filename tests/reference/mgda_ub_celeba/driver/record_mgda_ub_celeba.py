@@ -29,21 +29,9 @@ import torch
 REPO = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(REPO))
 from tests.fixtures_min_norm import GRADIENT_CASES, gradient_case  # noqa: E402
+from tests.reference_shims import install_legacy_tensor_shims  # noqa: E402
 
 NORMALIZATIONS = ("l2", "loss", "loss+", "none")
-
-
-def install_shims() -> None:
-    getitem = torch.Tensor.__getitem__
-
-    def getitem0(self, index):
-        if isinstance(index, int) and index == 0 and self.dim() == 0:
-            return self.item()
-        return getitem(self, index)
-
-    torch.Tensor.__getitem__ = getitem0
-    dot = torch.dot
-    torch.dot = lambda a, b: dot(a.reshape(-1), b.reshape(-1))
 
 
 def main() -> None:
@@ -52,7 +40,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--reference-commit", help="the snapshot's commit, when --reference is not a git work tree")
     args = ap.parse_args()
-    install_shims()
+    install_legacy_tensor_shims()
     sys.path.insert(0, str(args.reference / "multi_task"))
     from min_norm_solvers import MinNormSolver, gradient_normalizers
     from models.multi_faces_resnet import BasicBlock, FaceAttributeDecoder, ResNet

@@ -41,6 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(REPO))
 from tests.fixtures_mnist import FILES, uniform_recipe_, write_mnist  # noqa: E402
+from tests.reference_shims import install_legacy_tensor_shims  # noqa: E402
 
 URLS = "http://yann.lecun.com/exdb/mnist/"
 
@@ -48,16 +49,7 @@ URLS = "http://yann.lecun.com/exdb/mnist/"
 def install_shims(fixture: Path, scalars: list) -> None:
     torch.Tensor.cuda = lambda self, *a, **k: self
     torch.nn.Module.cuda = lambda self, *a, **k: self
-    getitem = torch.Tensor.__getitem__
-
-    def getitem0(self, index):
-        if isinstance(index, int) and index == 0 and self.dim() == 0:
-            return self.item()
-        return getitem(self, index)
-
-    torch.Tensor.__getitem__ = getitem0
-    dot = torch.dot
-    torch.dot = lambda a, b: dot(a.reshape(-1), b.reshape(-1))
+    install_legacy_tensor_shims()
 
     import scipy.misc
     from PIL import Image

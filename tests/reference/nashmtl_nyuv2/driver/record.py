@@ -16,14 +16,13 @@ Only objects are wrapped from outside; no reference file is edited and no refere
   ``StepLR`` (arguments, lr), ``utils.delta_fn`` (the per-epoch test metrics the trainer prints).
 
 The initial parameters are replaced, right after the reference builds ``SegNetMtan``, by
-``tests.reference_replay.recipe_`` (re-stated below; the test checks both give the same tensors by name).
+``tests.reference_replay.recipe_``, imported from this repository.
 """
 import json
 import math
 import random
 import runpy
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,35 +30,23 @@ import torch
 
 ref, method, out_path, root, epochs = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 sys.path.insert(0, str(ref))
+sys.path.append(str(Path(__file__).resolve().parents[4]))  # this repository, after the reference's packages
 
 import experiments.nyuv2.data as data_mod  # noqa: E402
 import experiments.nyuv2.models as models_mod  # noqa: E402
 import experiments.nyuv2.utils as utils_mod  # noqa: E402
 import methods.weight_methods as wm_mod  # noqa: E402
 
+from tests.reference_replay import recipe_  # noqa: E402
+
 rec = {"steps": [], "epochs": [], "samples": [], "lr_per_scheduler_step": []}
 state = {"model": None, "draws": [], "shuffles": None, "step": {}}
-
-
-def recipe_(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            if p.dim() == 4:
-                rf = p.shape[2] * p.shape[3]
-                p.copy_(torch.randn(p.shape, generator=g) * math.sqrt(2.0 / (p.shape[1] * rf + p.shape[0] * rf)))
-            elif name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
-            else:
-                p.fill_(1.0)
-
-
 _orig_init = models_mod.SegNetMtan.__init__
 
 
 def _init(self):
     _orig_init(self)
-    recipe_(self)
+    recipe_(dict(self.named_parameters()))
     state["model"] = self
 
 
