@@ -90,6 +90,38 @@ def boundary_step(alpha: np.ndarray, p: np.ndarray) -> float:
     return float(steps.min()) if steps.size else 1.0
 
 
+def iterate_min_norm(gramian, step, max_iter: int, tol: float, official_clip: bool):
+    """The authors' iteration: from :func:`pair_init`, ``alpha <- step(m, alpha, m @ alpha, official_clip)`` until
+    ``|delta alpha|_1 < tol`` or after ``max_iter`` iterations (``T <= 2``: the pair solution). Returns
+    ``(alpha, iterations)``."""
+    m = as_gramian(gramian)
+    alpha = pair_init(m, official_clip)
+    if m.shape[0] <= 2:
+        return alpha, 0
+    for it in range(1, max_iter + 1):
+        new = step(m, alpha, m @ alpha, official_clip)
+        if np.abs(new - alpha).sum() < tol:
+            return new, it
+        alpha = new
+    return alpha, max_iter
+
+
+def pgd_step(m: np.ndarray, alpha: np.ndarray, m_alpha: np.ndarray, official_clip: bool) -> np.ndarray:
+    p = m_alpha.mean() - m_alpha
+    cand = project_simplex(alpha + boundary_step(alpha, p) * p)
+    m_cand = m @ cand
+    gamma, _ = two_point(alpha @ m_alpha, alpha @ m_cand, cand @ m_cand, official_clip)
+    return gamma * alpha + (1.0 - gamma) * cand
+
+
+def frank_wolfe_step(m: np.ndarray, alpha: np.ndarray, m_alpha: np.ndarray, official_clip: bool) -> np.ndarray:
+    k = int(np.argmin(m_alpha))
+    gamma, _ = two_point(alpha @ m_alpha, m_alpha[k], m[k, k], official_clip)
+    new = gamma * alpha
+    new[k] += 1.0 - gamma
+    return new
+
+
 def min_norm_pgd(gramian, max_iter: int = 250, tol: float = 1e-5, official_clip: bool = False):
     """Projected gradient with exact line search, as ``find_min_norm_element`` in the authors' code.
 
@@ -97,22 +129,7 @@ def min_norm_pgd(gramian, max_iter: int = 250, tol: float = 1e-5, official_clip:
     simplex and line-searches with :func:`two_point`; it stops when ``|delta alpha|_1 < tol`` or after
     ``max_iter`` iterations. Returns ``(alpha, iterations)``.
     """
-    m = as_gramian(gramian)
-    alpha = pair_init(m, official_clip)
-    if m.shape[0] <= 2:
-        return alpha, 0
-    for it in range(1, max_iter + 1):
-        m_alpha = m @ alpha
-        p = m_alpha.mean() - m_alpha
-        cand = project_simplex(alpha + boundary_step(alpha, p) * p)
-        m_cand = m @ cand
-        gamma, _ = two_point(alpha @ m_alpha, alpha @ m_cand, cand @ m_cand, official_clip)
-        new = gamma * alpha + (1.0 - gamma) * cand
-        done = np.abs(new - alpha).sum() < tol
-        alpha = new
-        if done:
-            return alpha, it
-    return alpha, max_iter
+    return iterate_min_norm(gramian, pgd_step, max_iter, tol, official_clip)
 
 
 def min_norm_frank_wolfe(gramian, max_iter: int = 250, tol: float = 1e-5, official_clip: bool = False):
@@ -121,21 +138,7 @@ def min_norm_frank_wolfe(gramian, max_iter: int = 250, tol: float = 1e-5, offici
     Each iteration moves towards the vertex ``e_k``, ``k = argmin_k (M alpha)_k``, with the two-point line
     search; same stopping rule and cap as :func:`min_norm_pgd`. Returns ``(alpha, iterations)``.
     """
-    m = as_gramian(gramian)
-    alpha = pair_init(m, official_clip)
-    if m.shape[0] <= 2:
-        return alpha, 0
-    for it in range(1, max_iter + 1):
-        m_alpha = m @ alpha
-        k = int(np.argmin(m_alpha))
-        gamma, _ = two_point(alpha @ m_alpha, m_alpha[k], m[k, k], official_clip)
-        new = gamma * alpha
-        new[k] += 1.0 - gamma
-        done = np.abs(new - alpha).sum() < tol
-        alpha = new
-        if done:
-            return alpha, it
-    return alpha, max_iter
+    return iterate_min_norm(gramian, frank_wolfe_step, max_iter, tol, official_clip)
 
 
 QP_REGULARIZATION = 1e-12
