@@ -115,6 +115,20 @@ class TaskKind:
             raise ValueError(f"task {spec.name!r}: target dtype {t.dtype} does not match the expected floating dtype")
 
 
+class LabelMetric(Metric):
+    """Base of the metrics over ``num_classes`` (>= 2) labels with an ``ignore_index``; higher is better."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_classes: int, ignore_index: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if num_classes < 2:
+            raise ValueError(f"{type(self).__name__}: num_classes must be >= 2, got {num_classes}")
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+
+
 def check_raw_shape(spec: TaskSpec, raw: Tensor, target: Tensor) -> None:
     """Guard against silent broadcasting between the head output and a dense target of the same shape."""
     if raw.shape != target.shape:

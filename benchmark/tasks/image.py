@@ -14,26 +14,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from benchmark.tasks.base import MetricInfo, MetricOptions, TaskKind
+from benchmark.tasks.base import LabelMetric, MetricInfo, MetricOptions, TaskKind
 from benchmark.tasks.registry import register
 from datamodules.task_spec import TaskSpec
 
 
-class AccuracyMetric(Metric):
+class AccuracyMetric(LabelMetric):
     """Top-1 accuracy (percent) over the split; ``update`` takes logits ``B x C`` or labels ``B``.
 
     Only images with 0 <= label < C and label != ignore_index count; with none, ``acc`` is NaN.
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
     def __init__(self, num_classes: int, ignore_index: int = -1, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if num_classes < 2:
-            raise ValueError(f"AccuracyMetric: num_classes must be >= 2, got {num_classes}")
-        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        super().__init__(num_classes, ignore_index, **kwargs)
         self.add_state("correct", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from benchmark.tasks.base import MetricInfo, MetricOptions, TaskKind
+from benchmark.tasks.base import LabelMetric, MetricInfo, MetricOptions, TaskKind
 from benchmark.tasks.registry import register
 from datamodules.task_spec import TaskSpec
 
@@ -26,7 +26,7 @@ def _confmat_update(confmat: Tensor, pred: Tensor, target: Tensor, ignore_index:
     confmat += torch.bincount(target[valid] * c + labels[valid].long(), minlength=c * c).reshape(c, c)
 
 
-class SegmentationMetric(Metric):
+class SegmentationMetric(LabelMetric):
     """mIoU and pixel accuracy (percent) from one confusion matrix accumulated over the split (§M.1).
 
     ``update(pred, target)`` takes logits ``B x C x H x W`` (argmax is taken) or labels ``B x H x W``.
@@ -34,16 +34,8 @@ class SegmentationMetric(Metric):
     and the predictions is excluded from the mean (nanmean).
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
     def __init__(self, num_classes: int, ignore_index: int = -1, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if num_classes < 2:
-            raise ValueError(f"SegmentationMetric: num_classes must be >= 2, got {num_classes}")
-        self.num_classes = int(num_classes)
-        self.ignore_index = int(ignore_index)
+        super().__init__(num_classes, ignore_index, **kwargs)
         self.add_state("confmat", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, pred: Tensor, target: Tensor) -> None:
@@ -59,21 +51,14 @@ class SegmentationMetric(Metric):
         }
 
 
-class HumanPartsMetric(Metric):
+class HumanPartsMetric(LabelMetric):
     """Human-parts mIoU (percent), Vandenhende's definition (§M.1): per class TP, FP, FN accumulated over the
     split on valid pixels; IoU = TP / max(TP + FP + FN, 1e-8); the mean is over **all** classes (an absent class
     counts 0). Images without annotated persons are all ``ignore_index``, so they add nothing.
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
     def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if num_classes < 2:
-            raise ValueError(f"HumanPartsMetric: num_classes must be >= 2, got {num_classes}")
-        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        super().__init__(num_classes, ignore_index, **kwargs)
         self.add_state("confmat", torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, pred: Tensor, target: Tensor) -> None:
