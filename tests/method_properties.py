@@ -103,3 +103,24 @@ def assert_equal_projections(jac: np.ndarray, direction: np.ndarray, rtol: float
     keep = norms > 0
     proj = (jac[keep] / norms[keep, None]) @ direction
     assert np.ptp(proj) <= rtol * np.abs(proj).max(), proj
+
+
+def alpha_fair_optimum(g: np.ndarray, alpha: float) -> np.ndarray:
+    """The papers' own problem, solved by SLSQP over d (not over the weights): maximise the alpha-fair utility
+    sum_t u_t^(1-alpha)/(1-alpha) (sum_t log u_t at alpha = 1, the Nash product) of u = G d over |d|^2 <= 1."""
+    v = brute_force_min_norm(g @ g.T)
+    d0 = 0.5 * (v @ g) / np.linalg.norm(v @ g)  # every u_t > 0 here (MGDA's min-norm direction)
+
+    def utility(d):
+        u = np.maximum(g @ d, 1e-30)
+        return -(np.log(u).sum() if alpha == 1.0 else (u ** (1.0 - alpha)).sum() / (1.0 - alpha))
+
+    def grad(d):
+        u = np.maximum(g @ d, 1e-30)
+        return -(u ** (-alpha)) @ g
+
+    res = minimize(utility, d0, jac=grad, method="SLSQP",
+                   constraints=[{"type": "ineq", "fun": lambda d: 1.0 - d @ d, "jac": lambda d: -2.0 * d}],
+                   options={"ftol": 1e-14, "maxiter": 1000})
+    assert res.success or res.status == 8, res.message  # 8: no further decrease at float precision
+    return res.x

@@ -110,3 +110,17 @@ def shared_asserts(name: str, needs: Needs, defaults: dict | None = None,
         check(name, needs=needs, **kwargs)
 
     return test_shared
+
+
+MGDA_BAD_VALUES = [
+    ({"normalization": "L2"}, "normalization='L2'"),
+    ({"solver": "fw"}, "solver='fw'"),
+    ({"max_iter": 0}, "max_iter.*0"),
+    ({"max_iter": 2.5}, "max_iter.*2.5"),
+    ({"tol": -1e-05}, "tol.*-1e-05"),
+    ({"tol": float("nan")}, "tol.*nan"),
+    ({"official_two_point_clip": "yes"}, "official_two_point_clip.*'yes'"),
+    ({"grad_source": "rep"}, "grad_source='rep'"),
+    ({"head_weighting": "both"}, "head_weighting='both'"),
+]
+"""Bad hyper-parameters of MGDA and MGDA-UB (one solver family, the same options) and the error they give."""

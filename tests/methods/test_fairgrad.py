@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import least_squares, minimize
+from scipy.optimize import least_squares
 
 from benchmark.methods import Needs
 from benchmark.methods.fairgrad import FairGrad, fairgrad_weights
 from benchmark.methods.nash_mtl import nash_weights
-from tests.method_properties import KINDS, brute_force_min_norm, jacobian
+from tests.method_properties import KINDS, alpha_fair_optimum, brute_force_min_norm, jacobian
 from tests.methods.shared import shared_asserts
 
 test_shared = shared_asserts(
@@ -55,27 +55,6 @@ def nash(g: np.ndarray, **kwargs) -> np.ndarray:
 
 def fair(g: np.ndarray, alpha: float, **kwargs) -> np.ndarray:
     return fairgrad_weights(gram(g), alpha, **kwargs)[0].numpy()
-
-
-def utility_optimum(g: np.ndarray, alpha: float) -> np.ndarray:
-    """The papers' own problem, solved by SLSQP over d (not over the weights): maximise the alpha-fair utility
-    sum_t u_t^(1-alpha)/(1-alpha) (sum_t log u_t at alpha = 1, the Nash product) of u = G d over |d|^2 <= 1."""
-    v = brute_force_min_norm(g @ g.T)
-    d0 = 0.5 * (v @ g) / np.linalg.norm(v @ g)  # every u_t > 0 here (MGDA's min-norm direction)
-
-    def utility(d):
-        u = np.maximum(g @ d, 1e-30)
-        return -(np.log(u).sum() if alpha == 1.0 else (u ** (1.0 - alpha)).sum() / (1.0 - alpha))
-
-    def grad(d):
-        u = np.maximum(g @ d, 1e-30)
-        return -(u ** (-alpha)) @ g
-
-    res = minimize(utility, d0, jac=grad, method="SLSQP",
-                   constraints=[{"type": "ineq", "fun": lambda d: 1.0 - d @ d, "jac": lambda d: -2.0 * d}],
-                   options={"ftol": 1e-14, "maxiter": 1000})
-    assert res.success or res.status == 8, res.message  # 8: no further decrease at float precision
-    return res.x
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
@@ -164,7 +143,7 @@ def test_fairgrad_matches_the_official_least_squares_and_the_utility_optimum(kin
     assert 1.0 - ascent @ d / np.linalg.norm(ascent) <= 1e-12
     # ... and, where SLSQP copes (alpha > 1: a bounded utility slope at u -> 0), it finds the same point.
     if alpha > 1:
-        np.testing.assert_allclose(d, utility_optimum(g, alpha), atol=2e-6, rtol=0)
+        np.testing.assert_allclose(d, alpha_fair_optimum(g, alpha), atol=2e-6, rtol=0)
 
 
 def test_fairgrad_update_scale_and_clipping():

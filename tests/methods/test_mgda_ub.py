@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 from benchmark.methods import Needs, create
-from tests.methods.shared import shared_asserts
+from tests.methods.shared import MGDA_BAD_VALUES, shared_asserts
 
 test_shared = shared_asserts(
     "mgda_ub", Needs.GRAMIAN,
-    bad_values=[
-        ({"normalization": "L2"}, "normalization='L2'"),
-        ({"solver": "fw"}, "solver='fw'"),
-        ({"max_iter": 0}, "max_iter.*0"),
-        ({"max_iter": 2.5}, "max_iter.*2.5"),
-        ({"tol": -1e-05}, "tol.*-1e-05"),
-        ({"tol": float("nan")}, "tol.*nan"),
-        ({"official_two_point_clip": "yes"}, "official_two_point_clip.*'yes'"),
-        ({"grad_source": "rep"}, "grad_source='rep'"),
-        ({"head_weighting": "both"}, "head_weighting='both'"),
-    ],
+    bad_values=MGDA_BAD_VALUES,
     randomise_params=True,
 )
 

@@ -7,11 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import minimize
 
 from benchmark.methods import Needs
 from benchmark.methods.nash_mtl import NashMTL, nash_weights
-from tests.method_properties import KINDS, brute_force_min_norm, jacobian
+from tests.method_properties import KINDS, alpha_fair_optimum, jacobian
 from tests.methods.shared import shared_asserts
 
 test_shared = shared_asserts(
@@ -50,27 +49,6 @@ def gram(g: np.ndarray) -> torch.Tensor:
 
 def nash(g: np.ndarray, **kwargs) -> np.ndarray:
     return nash_weights(gram(g), **kwargs)[0].numpy()
-
-
-def utility_optimum(g: np.ndarray, alpha: float) -> np.ndarray:
-    """The papers' own problem, solved by SLSQP over d (not over the weights): maximise the alpha-fair utility
-    sum_t u_t^(1-alpha)/(1-alpha) (sum_t log u_t at alpha = 1, the Nash product) of u = G d over |d|^2 <= 1."""
-    v = brute_force_min_norm(g @ g.T)
-    d0 = 0.5 * (v @ g) / np.linalg.norm(v @ g)  # every u_t > 0 here (MGDA's min-norm direction)
-
-    def utility(d):
-        u = np.maximum(g @ d, 1e-30)
-        return -(np.log(u).sum() if alpha == 1.0 else (u ** (1.0 - alpha)).sum() / (1.0 - alpha))
-
-    def grad(d):
-        u = np.maximum(g @ d, 1e-30)
-        return -(u ** (-alpha)) @ g
-
-    res = minimize(utility, d0, jac=grad, method="SLSQP",
-                   constraints=[{"type": "ineq", "fun": lambda d: 1.0 - d @ d, "jac": lambda d: -2.0 * d}],
-                   options={"ftol": 1e-14, "maxiter": 1000})
-    assert res.success or res.status == 8, res.message  # 8: no further decrease at float precision
-    return res.x
 
 
 @pytest.mark.parametrize("num_tasks", TASK_COUNTS)
@@ -126,7 +104,7 @@ def test_nash_matches_an_independent_solve_of_the_nash_product(kind, num_tasks):
     g = jacobian(kind, num_tasks, dim=16, seed=num_tasks)
     if kind == "badly_scaled":  # SLSQP over d copes with norms from 1e-2 to 30, not the generator's 1e-4 to 1e2
         g = g / np.linalg.norm(g, axis=1, keepdims=True) * np.array([1e-2, 1.0, 30.0, 0.1, 5.0])[:num_tasks, None]
-    d_star = utility_optimum(g, 1.0)
+    d_star = alpha_fair_optimum(g, 1.0)
     np.testing.assert_allclose(nash(g) @ g / math.sqrt(num_tasks), d_star, atol=2e-6, rtol=0)
 
 
