@@ -61,6 +61,9 @@ class TrainConfig:
     eval_every_n_epochs: int = 1
     """Evaluate the validation and test splits after every this many epochs and after the last one. Each
     evaluation's method statistics cover the epochs since the previous one."""
+    eval_final_epochs: int = 1
+    """Evaluate each of the last this many epochs too (2: the last epoch's change of the validation loss, the
+    convergence check, is in every record)."""
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     """Autocast (``bf16-mixed``; ``16-mixed`` adds a GradScaler and needs a GPU); gradient methods always see
     unscaled float32 per-task gradients, and steps the scaler skips are counted in the record."""
@@ -322,6 +325,7 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>", given: set[str
         (t.checkpoint_every_n_epochs >= 1, "train.checkpoint_every_n_epochs", t.checkpoint_every_n_epochs,
          "must be >= 1"),
         (t.eval_every_n_epochs >= 1, "train.eval_every_n_epochs", t.eval_every_n_epochs, "must be >= 1"),
+        (t.eval_final_epochs >= 1, "train.eval_final_epochs", t.eval_final_epochs, "must be >= 1"),
         (t.lr_step_size >= 1, "train.lr_step_size", t.lr_step_size, "must be >= 1"),
         (0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "must be in (0, 1]"),
         (0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)"),

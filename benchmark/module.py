@@ -43,10 +43,13 @@ class ModuleConfig:
     log_every_n_steps: int = 0
     metric_options: T.MetricOptions | None = None
     eval_every_n_epochs: int = 1
+    eval_final_epochs: int = 1
 
     def __post_init__(self) -> None:
         if self.eval_every_n_epochs < 1:
             raise ValueError(f"eval_every_n_epochs={self.eval_every_n_epochs} must be >= 1")
+        if self.eval_final_epochs < 1:
+            raise ValueError(f"eval_final_epochs={self.eval_final_epochs} must be >= 1")
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={self.nan_policy!r} is not one of {NAN_POLICIES}")
         if self.max_nan_skips < 0:
@@ -66,9 +69,10 @@ class MTOModule(L.LightningModule):
     """Trains ``model`` (``encode`` + ``head(task, z)``) on ``tasks`` with ``method``, as ``config`` says; what it
     counts is in ``stats`` (``benchmark/run_stats.py``).
 
-    Each validation pass after an evaluated epoch (every ``eval_every_n_epochs``-th and the last) evaluates the
-    validation and the test split (dataloader 0 and 1) and appends one entry to ``stats.history``: the metrics of
-    both splits and the summed validation loss; the passes after other epochs do nothing.
+    Each validation pass after an evaluated epoch (every ``eval_every_n_epochs``-th and each of the last
+    ``eval_final_epochs``) evaluates the validation and the test split (dataloader 0 and 1) and appends one entry
+    to ``stats.history``: the metrics of both splits and the summed validation loss; the passes after other epochs
+    do nothing.
 
     Under DDP the task losses carry the global batch's value (the mean over ranks) and a local gradient; loss
     methods rely on DDP's gradient all-reduce, every other step (gradient methods, own steps) runs with it off
@@ -294,7 +298,8 @@ class MTOModule(L.LightningModule):
     @property
     def evaluated_epoch(self) -> bool:
         done = self.current_epoch + 1
-        return done % self.config.eval_every_n_epochs == 0 or done == self.trainer.max_epochs
+        final = done > self.trainer.max_epochs - self.config.eval_final_epochs
+        return final or done % self.config.eval_every_n_epochs == 0
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self.evaluated_epoch:

@@ -70,6 +70,7 @@ def test_overrides_and_plan(tmp_path):
         (GOOD.replace("seeds: [0, 1]", "seeds: [1, 1]"), "seeds=[1, 1]"),
         (GOOD + "stl_seeds: []\n", "stl_seeds=[]"),
         (GOOD + "train: {eval_every_n_epochs: 0}\n", "train.eval_every_n_epochs=0 must be >= 1"),
+        (GOOD + "train: {eval_final_epochs: 0}\n", "train.eval_final_epochs=0 must be >= 1"),
         (GOOD + "train: {checkpoint_every_n_epochs: 0}\n", "train.checkpoint_every_n_epochs=0 must be >= 1"),
         (GOOD.replace("label: mgda-l2", "label: ew"), "duplicate"),
     ],

@@ -11,6 +11,7 @@ from benchmark.config import load_suite
 from benchmark.methods.base import Method, Needs
 from benchmark.methods.registry import _BUILTINS, register
 from benchmark.records import read_record
+from benchmark.report.markdown import write_leaderboard
 from benchmark.runner import RunsFailed, create_datamodule, run_suite
 
 SUITE = """
@@ -109,14 +110,19 @@ def test_worker_processes_give_the_records_of_one_thread_in_this_process(tmp_pat
         run_suite(suite, processes=0)
 
 
-def test_evaluation_every_n_epochs_always_includes_the_last(tmp_path):
+@pytest.mark.parametrize("epochs, every, final, evaluated", [(3, 2, 1, [1, 2]), (6, 4, 2, [3, 4, 5])])
+def test_evaluation_every_n_epochs_and_the_final_ones(tmp_path, epochs, every, final, evaluated):
     suite = load_suite(write_suite(tmp_path, "[{name: ew}]"),
                        ["--suite.stl", "false", "--suite.seeds", "[0]", "--suite.logging.wandb", "off",
-                        "--suite.train.epochs", "3", "--suite.train.eval_every_n_epochs", "2"])
+                        "--suite.train.epochs", str(epochs), "--suite.train.eval_every_n_epochs", str(every),
+                        "--suite.train.eval_final_epochs", str(final)])
     run_suite(suite)
     (rec,) = records(tmp_path).values()
-    assert [e["epoch"] for e in rec["epochs"]] == [1, 2] and rec["timing"]["steps"] == 3 * 2
+    assert [e["epoch"] for e in rec["epochs"]] == evaluated and rec["timing"]["steps"] == epochs * 2
     assert all(set(e) >= {"val", "test", "val_loss", "method_stats"} for e in rec["epochs"])
+    change = 100 * (1 - rec["epochs"][-1]["val_loss"] / rec["epochs"][-2]["val_loss"])
+    board = write_leaderboard(tmp_path / "runs", tmp_path / "board.md").read_text()
+    assert f"largest {change:+.2f}% (`{rec['run_id']}`) over 1 runs" in board
 
 
 class Exploding(Method):
@@ -252,7 +258,6 @@ def test_cso_and_a_task_bn_baseline_run_end_to_end(tmp_path):
     assert first["phase1"] == 1.0 and "priority/stem/depth" in first
     # Phase 1 steps K times per batch: 2 epochs x 2 batches, epoch 0 all Phase 1
     assert cso["epochs"][-1]["step"] >= 2 * 3 + 2
-    from benchmark.report.markdown import write_leaderboard
     text = write_leaderboard(tmp_path / "runs", tmp_path / "board.md", plot=True).read_text()
     diagnostics = text.split("Method diagnostics")[0].split("| method | Phase-1 steps")[1]
     assert "priority normal" in diagnostics

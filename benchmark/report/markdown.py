@@ -23,6 +23,7 @@ from benchmark.report.columns import (
     stl_columns,
     sweep_columns,
 )
+from benchmark.report.convergence import convergence_line
 from benchmark.report.figures import figures_markdown, write_figures
 from benchmark.report.summary import DIAGNOSTICS, DatasetSummary, MethodRow, summarize
 from benchmark.scoring import LAST_K
@@ -184,6 +185,8 @@ def _summary_markdown(summary: DatasetSummary) -> list[str]:
         _stl_line(summary),
         "",
         _scoring_line(summary),
+        "",
+        convergence_line(summary.convergence),
         "",
     ]
     lines += _paired_markdown(summary)

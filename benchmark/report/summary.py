@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmark.records import RecordMetric, check_record, group_metrics
 from benchmark.report.baselines import MEASURED, match_metrics, published_baseline
+from benchmark.report.convergence import Convergence, convergence
 from benchmark.report.paired import Pairing, model_of, pair_rows
 from benchmark.scoring import (
     LAST_K,
@@ -135,6 +136,8 @@ class DatasetSummary:
     """Missing references of the paired comparison: no plain EW, or no EW control on a row's modified model."""
     not_scored: list[NotScored] = field(default_factory=list)
     """Runs listed but left out of every score (see :class:`NotScored`)."""
+    convergence: Convergence | None = None
+    """The last epoch's change of the validation loss over the scored runs (``report/convergence.py``)."""
 
 
 def label_of(record: Mapping[str, Any]) -> str:
@@ -533,6 +536,7 @@ def _summarize_group(
         scoring,
         paired_warnings,
         not_scored,
+        convergence([*mtl, *stl]),
     )
 
 
