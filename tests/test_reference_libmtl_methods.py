@@ -136,7 +136,8 @@ def replay(ref_method: str, settings: dict | None = None) -> dict[str, float]:
             assert d <= rtol_g, f"{where} head {t} gradient: rel. difference {d:.2e} > {rtol_g}"
         with torch.no_grad():
             for p in params:
-                p -= data["lr"] * p.grad
+                if p.grad is not None:
+                    p -= data["lr"] * p.grad
         if method.wants_after_step:
             with torch.no_grad():
                 after = problem.losses(x)
