@@ -12,7 +12,8 @@ Both sides re-seed torch (``1000 + k``) before the k-th train-mode encoder call,
 Where the protocol's settings differ from LibMTL's the test runs LibMTL's (:data:`REFERENCE_SETTINGS`) and the
 difference stands in the protocol file. The fast tests check the data, the parameter map and counts, BatchNorm,
 the step-1 losses, the loss and metric functions and the LR schedule; the replays are ``slow``. Where LibMTL is
-importable (it is not in CI) its weighting classes also run live against ours on a fixed gradient matrix.
+importable (it is not in CI) its Trainer also runs live. Every method's weight rule is replayed against LibMTL's
+weighting classes in ``tests/test_reference_libmtl_methods.py``.
 """
 
 from __future__ import annotations
