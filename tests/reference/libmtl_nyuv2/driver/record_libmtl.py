@@ -43,8 +43,7 @@ def main() -> None:
     root = Path(args.libmtl_root)
     sys.path[:0] = [str(root / "examples" / "nyu"), str(root), str(REPO)]
     sys.modules.setdefault("torch_geometric", types.ModuleType("torch_geometric"))
-    if not hasattr(torch, "symeig"):
-        torch.symeig = lambda m, eigenvectors=True: torch.linalg.eigh(m)
+    torch.symeig = lambda m, eigenvectors=True: torch.linalg.eigh(m)  # torch.symeig raises since torch 2.0
 
     import torch.nn.functional as F
     from aspp import DeepLabHead
