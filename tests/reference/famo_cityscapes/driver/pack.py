@@ -2,9 +2,9 @@
 
 Usage: python pack.py <recordings dir> <fixture root> <FAMO work tree> <commit>
 
-<recordings dir> holds ``record.py``'s ``<method>_t2.json`` (2 threads, the stored runs) and ``ls_t1.json``
-(1 thread): their largest relative difference per quantity is the reference's own thread noise, from which
-tests/test_reference_cityscapes.py states its N-step bound.
+<recordings dir> holds ``record.py``'s ``<method>.json`` (the stored runs) and ``ls_other_threads.json`` (LS with
+the other thread count): their largest relative difference per quantity over their common steps is the
+reference's own thread noise, from which tests/test_reference_cityscapes.py states its N-step bound.
 """
 import json
 import platform
@@ -23,8 +23,8 @@ import cvxpy  # noqa: E402
 
 from tests.reference_replay import file_digest, rel_diff  # noqa: E402
 
-runs = {m: json.loads((rec_dir / f"{m}_t2.json").read_text()) for m in ("ls", "imtl", "nashmtl")
-        if (rec_dir / f"{m}_t2.json").exists()}
+runs = {m: json.loads((rec_dir / f"{m}.json").read_text()) for m in ("ls", "imtl", "nashmtl")
+        if (rec_dir / f"{m}.json").exists()}
 def worst(pairs):
     return max((rel_diff(a, b) for a, b in pairs), default=0.0)
 
@@ -35,6 +35,8 @@ def thread_noise(one: dict, two: dict) -> dict:
     for key in ("grad_norm_shared", "grad_norm_heads", "update_norm", "lr"):
         noise[key] = worst((s[key], t[key]) for s, t in zip(one["steps"], two["steps"]))
     noise["weight"] = max(noise["grad_norm_shared"], noise["grad_norm_heads"])
+    if len(one["steps"]) != len(two["steps"]):
+        return noise
     noise["test_metric"] = worst((a, b) for s, t in zip(one["epochs"], two["epochs"])
                                  for a, b in zip(s["test_metrics"], t["test_metrics"]))
     noise["bn_stats"] = worst((one["final"][k], two["final"][k]) for k in ("running_mean_norm", "running_var_norm"))
@@ -42,8 +44,9 @@ def thread_noise(one: dict, two: dict) -> dict:
     return noise
 
 
-noise = thread_noise(json.loads((rec_dir / "ls_t1.json").read_text()), runs["ls"]) \
-    if (rec_dir / "ls_t1.json").exists() and "ls" in runs else None
+other = rec_dir / "ls_other_threads.json"
+other = json.loads(other.read_text()) if other.exists() else None
+noise = thread_noise(other, runs["ls"]) if other and "ls" in runs else None
 header = {
     "repository": "https://github.com/Cranial-XIX/FAMO",
     "commit": commit,
@@ -62,16 +65,18 @@ header = {
                    "False: 11 steps per epoch of 2 x 10 + 1 images; test loader in file order, batches 2 + 1)",
     "environment": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                     "scipy": scipy.__version__, "cvxpy": cvxpy.__version__, "device": "cpu",
-                    "threads": "2 (the stored runs); ls also with 1 (thread_noise)"},
-    "methods": {m: {"steps": len(r["steps"]), "epochs": len(r["epochs"]), "argv": r["argv"]} for m, r in runs.items()},
+                    "threads": "per method below (torch.set_num_threads)"},
+    "methods": {m: {"steps": len(r["steps"]), "epochs": len(r["epochs"]), "threads": r["threads"], "argv": r["argv"]}
+                for m, r in runs.items()},
     "thread_noise": noise,
-    "thread_noise_about": "max relative difference over the 22 LS steps between the reference run with 1 and "
-                          "with 2 torch threads (weight: the larger gradient-norm noise, LS weights being fixed)",
+    "thread_noise_steps": min(len(other["steps"]), len(runs["ls"]["steps"])) if noise else 0,
+    "thread_noise_about": "max relative difference over thread_noise_steps LS steps between the reference run with "
+                          "1 and with 2 torch threads (weight: the larger gradient-norm noise, LS weights being fixed)",
     "metrics_json": "metrics.json: record_metrics.py applies the trainer's calc_loss, utils.ConfMatrix and "
                     "depth_error to tests/reference_replay.cityscapes_recipe_predictions on the fixture's test "
                     "loader (batch 2, file order), aggregated as the trainer does",
 }
 (here / "header.json").write_text(json.dumps(header, indent=1) + "\n")
 for m in runs:
-    shutil.copy(rec_dir / f"{m}_t2.json", here / f"{m}.json")
+    shutil.copy(rec_dir / f"{m}.json", here / f"{m}.json")
 print(json.dumps(noise, indent=1))
