@@ -19,6 +19,8 @@ import lightning as L
 import torch
 from torch import nn
 
+import datamodules.mtan_folder as mtan_folder
+
 REFERENCE = Path(__file__).parent / "reference"
 
 
@@ -81,6 +83,26 @@ def mtan_name(ref_name: str, tasks: list[str]) -> str:
     raise KeyError(f"no mapping for reference name {ref_name!r}")
 
 
+def mtan_replay_loader(dm, ref: dict, monkeypatch) -> torch.utils.data.DataLoader:
+    """Our training loader over the reference's batch order, with its augmentation draws replayed into our
+    ``draw_scale_crop_flip`` (scale index, top, left, flip uniform, as MTAN's RandomScaleCrop draws them). A
+    record cut short (``record.py``'s max steps) ends with the part of an epoch it fetched."""
+    ds = dm.dataset("train", augment_seed=0)
+    train = [s for s in ref["samples"] if s["split"] == "train"]
+    n = len(ds)
+    position = {file_id: i for i, file_id in enumerate(ds.ids)}
+    keys = [[(e, position[s["index"]]) for s in train[e * n:(e + 1) * n]] for e in range(-(-len(train) // n))]
+    draws = {(e, s["index"]): s["draws"] for e in range(len(keys)) for s in train[e * n:(e + 1) * n]}
+
+    def recorded(seed, epoch, index, height, width):
+        scale_index, top, left, flip = draws[(epoch, index)]
+        return mtan_folder.ScaleCropFlip(mtan_folder.SCALES[scale_index], top, left, flip < 0.5)
+
+    monkeypatch.setattr(mtan_folder, "draw_scale_crop_flip", recorded)
+    return torch.utils.data.DataLoader(ds, batch_size=dm.batch_size, sampler=ReplaySampler(keys),
+                                       drop_last=dm.drop_last)
+
+
 class ReplaySampler(torch.utils.data.Sampler):
     """Yields the recorded ``(epoch, position)`` keys of each epoch; Lightning calls ``set_epoch``."""
 
@@ -133,3 +155,12 @@ class StepRecorder(L.Callback):
 
 def rel_diff(ours: float, ref: float) -> float:
     return abs(ours - ref) / max(abs(ref), 1e-12)
+
+
+def cityscapes_recipe_predictions(b: int, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed predictions for test batch ``b`` of ``shape`` (N, 3, H, W), both sides: 7-class log-softmax of
+    ``randn`` and inverse depth ``0.01 + 0.48 rand`` from ``torch.Generator().manual_seed(1000 + b)``."""
+    g = torch.Generator().manual_seed(1000 + b)
+    n, _, h, w = shape
+    return torch.log_softmax(torch.randn(n, 7, h, w, generator=g), dim=1), 0.01 + 0.48 * torch.rand(n, 1, h, w,
+                                                                                                    generator=g)

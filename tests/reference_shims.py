@@ -18,3 +18,10 @@ def install_legacy_tensor_shims() -> None:
     torch.Tensor.__getitem__ = getitem0
     dot = torch.dot
     torch.dot = lambda a, b: dot(a.reshape(-1), b.reshape(-1))
+
+
+def install_dataloader_next_shim() -> None:
+    """``it.next()`` on a DataLoader iterator (PyTorch < 1.13 kept the Python 2 name; FAMO's trainers call it)."""
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+    _BaseDataLoaderIter.next = _BaseDataLoaderIter.__next__

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 
-import datamodules.mtan_folder as mtan_folder
 from benchmark import tasks as T
 from benchmark.config import load_suite
 from benchmark.methods import create
@@ -31,11 +30,11 @@ from benchmark.module import MTOModule
 from benchmark.runner import create_datamodule, create_model, module_config, resolved_hparams
 from tests.fixtures_mtan import write_nyuv2
 from tests.reference_replay import (
-    ReplaySampler,
     StepRecorder,
     check_fixture,
     load_reference,
     mtan_name,
+    mtan_replay_loader,
     recipe_,
     rel_diff,
 )
@@ -103,25 +102,6 @@ def reference_model(suite, dm):
     return model
 
 
-def replay(dm, ref: dict, monkeypatch) -> torch.utils.data.DataLoader:
-    """Our training loader over the reference's batch order, with its augmentation draws replayed into our
-    ``draw_scale_crop_flip`` (scale index, top, left, flip uniform, as MTAN's RandomScaleCrop draws them)."""
-    ds = dm.dataset("train", augment_seed=0)
-    train = [s for s in ref["samples"] if s["split"] == "train"]
-    n = len(ds)
-    position = {file_id: i for i, file_id in enumerate(ds.ids)}
-    keys = [[(e, position[s["index"]]) for s in train[e * n:(e + 1) * n]] for e in range(len(train) // n)]
-    draws = {(e, s["index"]): s["draws"] for e in range(len(keys)) for s in train[e * n:(e + 1) * n]}
-
-    def recorded(seed, epoch, index, height, width):
-        scale_index, top, left, flip = draws[(epoch, index)]
-        return mtan_folder.ScaleCropFlip(mtan_folder.SCALES[scale_index], top, left, flip < 0.5)
-
-    monkeypatch.setattr(mtan_folder, "draw_scale_crop_flip", recorded)
-    return torch.utils.data.DataLoader(ds, batch_size=dm.batch_size, sampler=ReplaySampler(keys),
-                                       drop_last=dm.drop_last)
-
-
 def sample_sums(image: torch.Tensor, targets: dict) -> list[float]:
     return [float(x.double().sum()) for x in (image, targets["semseg"], targets["depth"], targets["normal"])]
 
@@ -131,7 +111,7 @@ def test_batches_match_reference_crop_flip_and_order(fixture_root, monkeypatch):
     float32), summed per map, equals ours for the same draw."""
     ref = load_reference(LINEAGE, BASE)
     dm = create_datamodule(protocol_suite(fixture_root))
-    loader = replay(dm, ref, monkeypatch)
+    loader = mtan_replay_loader(dm, ref, monkeypatch)
     train = [s for s in ref["samples"] if s["split"] == "train"]
     ours = []
     for epoch in range(len(loader.sampler.keys)):
@@ -161,7 +141,7 @@ def test_step1_losses_match(fixture_root, monkeypatch):
     suite = protocol_suite(fixture_root)
     dm = create_datamodule(suite)
     model = reference_model(suite, dm).train()
-    batch = next(iter(replay(dm, ref, monkeypatch)))
+    batch = next(iter(mtan_replay_loader(dm, ref, monkeypatch)))
     with torch.no_grad():
         losses = protocol_module(suite, "ls", model).task_losses(batch)
     np.testing.assert_allclose(losses.tolist(), ref["steps"][0]["losses"], rtol=STEP1_RTOL)
@@ -315,7 +295,7 @@ def run_replay(fixture_root, ref_method: str, monkeypatch, first_step_only: bool
                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
                         num_sanity_val_steps=0, callbacks=[recorder],
                         **({"limit_train_batches": 1, "limit_val_batches": 0} if first_step_only else {}))
-    trainer.fit(module, train_dataloaders=replay(dm, ref, monkeypatch),
+    trainer.fit(module, train_dataloaders=mtan_replay_loader(dm, ref, monkeypatch),
                 val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
     return recorder, module, dm
 
