@@ -60,9 +60,14 @@ WEIGHT_RTOL = {"nashmtl": 2e-3}
 STEP1_RTOL = 1e-5
 STEP1_GRAD_RTOL = 1e-4
 """Gradient and update norms on step 1: float32 sums over 44M parameters in different orders."""
-NOISE_RUN = "ls_threads2"
-"""The reference against itself: ``ls.json`` recorded again with 2 torch threads instead of 1 (header
-``noise_run``), nothing else changed."""
+NOISE_RUNS = {"ls": "ls_threads2", "nashmtl": "nashmtl_threads2"}
+"""The reference against itself: ``<m>.json`` recorded again with 2 torch threads instead of 1 (header
+``noise_run``), nothing else changed. A method without its own noise run is bounded by LS's."""
+STEP1_OVERRIDES = {"nashmtl": {"weight": 5e-3, "grad_norm_heads": 5e-3}, "cagrad": {"grad_norm_shared": 1e-2}}
+"""Step-1 tolerances where the reference's solver input is not float32-accurate: nash-mtl builds the Gramian
+with ``torch.mm`` of float32 gradients over 44M parameters, 7 % low on the diagonal on step 1 (ours: float64);
+given the same Gramian the weights agree (``test_method_weights_on_recorded_segnet_gramians``). Measured on
+step 1: Nash-MTL weights 3.4e-3 (its head gradients carry them), CAGrad's shared gradient norm 4.6e-3."""
 REFERENCE_THREADS = 1
 """The torch thread count of the records (header ``environment.threads``); the replay runs with it too."""
 NOISE_FACTOR = 3.0
@@ -414,21 +419,24 @@ def step_pairs(mine: dict, theirs: dict, ref_method: str) -> list[tuple[str, flo
     return pairs
 
 
-def noise_runs() -> tuple[dict, dict]:
-    return load_reference(LINEAGE, "ls"), load_reference(LINEAGE, NOISE_RUN)
+def noise_runs(ref_method: str) -> tuple[str, dict, dict]:
+    """(method, its record, its noise run): the method's own noise run where recorded, else LS's."""
+    method = ref_method if ref_method in NOISE_RUNS and ref_method in RECORDED else "ls"
+    return method, load_reference(LINEAGE, method), load_reference(LINEAGE, NOISE_RUNS[method])
 
 
-def drift_bounds() -> dict[str, float]:
-    """Per step quantity: NOISE_FACTOR x the reference's largest deviation from itself after step 1, at least
-    MIN_DRIFT. The weights' bound is the shared gradient norm's (the weights are functions of the per-task
-    gradients; LS's weights are constant) or the solver tolerance of step 1, whichever is larger."""
-    run, other = noise_runs()
+def drift_bounds(ref_method: str) -> dict[str, float]:
+    """Per step quantity: NOISE_FACTOR x the reference's largest deviation from itself after step 1
+    (:func:`noise_runs`), at least MIN_DRIFT. Without a noise run of the method, the weights' bound is the shared
+    gradient norm's (the weights are functions of the per-task gradients; LS's weights are constant)."""
+    method, run, other = noise_runs(ref_method)
     worst: dict[str, float] = {}
     for a, b in zip(other["steps"][1:], run["steps"][1:], strict=True):
-        for key, x, y in step_pairs(a, b, "ls"):
+        for key, x, y in step_pairs(a, b, method):
             worst[key] = max(worst.get(key, 0.0), rel_diff(x, y))
     bounds = {k: max(MIN_DRIFT, NOISE_FACTOR * v) for k, v in worst.items()}
-    bounds["weight"] = max(bounds["weight"], bounds["grad_norm_shared"])
+    if method == "ls":
+        bounds["weight"] = max(bounds["weight"], bounds["grad_norm_shared"])
     return bounds
 
 
@@ -442,6 +450,7 @@ def compare_steps(ref: dict, ours: list[dict], ref_method: str, bounds: dict[str
             worst[key] = max(worst.get(key, 0.0), d)
             step1 = WEIGHT_RTOL.get(ref_method, STEP1_GRAD_RTOL) if key == "weight" else \
                 STEP1_RTOL if key == "loss" else STEP1_GRAD_RTOL
+            step1 = STEP1_OVERRIDES.get(ref_method, {}).get(key, step1)
             tol = step1 if i == 0 else max(step1, bounds[key])
             assert d <= tol, f"{ref_method} step {i + 1} {key}: ours {a} vs reference {b} (rel {d:.2e} > {tol:.1e})"
     return worst
@@ -458,18 +467,24 @@ def test_first_step_matches_reference(fixture_root, ref_method, monkeypatch):
     compare_steps(load_reference(LINEAGE, ref_method), recorder.steps, ref_method, {})
 
 
-def final_noise() -> dict[str, float]:
-    """The reference's own deviation under the thread-count change, at the end of :data:`NOISE_RUN`: per test
-    metric (``metric_<i>``, the trainer's order; mIoU and pixel accuracy over every epoch), the BN statistics'
-    norms and the largest per-parameter norm."""
-    run, other = noise_runs()
+METRIC_GROUPS = {"miou": [0], "pix_acc": [1], "depth": [2, 3], "normal_angle": [4, 5], "normal_within": [6, 7, 8]}
+"""The trainer's test metrics (its order) grouped by what they measure; each group gets one noise level, the
+largest of its members' (one pair of runs under-samples a single metric's noise)."""
+
+
+def final_noise(ref_method: str) -> dict[str, float]:
+    """The reference's own deviation under the thread-count change (:func:`noise_runs`) at the end of the run: per
+    test metric, its group's (``METRIC_GROUPS``; mIoU and pixel accuracy over every epoch, the rest at the end);
+    the BN statistics' norms (one level for both) and the largest per-parameter norm."""
+    _, run, other = noise_runs(ref_method)
     pairs = list(zip(other["epochs"], run["epochs"], strict=True))
     noise = {}
-    for i in range(len(run["epochs"][-1]["test_metrics"])):
-        compared = pairs if i < 2 else pairs[-1:]
-        noise[f"metric_{i}"] = max(rel_diff(a["test_metrics"][i], b["test_metrics"][i]) for a, b in compared)
-    for key in ("running_mean_norm", "running_var_norm"):
-        noise[key] = rel_diff(other["final"][key], run["final"][key])
+    for members in METRIC_GROUPS.values():
+        compared = pairs if members[0] < 2 else pairs[-1:]
+        level = max(rel_diff(a["test_metrics"][i], b["test_metrics"][i]) for a, b in compared for i in members)
+        noise.update({f"metric_{i}": level for i in members})
+    bn = max(rel_diff(other["final"][key], run["final"][key]) for key in ("running_mean_norm", "running_var_norm"))
+    noise.update(running_mean_norm=bn, running_var_norm=bn)
     theirs = other["final"]["param_norms"]
     noise["param_norm"] = max(rel_diff(theirs[n], v) for n, v in run["final"]["param_norms"].items())
     return noise
@@ -490,9 +505,9 @@ def test_replay_matches_reference(fixture_root, ref_method, monkeypatch):
     ref = load_reference(LINEAGE, ref_method)
     recorder, module, dm = run_replay(fixture_root, ref_method, monkeypatch)
     assert len(recorder.steps) == len(ref["steps"])
-    worst = compare_steps(ref, recorder.steps, ref_method, drift_bounds())
+    worst = compare_steps(ref, recorder.steps, ref_method, drift_bounds(ref_method))
     print(f"{ref_method}: max rel. diff per quantity over {len(ref['steps'])} steps: {worst}")
-    noise = final_noise()
+    noise = final_noise(ref_method)
     assert len(module.stats.history) == len(ref["epochs"])
     for entry, theirs in zip(module.stats.history, ref["epochs"]):
         ours = [entry["test"]["semseg/miou"] / 100, entry["test"]["semseg/pix_acc"] / 100]
