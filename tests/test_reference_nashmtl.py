@@ -73,7 +73,7 @@ REFERENCE_THREADS = 1
 NOISE_FACTOR = 3.0
 MIN_DRIFT = 1e-3
 """The documented bound after step 1, per quantity: NOISE_FACTOR x the largest deviation of the reference from
-itself under the thread-count change (:data:`NOISE_RUN`, over all its steps after the first), at least MIN_DRIFT.
+itself under the thread-count change (:data:`NOISE_RUNS`, over all its steps after the first), at least MIN_DRIFT.
 Float32 reduction-order noise is amplified by Adam's first steps (|update| ~ lr per element whatever the
 gradient), so no implementation can be held tighter than the reference holds itself."""
 
