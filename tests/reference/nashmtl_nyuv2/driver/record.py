@@ -1,17 +1,19 @@
 """Record nash-mtl's NYUv2 trainer step by step (tests/reference/README.md; docs/protocols.md P1).
 
-Usage: python record.py <nash-mtl work tree> <method> <out.json> <fixture root> <epochs>
+Usage: python record.py <nash-mtl work tree> <method> <out.json> <fixture root> <epochs> [--gramian]
 
 Runs <work tree>/experiments/nyuv2/trainer.py unmodified as ``__main__`` (cwd = the work tree, seed 42, CPU).
 Only objects are wrapped from outside; no reference file is edited and no reference code is copied here:
 
 * the dataset's module-level ``random`` / ``torch.rand`` (augmentation draws) and ``NYUv2.__getitem__`` (the
   sample order and per-map sums);
-* ``WeightMethods.backward``: the losses, the returned weights and, on every step, the float64 Gramian of the
-  per-task gradients of the shared parameters (computed with ``torch.autograd.grad`` before the method runs; it
-  touches neither ``.grad`` nor any RNG);
+* ``WeightMethods.backward``: the losses, the returned weights and, with ``--gramian``, the float64 Gramian of
+  the per-task gradients of the shared parameters (computed with ``torch.autograd.grad`` before the method runs;
+  it touches neither ``.grad`` nor any RNG; three extra backward passes, ~2/3 of a step's CPU time);
 * ``PCGrad._project_conflicting`` + ``random.shuffle`` (the projection orders), ``scipy.optimize.minimize`` as
-  CAGrad calls it (its weights ``w``), ``NashMTL.solve_optimization`` (its input, normalisation factor, result);
+  CAGrad calls it (its weights ``w``), ``CAGrad.cagrad`` (its Gramian ``GG``, as it computes it),
+  ``MinNormSolver.find_min_norm_element`` (MGDA's Gramian of the vectors it is given),
+  ``NashMTL.solve_optimization`` (its input, normalisation factor, result);
 * ``torch.optim.Adam.step`` (gradient norms of shared / head parameters as applied, update norm, lr),
   ``StepLR`` (arguments, lr), ``utils.delta_fn`` (the per-epoch test metrics the trainer prints).
 
@@ -23,21 +25,34 @@ import math
 import random
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ref, method, out_path, root, epochs = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+with_gramian = sys.argv[6:] == ["--gramian"]
 sys.path.insert(0, str(ref))
 sys.path.append(str(Path(__file__).resolve().parents[4]))  # this repository, after the reference's packages
 
 import experiments.nyuv2.data as data_mod  # noqa: E402
 import experiments.nyuv2.models as models_mod  # noqa: E402
 import experiments.nyuv2.utils as utils_mod  # noqa: E402
+import methods.min_norm_solvers as mns_mod  # noqa: E402
 import methods.weight_methods as wm_mod  # noqa: E402
 
 from tests.reference_replay import recipe_  # noqa: E402
+
+_last_cpu = [time.process_time()]
+
+
+def cpu_mark(what: str) -> None:
+    """Print the process CPU seconds since the previous mark (all threads; the header's timing note)."""
+    now = time.process_time()
+    print(f"cpu {what}: {now - _last_cpu[0]:.2f} s", file=sys.stderr, flush=True)
+    _last_cpu[0] = now
+
 
 rec = {"steps": [], "epochs": [], "samples": [], "lr_per_scheduler_step": []}
 state = {"model": None, "draws": [], "shuffles": None, "step": {}}
@@ -116,6 +131,27 @@ def _minimize(*a, **kw):
 
 wm_mod.minimize = _minimize
 
+_orig_cagrad = wm_mod.CAGrad.cagrad
+
+
+def _cagrad(self, grads, *a, **kw):
+    state["step"]["method_gramian"] = grads.t().mm(grads).double().tolist()
+    return _orig_cagrad(self, grads, *a, **kw)
+
+
+wm_mod.CAGrad.cagrad = _cagrad
+
+_orig_min_norm = mns_mod.MinNormSolver.find_min_norm_element
+
+
+def _min_norm(vecs):
+    state["step"]["method_gramian"] = [[sum(float(torch.dot(a, b)) for a, b in zip(u, v)) for v in vecs]
+                                       for u in vecs]
+    return _orig_min_norm(vecs)
+
+
+mns_mod.MinNormSolver.find_min_norm_element = staticmethod(_min_norm)
+
 _orig_solve = wm_mod.NashMTL.solve_optimization
 
 
@@ -133,12 +169,15 @@ _orig_backward = wm_mod.WeightMethods.backward
 
 
 def _backward(self, losses, **kw):
+    cpu_mark("data + forward + losses")
     state["shuffles"] = None
-    shared = kw["shared_parameters"]
-    flat = [torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)]).double()
-            for loss in losses]
-    gramian = torch.stack(flat) @ torch.stack(flat).T
-    state["step"] = {"gramian": gramian.tolist()}
+    state["step"] = {}
+    if with_gramian:
+        shared = kw["shared_parameters"]
+        flat = [torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)]).double()
+                for loss in losses]
+        state["step"]["gramian"] = (torch.stack(flat) @ torch.stack(flat).T).tolist()
+        cpu_mark("recorder's Gramian")
     loss, extra = _orig_backward(self, losses, **kw)
     w = (extra or {}).get("weights")
     state["step"].update({"losses": [float(v) for v in losses.detach()],
@@ -165,6 +204,7 @@ class RecAdam(torch.optim.Adam):
         upd = math.sqrt(sum(float((p.detach().double() - b.double()).square().sum()) for p, b in zip(params, before)))
         rec["steps"].append({**state["step"], "grad_norm_shared": gsh, "grad_norm_heads": ghd, "update_norm": upd,
                              "lr": lr})
+        cpu_mark(f"method + backward + Adam, step {len(rec['steps'])}")
         return out
 
 
@@ -187,6 +227,7 @@ _orig_delta = utils_mod.delta_fn
 
 
 def _delta(a):
+    cpu_mark(f"test pass after step {len(rec['steps'])}")
     rec["epochs"].append({"test_metrics": [float(v) for v in a], "after_step": len(rec["steps"])})
     return _orig_delta(a)
 
