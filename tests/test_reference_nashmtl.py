@@ -51,15 +51,16 @@ RECORDED = [m for m in LABELS if (ROOT / "tests" / "reference" / LINEAGE / f"{m}
 """The methods with a recorded SegNet-MTAN run (the slow replays)."""
 BASE = "ls"
 """The recorded run whose data (7 epochs of crops and flips), parameter shapes and first step the fast tests use."""
-WEIGHT_SCALE = {"mgda": 1 / 3}
-"""Our weights and gradients = the reference's x this: nash-mtl's MGDA returns ``sol * T`` (sums to T), ours
-sums to 1 (docs/methods.md §7); under Adam the x T rescales every gradient alike and leaves the step unchanged."""
+WEIGHT_SCALE: dict[str, float] = {}
+"""Our weights and gradients = the reference's x this, per method (none now: the protocol's MGDA sums to T as
+nash-mtl's ``sol * T`` does, ``weight_sum: tasks``; with our default sum of 1, Adam's eps moved step 1's update
+norm by 2.9e-3 on this fixture)."""
 WEIGHT_RTOL = {"nashmtl": 2e-3}
 """Nash-MTL: the reference stops its CCCP/ECOS iterations at |G alpha - 1/alpha| < 1e-3; ours solves to 1e-10."""
 STEP1_RTOL = 1e-5
 STEP1_GRAD_RTOL = 1e-4
 """Gradient and update norms on step 1: float32 sums over 44M parameters in different orders."""
-NOISE_RUNS = {"ls": "ls_threads2", "nashmtl": "nashmtl_threads2"}
+NOISE_RUNS = {"ls": "ls_threads2", "nashmtl": "nashmtl_threads2", "mgda": "mgda_threads2"}
 """The reference against itself: ``<m>.json`` recorded again with 2 torch threads instead of 1 (header
 ``noise_run``), nothing else changed. A method without its own noise run is bounded by LS's."""
 STEP1_OVERRIDES = {"nashmtl": {"weight": 5e-3, "grad_norm_heads": 5e-3}, "cagrad": {"grad_norm_shared": 1e-2}}
@@ -67,8 +68,10 @@ STEP1_OVERRIDES = {"nashmtl": {"weight": 5e-3, "grad_norm_heads": 5e-3}, "cagrad
 with ``torch.mm`` of float32 gradients over 44M parameters, 7 % low on the diagonal on step 1 (ours: float64);
 given the same Gramian the weights agree (``test_method_weights_on_recorded_segnet_gramians``). Measured on
 step 1: Nash-MTL weights 3.4e-3 (its head gradients carry them), CAGrad's shared gradient norm 4.6e-3."""
-MODEL_XFAIL = {"mgda": "step 1 of the 3-step MGDA record: head gradient norm 3.8e-4 and update norm 2.9e-3 off "
-                       "(losses and shared gradient norm within 1e-5 / 1e-4); cause not found"}
+MODEL_XFAIL = {"mgda": "21 steps within 3x MGDA's own 1- vs 2-thread noise per step (its min-norm weights differ "
+                       "by up to 2.6x from step 3 in both), but the final within-11.25-degree fraction is 0.30 off "
+                       "against a bound of 0.29"}
+"""Recorded methods whose model replay is a known mismatch (strict xfail), with the reason."""
 
 
 def replayed_methods() -> list:
@@ -269,7 +272,7 @@ METHOD_WEIGHTS = {"mgda": ("mgda", 1e-4, 2e-3, 1e-3), "imtl": ("imtl_g", 1e-5, 1
 
 
 def reference_scale(ref_method: str, gramian: np.ndarray, theirs: np.ndarray) -> float:
-    """Our weights = the reference's x this: MGDA 1/T (``WEIGHT_SCALE``); Nash-MTL the clip factor
+    """Our weights = the reference's x this: ``WEIGHT_SCALE``; Nash-MTL the clip factor
     ``min(1, 1 / (|d| + 1e-6))`` of nash-mtl's ``clip_grad_norm_(shared, max_norm=1.0)``, with the reference's
     own ``|d| = sqrt(alpha^T G alpha)`` (ours folds the clip into the weights, docs/methods.md §0.4)."""
     if ref_method == "nashmtl":
@@ -320,7 +323,7 @@ def recorded_gramian_and_weights(ref_method: str, step: dict) -> tuple[np.ndarra
         return gramian, alpha * reference_scale(ref_method, gramian, alpha)
     gramian = np.array(step["method_gramian"])
     if ref_method == "mgda":
-        return gramian, np.array(step["weights"]) * WEIGHT_SCALE["mgda"]
+        return gramian, np.array(step["weights"]) * WEIGHT_SCALE.get("mgda", 1.0)
     w, c, t = np.array(step["cagrad_w"]), 0.4, len(gramian)
     lam = (c * math.sqrt(gramian.mean() + 1e-8) + 1e-8) / (math.sqrt(float(w @ gramian @ w)) + 1e-8)
     return gramian, t * (1 / t + lam * w) / (1 + c**2)

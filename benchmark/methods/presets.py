@@ -17,8 +17,8 @@ from typing import Any
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "nashmtl": {
-        # §0.2, §7: MGDA applied as loss weights (heads weighted); the ×T of §7 is not exposed by MGDA.
-        "mgda": {"head_weighting": "weighted"},
+        # §0.2, §7: MGDA applied as loss weights (heads weighted), summing to T (nash-mtl's sol * T).
+        "mgda": {"head_weighting": "weighted", "weight_sum": "tasks"},
         # §0.2, §8: nash-mtl IMTLG is applied as loss weights.
         "imtl_g": {"head_weighting": "weighted"},
         # §0.2, §13: Nash-MTL weights the losses, so the heads are weighted.

@@ -96,3 +96,13 @@ def test_mgda_stats():
     assert set(stats) == {"weight_0", "weight_1", "weight_2", "solver_iterations"}
     assert sum(stats[f"weight_{t}"] for t in range(3)) == pytest.approx(1.0)
 
+
+
+def test_mgda_weight_sum_tasks_is_t_times_the_simplex_solution():
+    """nash-mtl's ``sol * T`` (docs/methods.md §7): the same direction, T times as long."""
+    g = np.random.default_rng(3).normal(size=(3, 7))
+    one, tasks = weights(MGDA(3), g), weights(MGDA(3, weight_sum="tasks"), g)
+    np.testing.assert_allclose(one.sum(), 1.0, atol=1e-12)
+    np.testing.assert_allclose(tasks, 3 * one, rtol=1e-12)
+    with pytest.raises(ValueError, match="weight_sum"):
+        MGDA(3, weight_sum="two")
