@@ -22,7 +22,6 @@ reference builds ``SegNetMtan``, by ``tests.reference_replay.recipe_``, imported
 import json
 import math
 import os
-import random
 import runpy
 import sys
 from pathlib import Path
@@ -42,58 +41,14 @@ import experiments.cityscapes.models as models_mod  # noqa: E402
 import experiments.cityscapes.utils as utils_mod  # noqa: E402
 import methods.weight_methods as wm_mod  # noqa: E402
 
-from tests.reference_replay import recipe_  # noqa: E402
+from tests.reference_hooks import recipe_on_init, record_samples  # noqa: E402
 from tests.reference_shims import install_dataloader_next_shim  # noqa: E402
 
 install_dataloader_next_shim()
 rec = {"steps": [], "epochs": [], "samples": [], "lr_per_scheduler_step": []}
 state = {"model": None, "draws": [], "step": {}}
-_orig_init = models_mod.SegNetMtan.__init__
-
-
-def _init(self):
-    _orig_init(self)
-    recipe_(dict(self.named_parameters()))
-    state["model"] = self
-
-
-models_mod.SegNetMtan.__init__ = _init
-
-
-class RecRandom:
-    def __getattr__(self, k):
-        return getattr(random, k)
-
-    def randint(self, a, b):
-        v = random.randint(a, b)
-        state["draws"].append(v)
-        return v
-
-
-class RecTorch:
-    def __getattr__(self, k):
-        return getattr(torch, k)
-
-    def rand(self, *a, **kw):
-        v = torch.rand(*a, **kw)
-        state["draws"].append(float(v))
-        return v
-
-
-data_mod.random = RecRandom()
-data_mod.torch = RecTorch()
-_orig_get = data_mod.Cityscapes.__getitem__
-
-
-def _getitem(self, index):
-    state["draws"] = []
-    out = _orig_get(self, index)
-    rec["samples"].append({"split": "train" if self.train else "test", "index": int(index),
-                           "draws": list(state["draws"]), "sums": [float(t.double().sum()) for t in out]})
-    return out
-
-
-data_mod.Cityscapes.__getitem__ = _getitem
+recipe_on_init(models_mod.SegNetMtan, state)
+record_samples(data_mod, data_mod.Cityscapes, rec, state)
 _orig_solve = wm_mod.NashMTL.solve_optimization
 
 

@@ -22,7 +22,6 @@ The initial parameters are replaced, right after the reference builds ``SegNetMt
 """
 import json
 import math
-import random
 import runpy
 import sys
 import time
@@ -42,7 +41,7 @@ import experiments.nyuv2.utils as utils_mod  # noqa: E402
 import methods.min_norm_solvers as mns_mod  # noqa: E402
 import methods.weight_methods as wm_mod  # noqa: E402
 
-from tests.reference_replay import recipe_  # noqa: E402
+from tests.reference_hooks import RecordingRandom, recipe_on_init, record_samples  # noqa: E402
 
 _last_cpu = [time.process_time()]
 
@@ -56,58 +55,9 @@ def cpu_mark(what: str) -> None:
 
 rec = {"steps": [], "epochs": [], "samples": [], "lr_per_scheduler_step": []}
 state = {"model": None, "draws": [], "shuffles": None, "step": {}}
-_orig_init = models_mod.SegNetMtan.__init__
-
-
-def _init(self):
-    _orig_init(self)
-    recipe_(dict(self.named_parameters()))
-    state["model"] = self
-
-
-models_mod.SegNetMtan.__init__ = _init
-
-
-class RecRandom:
-    def __getattr__(self, k):
-        return getattr(random, k)
-
-    def randint(self, a, b):
-        v = random.randint(a, b)
-        state["draws"].append(v)
-        return v
-
-    def shuffle(self, x):
-        random.shuffle(x)
-        state["shuffles"].append([state["order"][id(e)] for e in x])
-
-
-class RecTorch:
-    def __getattr__(self, k):
-        return getattr(torch, k)
-
-    def rand(self, *a, **kw):
-        v = torch.rand(*a, **kw)
-        state["draws"].append(float(v))
-        return v
-
-
-data_mod.random = RecRandom()
-data_mod.torch = RecTorch()
-wm_mod.random = RecRandom()
-
-_orig_get = data_mod.NYUv2.__getitem__
-
-
-def _getitem(self, index):
-    state["draws"] = []
-    out = _orig_get(self, index)
-    rec["samples"].append({"split": "train" if self.train else "test", "index": int(index),
-                           "draws": list(state["draws"]), "sums": [float(t.double().sum()) for t in out]})
-    return out
-
-
-data_mod.NYUv2.__getitem__ = _getitem
+recipe_on_init(models_mod.SegNetMtan, state)
+record_samples(data_mod, data_mod.NYUv2, rec, state)
+wm_mod.random = RecordingRandom(state)
 
 _orig_project = wm_mod.PCGrad._project_conflicting
 
