@@ -30,7 +30,7 @@ def load(records_dir: Path) -> list[dict]:
     return [read_record(p) for p in paths]
 
 
-def last_epoch_change(record: dict) -> float:
+def change_per_epoch_last_interval(record: dict) -> float:
     """Relative change of the validation loss per epoch over the last evaluated interval (one epoch when every
     epoch is evaluated), in percent (positive: still falling)."""
     entries = record["epochs"]
@@ -93,11 +93,11 @@ def power_table(records: list[dict], target: float = 2.0) -> list[str]:
             row.append(f"{c.mean:+.2f} ± {c.ci95_half_width:.2f} vs {control}" + (" (sep.)" if c.separable else ""))
         else:
             row.append("")
-        row.append(f"{max(last_epoch_change(r) for r in runs):.2f}")
+        row.append(f"{max(change_per_epoch_last_interval(r) for r in runs):.2f}")
         ratio = [step[label][s] / step[EW][s] for s in step[label] if EW in step and s in step[EW]]
         row.append(f"{statistics.median(ratio):.2f}" if ratio else "")
         lines.append("| " + " | ".join(row) + " |")
-    stl_change = [last_epoch_change(r) for r in stl]
+    stl_change = [change_per_epoch_last_interval(r) for r in stl]
     if stl_change:
         lines += ["", f"STL val-loss change % per epoch over the last evaluated interval: max {max(stl_change):.2f}"]
     return lines
