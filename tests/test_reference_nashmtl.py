@@ -10,9 +10,9 @@ must reproduce the reference per step. Where the conventions differ on purpose t
 and in the protocol file. The fast tests check the data, the parameter map, the step-1 losses, the loss
 and metric functions and the protocol's metric aggregation, the BN settings, the LR schedule, the MGDA /
 IMTL-G / Nash-MTL weight rules over 25 steps of a small problem, and our Nash-MTL / MGDA / CAGrad weights on the
-Gramians the reference solved on along its recorded SegNet-MTAN runs; the model replays (21 recorded steps for
-LS and Nash-MTL, 7 epochs of 3; 3 for the older MGDA / PCGrad records) are ``slow``, bounded after step 1 by the
-reference's own thread-count noise (``ls_threads2.json``).
+Gramians the reference solved on along its recorded SegNet-MTAN runs; the model replays (21 recorded steps,
+7 epochs of 3, of LS, MGDA, PCGrad, CAGrad, IMTL-G and Nash-MTL) are ``slow``, bounded by the reference's own
+noise: the same run with 2 threads, or on another CPU (:data:`NOISE_RUNS`).
 """
 
 from __future__ import annotations
@@ -60,17 +60,22 @@ WEIGHT_RTOL = {"nashmtl": 2e-3}
 STEP1_RTOL = 1e-5
 STEP1_GRAD_RTOL = 1e-4
 """Gradient and update norms on step 1: float32 sums over 44M parameters in different orders."""
-NOISE_RUNS = {"ls": "ls_threads2", "nashmtl": "nashmtl_threads2", "mgda": "mgda_threads2"}
-"""The reference against itself: ``<m>.json`` recorded again with 2 torch threads instead of 1 (header
-``noise_run``), nothing else changed. A method without its own noise run is bounded by LS's."""
-STEP1_OVERRIDES = {"nashmtl": {"weight": 5e-3, "grad_norm_heads": 5e-3}, "cagrad": {"grad_norm_shared": 1e-2}}
+NOISE_RUNS = {"ls": ["ls_threads2", "ls_machine2"], "nashmtl": ["nashmtl_threads2", "nashmtl_machine2"],
+              "mgda": ["mgda_threads2", "mgda_machine2"], "cagrad": ["cagrad_machine2"],
+              "pcgrad": ["pcgrad_threads2"], "imtl": ["imtl_threads2"]}
+"""The reference against itself (header ``noise_runs``): ``<m>_threads2`` is ``<m>.json`` recorded again with 2
+torch threads instead of 1, ``<m>_machine2`` on another CPU (the earlier session's records were made on one
+machine, this session's on another); nothing else changed. A method without a machine run also takes LS's; a
+method without any noise run takes LS's alone."""
+STEP1_OVERRIDES = {"nashmtl": {"weight": 5e-3, "grad_norm_heads": 5e-3}, "cagrad": {"grad_norm_shared": 1e-2},
+                   "imtl": {"weight": 1e-2, "grad_norm_heads": 1e-2}}
 """Step-1 tolerances where the reference's solver input is not float32-accurate: nash-mtl builds the Gramian
 with ``torch.mm`` of float32 gradients over 44M parameters, 7 % low on the diagonal on step 1 (ours: float64);
 given the same Gramian the weights agree (``test_method_weights_on_recorded_segnet_gramians``). Measured on
-step 1: Nash-MTL weights 3.4e-3 (its head gradients carry them), CAGrad's shared gradient norm 4.6e-3."""
-MODEL_XFAIL = {"mgda": "21 steps within 3x MGDA's own 1- vs 2-thread noise per step (its min-norm weights differ "
-                       "by up to 2.6x from step 3 in both), but the final within-11.25-degree fraction is 0.30 off "
-                       "against a bound of 0.29"}
+step 1: Nash-MTL weights 3.4e-3 (its head gradients carry them), CAGrad's shared gradient norm 4.6e-3. IMTL-G:
+nash-mtl's closed form in float32 on the 44M-element gradients moves the weights by up to 5.8e-3 from the float64
+solution and the head gradient norm by 2.2e-3 (``test_imtl_step1_weights_are_the_float32_closed_form``)."""
+MODEL_XFAIL: dict[str, str] = {}
 """Recorded methods whose model replay is a known mismatch (strict xfail), with the reason."""
 
 
@@ -82,7 +87,7 @@ REFERENCE_THREADS = 1
 NOISE_FACTOR = 3.0
 MIN_DRIFT = 1e-3
 """The documented bound after step 1, per quantity: NOISE_FACTOR x the largest deviation of the reference from
-itself under the thread-count change (:data:`NOISE_RUNS`, over all its steps after the first), at least MIN_DRIFT.
+itself over its noise runs (:data:`NOISE_RUNS`, all steps after the first), at least MIN_DRIFT.
 Float32 reduction-order noise is amplified by Adam's first steps (|update| ~ lr per element whatever the
 gradient), so no implementation can be held tighter than the reference holds itself."""
 
@@ -347,6 +352,38 @@ def test_method_weights_on_recorded_segnet_gramians(fixture_root, ref_method):
         np.testing.assert_allclose(ours, expected, rtol=rtol, atol=atol, err_msg=f"{ref_method} step {i + 1}")
 
 
+def imtl_closed_form(grads: torch.Tensor) -> torch.Tensor:
+    """IMTL-G's weights from per-task gradients [T, n] (Liu et al. 2021, ICLR, Eq. 9): with D = g_1 - g_t and
+    U = u_1 - u_t (u unit vectors), t >= 2, alpha_{2:T} = g_1 U^T (D U^T)^-1 and alpha_1 = 1 - sum alpha_{2:T},
+    in the dtype of ``grads``."""
+    d = grads[0] - grads[1:]
+    u = grads[0] / grads[0].norm() - grads[1:] / grads[1:].norm(dim=1, keepdim=True)
+    rest = (grads[0] @ u.T) @ torch.linalg.inv(d @ u.T)
+    return torch.cat([1 - rest.sum().unsqueeze(0), rest])
+
+
+@pytest.mark.slow
+def test_imtl_step1_weights_are_the_float32_closed_form(fixture_root, monkeypatch):
+    """The IMTL-G step-1 tolerance (``STEP1_OVERRIDES``) is the reference's float32 arithmetic: on our step-1
+    per-task gradients of the shared parameters, the closed form in float32 gives the weights nash-mtl recorded
+    (measured 2e-5), in float64 ours (measured 1e-13); the two differ by up to 5.8e-3."""
+    ref = load_reference(LINEAGE, "imtl")
+    suite = protocol_suite(fixture_root)
+    dm = create_datamodule(suite)
+    model = reference_model(suite, dm).train()
+    module = protocol_module(suite, "imtl", model)
+    losses = module.task_losses(next(iter(mtan_replay_loader(dm, ref, monkeypatch))))
+    shared = model.shared_parameters()
+    grads = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+                         for loss in losses])
+    theirs = np.array(ref["steps"][0]["weights"])
+    np.testing.assert_allclose(imtl_closed_form(grads).numpy(), theirs, rtol=1e-4)
+    exact = imtl_closed_form(grads.double())
+    ours = module.method.gramian_weights(grads.double() @ grads.double().T, losses.detach().double())
+    np.testing.assert_allclose(ours.numpy(), exact.numpy(), rtol=1e-10)
+    assert np.abs(exact.numpy() / theirs - 1).max() < STEP1_OVERRIDES["imtl"]["weight"]
+
+
 def run_replay(fixture_root, ref_method: str, monkeypatch, first_step_only: bool = False
                ) -> tuple[StepRecorder, MTOModule, object]:
     """Our protocol path on the recorded run: all its epochs, or (``first_step_only``) one step, no evaluation;
@@ -409,38 +446,55 @@ def step_pairs(mine: dict, theirs: dict, ref_method: str) -> list[tuple[str, flo
     return pairs
 
 
-def noise_runs(ref_method: str) -> tuple[str, dict, dict]:
-    """(method, its record, its noise run): the method's own noise run where recorded, else LS's."""
-    method = ref_method if ref_method in NOISE_RUNS and ref_method in RECORDED else "ls"
-    return method, load_reference(LINEAGE, method), load_reference(LINEAGE, NOISE_RUNS[method])
+def noise_pairs(ref_method: str) -> list[tuple[str, dict, dict]]:
+    """(method, its record, a noise run of it) for every noise run that bounds ``ref_method``: its own
+    (:data:`NOISE_RUNS`), plus LS's machine run where it has none of its own, or LS's alone."""
+    own = NOISE_RUNS.get(ref_method, []) if ref_method in RECORDED else []
+    borrowed = [r for r in NOISE_RUNS["ls"] if not own or (r.endswith("machine2")
+                                                           and not any(o.endswith("machine2") for o in own))]
+    return ([(ref_method, load_reference(LINEAGE, ref_method), load_reference(LINEAGE, r)) for r in own]
+            + [("ls", load_reference(LINEAGE, "ls"), load_reference(LINEAGE, r)) for r in borrowed])
+
+
+def self_deviation(ref_method: str, steps: slice) -> dict[str, float]:
+    """Per step quantity, the reference's largest deviation from itself over ``steps`` of its noise runs."""
+    worst: dict[str, float] = {}
+    for method, run, other in noise_pairs(ref_method):
+        for a, b in zip(other["steps"][steps], run["steps"][steps], strict=True):
+            for key, x, y in step_pairs(a, b, method):
+                worst[key] = max(worst.get(key, 0.0), rel_diff(x, y))
+    if all(m == "ls" for m, _, _ in noise_pairs(ref_method)):
+        worst["weight"] = max(worst.get("weight", 0.0), worst["grad_norm_shared"])
+    return worst
 
 
 def drift_bounds(ref_method: str) -> dict[str, float]:
-    """Per step quantity: NOISE_FACTOR x the reference's largest deviation from itself after step 1
-    (:func:`noise_runs`), at least MIN_DRIFT. Without a noise run of the method, the weights' bound is the shared
-    gradient norm's (the weights are functions of the per-task gradients; LS's weights are constant)."""
-    method, run, other = noise_runs(ref_method)
-    worst: dict[str, float] = {}
-    for a, b in zip(other["steps"][1:], run["steps"][1:], strict=True):
-        for key, x, y in step_pairs(a, b, method):
-            worst[key] = max(worst.get(key, 0.0), rel_diff(x, y))
-    bounds = {k: max(MIN_DRIFT, NOISE_FACTOR * v) for k, v in worst.items()}
-    if method == "ls":
-        bounds["weight"] = max(bounds["weight"], bounds["grad_norm_shared"])
-    return bounds
+    """Per step quantity after step 1: NOISE_FACTOR x the reference's largest deviation from itself
+    (:func:`self_deviation`), at least MIN_DRIFT. Bounded by LS's runs alone, the weights take the shared
+    gradient norm's bound (the weights are functions of the per-task gradients; LS's weights are constant)."""
+    return {k: max(MIN_DRIFT, NOISE_FACTOR * v) for k, v in self_deviation(ref_method, slice(1, None)).items()}
+
+
+def step1_bounds(ref_method: str) -> dict[str, float]:
+    """Step-1 tolerance per gradient-derived quantity: NOISE_FACTOR x the reference's step-1 deviation from
+    itself (another CPU moves the step-1 losses by 1e-6 and LS's shared gradient norm by 5.3e-3: BatchNorm over
+    the 2 values of a 1 x 1 bottleneck per channel amplifies rounding); losses and lr keep their float32 bound."""
+    return {k: NOISE_FACTOR * v for k, v in self_deviation(ref_method, slice(0, 1)).items()
+            if k not in ("loss", "lr")}
 
 
 def compare_steps(ref: dict, ours: list[dict], ref_method: str, bounds: dict[str, float]) -> dict[str, float]:
     """Max relative difference per quantity over all steps; step 1 to float32 precision (weights to the
     reference solver's tolerance), later steps within ``bounds`` (:func:`drift_bounds`)."""
     worst: dict[str, float] = {}
+    noise1 = step1_bounds(ref_method)
     for i, (mine, theirs) in enumerate(zip(ours, ref["steps"], strict=False)):
         for key, a, b in step_pairs(mine, theirs, ref_method):
             d = rel_diff(a, b)
             worst[key] = max(worst.get(key, 0.0), d)
             step1 = WEIGHT_RTOL.get(ref_method, STEP1_GRAD_RTOL) if key == "weight" else \
                 STEP1_RTOL if key == "loss" else STEP1_GRAD_RTOL
-            step1 = STEP1_OVERRIDES.get(ref_method, {}).get(key, step1)
+            step1 = max(STEP1_OVERRIDES.get(ref_method, {}).get(key, step1), noise1.get(key, 0.0))
             tol = step1 if i == 0 else max(step1, bounds[key])
             assert d <= tol, f"{ref_method} step {i + 1} {key}: ours {a} vs reference {b} (rel {d:.2e} > {tol:.1e})"
     return worst
@@ -450,8 +504,9 @@ def compare_steps(ref: dict, ours: list[dict], ref_method: str, bounds: dict[str
 @pytest.mark.parametrize("ref_method", replayed_methods())
 def test_first_step_matches_reference(fixture_root, ref_method, monkeypatch):
     """Step 1 of every method: losses to 1e-5; weights (the stated conventions), the shared and head gradient
-    norms the optimizer applied, and the update norm to 1e-4. A changed scale convention (x T, mean vs sum,
-    heads weighted or not, clipping) moves the gradient norms even where Adam's step would hide it."""
+    norms the optimizer applied, and the update norm to 1e-4 or 3x the reference's own step-1 noise
+    (:func:`step1_bounds`; at most 4.2e-2, MGDA's weights across CPUs). A changed scale convention (x T, mean
+    vs sum, heads weighted or not, clipping) moves the gradient norms by far more even where Adam's step hides it."""
     recorder, _, _ = run_replay(fixture_root, ref_method, monkeypatch, first_step_only=True)
     assert len(recorder.steps) == 1
     compare_steps(load_reference(LINEAGE, ref_method), recorder.steps, ref_method, {})
@@ -463,20 +518,26 @@ largest of its members' (one pair of runs under-samples a single metric's noise)
 
 
 def final_noise(ref_method: str) -> dict[str, float]:
-    """The reference's own deviation under the thread-count change (:func:`noise_runs`) at the end of the run: per
-    test metric, its group's (``METRIC_GROUPS``; mIoU and pixel accuracy over every epoch, the rest at the end);
-    the BN statistics' norms (one level for both) and the largest per-parameter norm."""
-    _, run, other = noise_runs(ref_method)
-    pairs = list(zip(other["epochs"], run["epochs"], strict=True))
-    noise = {}
-    for members in METRIC_GROUPS.values():
-        compared = pairs if members[0] < 2 else pairs[-1:]
-        level = max(rel_diff(a["test_metrics"][i], b["test_metrics"][i]) for a, b in compared for i in members)
-        noise.update({f"metric_{i}": level for i in members})
-    bn = max(rel_diff(other["final"][key], run["final"][key]) for key in ("running_mean_norm", "running_var_norm"))
-    noise.update(running_mean_norm=bn, running_var_norm=bn)
-    theirs = other["final"]["param_norms"]
-    noise["param_norm"] = max(rel_diff(theirs[n], v) for n, v in run["final"]["param_norms"].items())
+    """The reference's own deviation over its noise runs (:func:`noise_pairs`) at the end of the run: per test
+    metric, its group's (``METRIC_GROUPS``; mIoU and pixel accuracy over every epoch, the rest at the end); the
+    BN statistics' norms (one level for both) and the largest per-parameter norm."""
+    noise: dict[str, float] = {}
+
+    def raise_to(key: str, level: float) -> None:
+        noise[key] = max(noise.get(key, 0.0), level)
+
+    for _, run, other in noise_pairs(ref_method):
+        pairs = list(zip(other["epochs"], run["epochs"], strict=True))
+        for members in METRIC_GROUPS.values():
+            compared = pairs if members[0] < 2 else pairs[-1:]
+            level = max(rel_diff(a["test_metrics"][i], b["test_metrics"][i]) for a, b in compared for i in members)
+            for i in members:
+                raise_to(f"metric_{i}", level)
+        bn = max(rel_diff(other["final"][k], run["final"][k]) for k in ("running_mean_norm", "running_var_norm"))
+        raise_to("running_mean_norm", bn)
+        raise_to("running_var_norm", bn)
+        theirs = other["final"]["param_norms"]
+        raise_to("param_norm", max(rel_diff(theirs[n], v) for n, v in run["final"]["param_norms"].items()))
     return noise
 
 
@@ -491,7 +552,7 @@ def test_replay_matches_reference(fixture_root, ref_method, monkeypatch):
     lr; per-epoch mIoU and pixel accuracy (one confusion matrix per test pass, in both); the final depth and
     normal errors (per-batch means, the reference's aggregation); the BN running statistics and every
     parameter's norm at the end. Step 1 to float32 precision, the rest within :data:`NOISE_FACTOR` x the
-    reference's own thread-count noise (:func:`drift_bounds`, :func:`final_noise`)."""
+    reference's own noise (:func:`drift_bounds`, :func:`final_noise`)."""
     ref = load_reference(LINEAGE, ref_method)
     recorder, module, dm = run_replay(fixture_root, ref_method, monkeypatch)
     assert len(recorder.steps) == len(ref["steps"])
