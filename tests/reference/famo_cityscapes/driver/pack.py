@@ -120,7 +120,8 @@ header = {
     "thread_noise_about": "per method: max relative difference over all steps (step 1 included) between its 1- "
                           "and 2-thread runs; test_metric / bn_stats / param_norm at the epochs / the end",
     "gramian_check": gramian_check(),
-    "history": "the earlier ls.json (22 steps) and 1-step imtl.json came from an earlier session's machine; re-recorded "
+    "history": "the earlier ls.json (22 steps) and 1-step imtl.json came from an earlier session's machine; "
+               "re-recorded "
                "on this one with the same driver and thread count, LS differs from step 1 on (losses by 2e-7: the "
                "float32 kernels differ between the machines), which Adam's first steps grow into percent-level "
                "differences like the thread noise; all records here come from one machine, the replays ran on it",
