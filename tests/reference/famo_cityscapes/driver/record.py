@@ -1,6 +1,7 @@
 """Record FAMO's Cityscapes trainer step by step (tests/reference/README.md; docs/protocols.md P4).
 
 Usage: python record.py <FAMO work tree> <method> <out.json> <fixture root> <epochs> <threads> [<max steps>]
+[--gramian]
 
 Runs <work tree>/experiments/cityscapes/trainer.py unmodified as ``__main__`` (cwd = the work tree, seed 42,
 batch 2, CPU, ``torch.set_num_threads(threads)``); with <max steps> the record is written, and the process
@@ -9,11 +10,14 @@ and no reference code is copied here:
 
 * the dataset's module-level ``random`` / ``torch.rand`` (augmentation draws) and ``Cityscapes.__getitem__``
   (the sample order and per-map sums);
-* ``WeightMethods.backward``: the losses, the returned weights and the float64 Gramian of the per-task gradients
-  of the shared parameters (``torch.autograd.grad`` before the method runs; it touches neither ``.grad`` nor any
-  RNG); ``NashMTL.solve_optimization`` (its input and result);
+* ``WeightMethods.backward``: the losses, the returned weights and, with ``--gramian``, the float64 Gramian of
+  the per-task gradients of the shared parameters (``torch.autograd.grad`` before the method runs; it touches
+  neither ``.grad`` nor any RNG; two extra backward passes and a 0.7 GB float64 copy, more than half a step's CPU
+  time); ``NashMTL.solve_optimization`` (its input, normalisation factor and result);
 * ``torch.optim.Adam.step`` (gradient norms of shared / head parameters as applied, update norm, lr),
   ``StepLR`` (arguments, lr), ``utils.delta_fn`` (the per-epoch test mIoU, pixAcc, abs err, rel err).
+
+The process CPU seconds (all threads) of each step and test pass go to stderr and to the record's ``cpu``.
 
 The trainer's ``test_dataset.next()`` (PyTorch < 1.13 iterators) is given by
 ``tests.reference_shims.install_dataloader_next_shim``. The initial parameters are replaced, right after the
@@ -24,14 +28,17 @@ import math
 import os
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ref, method, out_path, root = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]).resolve(), sys.argv[4]
-epochs, threads = int(sys.argv[5]), int(sys.argv[6])
-max_steps = int(sys.argv[7]) if len(sys.argv) > 7 else None
+with_gramian = "--gramian" in sys.argv
+args = [a for a in sys.argv if a != "--gramian"]
+ref, method, out_path, root = Path(args[1]), args[2], Path(args[3]).resolve(), args[4]
+epochs, threads = int(args[5]), int(args[6])
+max_steps = int(args[7]) if len(args) > 7 else None
 torch.set_num_threads(threads)
 sys.path.insert(0, str(ref))
 sys.path.append(str(Path(__file__).resolve().parents[4]))  # this repository, after the reference's packages
@@ -45,7 +52,18 @@ from tests.reference_hooks import recipe_on_init, record_samples  # noqa: E402
 from tests.reference_shims import install_dataloader_next_shim  # noqa: E402
 
 install_dataloader_next_shim()
-rec = {"steps": [], "epochs": [], "samples": [], "lr_per_scheduler_step": []}
+rec = {"steps": [], "epochs": [], "samples": [], "lr_per_scheduler_step": [], "cpu": []}
+_last_cpu = [time.process_time()]
+
+
+def cpu_mark(what: str) -> None:
+    """Record and print the process CPU seconds since the previous mark."""
+    now = time.process_time()
+    rec["cpu"].append({"what": what, "seconds": round(now - _last_cpu[0], 3)})
+    print(f"cpu {what}: {now - _last_cpu[0]:.2f} s", file=sys.stderr, flush=True)
+    _last_cpu[0] = now
+
+
 state = {"model": None, "draws": [], "step": {}}
 recipe_on_init(models_mod.SegNetMtan, state)
 record_samples(data_mod, data_mod.Cityscapes, rec, state)
@@ -65,11 +83,15 @@ _orig_backward = wm_mod.WeightMethods.backward
 
 
 def _backward(self, losses, **kw):
-    shared = kw["shared_parameters"]
-    flat = [torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)]).double()
-            for loss in losses]
-    gramian = torch.stack(flat) @ torch.stack(flat).T
-    state["step"] = {"gramian": gramian.tolist()}
+    cpu_mark(f"data + forward + losses, step {len(rec['steps']) + 1}")
+    state["step"] = {}
+    if with_gramian:
+        shared = kw["shared_parameters"]
+        flat = [torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)]).double()
+                for loss in losses]
+        state["step"]["gramian"] = (torch.stack(flat) @ torch.stack(flat).T).tolist()
+        del flat
+        cpu_mark(f"recorder's Gramian, step {len(rec['steps']) + 1}")
     loss, extra = _orig_backward(self, losses, **kw)
     w = (extra or {}).get("weights")
     state["step"].update({"losses": [float(v) for v in losses.detach()],
@@ -96,7 +118,7 @@ def dump():
     rec["param_count"] = sum(p.numel() for p in model.parameters())
     rec["param_shapes"] = {n: list(p.shape) for n, p in model.named_parameters()}
     rec["buffer_names"] = [n for n, _ in model.named_buffers()]
-    rec["method"], rec["argv"], rec["threads"] = method, trainer_argv, threads
+    rec["method"], rec["argv"], rec["threads"], rec["gramian"] = method, trainer_argv, threads, with_gramian
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(rec))
     print("wrote", out_path, len(rec["steps"]), "steps")
@@ -117,6 +139,7 @@ class RecAdam(torch.optim.Adam):
         upd = math.sqrt(sum(float((p.detach().double() - b.double()).square().sum()) for p, b in zip(params, before)))
         rec["steps"].append({**state["step"], "grad_norm_shared": gsh, "grad_norm_heads": ghd, "update_norm": upd,
                              "lr": lr})
+        cpu_mark(f"method + backward + Adam, step {len(rec['steps'])}")
         if len(rec["steps"]) == max_steps:
             dump()
             os._exit(0)
@@ -141,6 +164,7 @@ _orig_delta = utils_mod.delta_fn
 
 
 def _delta(a):
+    cpu_mark(f"test pass after step {len(rec['steps'])}")
     rec["epochs"].append({"test_metrics": [float(v) for v in a], "after_step": len(rec["steps"])})
     return _orig_delta(a)
 
