@@ -3,8 +3,8 @@
 ``tests/reference/libmtl_nyuv2/`` holds what median-research-group/LibMTL's ``Trainer`` (HPS, ``rep_grad`` False,
 ``resnet_dilated('resnet50')`` + ``DeepLabHead`` decoders, the losses and metrics of ``examples/nyu/utils.py``,
 Adam 1e-4 / weight decay 1e-5, StepLR(100, 0.5)) produced on the MTAN-format fixture
-``tests.fixtures_mtan.write_nyuv2(n_train=8, n_val=5, 32 x 32, seed 0)``, per weighting method, 20 steps of batch 2
-(provenance and the run's changes in ``header.json``). Our side takes the protocol config, our NYUv2 datamodule
+``tests.fixtures_mtan.write_nyuv2(n_train=8, n_val=5, 32 x 32, seed 0)``, per weighting method, 20 steps (5 epochs)
+of batch 2, or 8 (2 epochs) where ``header.json`` says so (provenance, the run's changes, the CPU it ran on). Our side takes the protocol config, our NYUv2 datamodule
 (no augmentation, as LibMTL's ``--aug`` default), our DeepLab-ResNet-50 (the same initial weights through
 :func:`libmtl_name`), our losses, metrics, optimizer, LR schedule and methods, and must reproduce it.
 
@@ -71,15 +71,35 @@ REFERENCE_TRAIN = {"Nash_MTL": {"clip_shared_grad_norm": 1.0}}
 NO_WEIGHTS = {"CAGrad": "LibMTL returns the inner solution w, not the weights of the applied update",
               "DB_MTL": "LibMTL returns ones"}
 RECORDED = [m for m in METHODS if m in load_reference(LINEAGE, "header")["methods"]]
-"""The methods with a stored full-model run (EW, MGDA, Nash_MTL); every method's weight rule is replayed against
-LibMTL's class in ``tests/test_reference_libmtl_methods.py``."""
+"""The methods with a stored full-model run (header ``methods``: steps, threads, CPU seconds); every method's weight
+rule is also replayed against LibMTL's class in ``tests/test_reference_libmtl_methods.py``."""
+REPLAY_XFAIL = {
+    "CAGrad": "LibMTL's CAGrad does not solve its inner problem on this model: scipy's SLSQP, given the raw "
+              "Gramian (entries ~1e6), reports success at its start w = (1/3, 1/3, 1/3) on 15 of the 20 recorded "
+              "steps (step 1 included; test_libmtl_cagrad_update_is_its_start_point), so its update there is "
+              "1.2 g_0; the same call on the step-1 Gramian scaled by 1e-6 moves to w = (0.50, 0, 0.50), the "
+              "objective 1.50 -> 0.36 (x 1e6). Ours solves the problem: step-1 shared gradient norm 980.4 vs "
+              "LibMTL's 1204.2 (1.9e-1 > 3e-4); the losses (3.7e-2) and update norms (8.2e-3) stay within the "
+              "drift bounds",
+}
+"""Recorded runs whose slow replay is a strict xfail, with the measured cause."""
+
+
+def replay_params() -> list:
+    """:data:`RECORDED`, each of :data:`REPLAY_XFAIL` marked a strict xfail."""
+    return [pytest.param(m, marks=pytest.mark.xfail(reason=REPLAY_XFAIL[m], strict=True)) if m in REPLAY_XFAIL
+            else m for m in RECORDED]
+
+
 BASE = "EW"
 """The recorded run whose data, parameter shapes and first step the fast tests use."""
-WEIGHT_RTOL = {"MGDA": 3e-3, "Nash_MTL": 3e-3}
+WEIGHT_RTOL = {"MGDA": 3e-3, "Nash_MTL": 3e-3, "IMTL": 2e-3, "PCGrad": 2e-3}
 """Step-1 weights, per element. MGDA: LibMTL's Frank-Wolfe stops at a change < 1e-5 (ours solves to 1e-10):
 measured 1.6e-3 on the smallest weight (0.0386, 6e-5 absolute), while the min-norm value |G w| itself (the
 shared gradient norm, stationary in w at the optimum) agrees to 1.2e-7; Nash-MTL: LibMTL's CCCP/ECOS stops at
-|G alpha - 1/alpha| < 1e-3: measured 2.2e-3 (LibMTL's alpha is 1.0018-1.0023 x ours)."""
+|G alpha - 1/alpha| < 1e-3: measured 2.2e-3 (LibMTL's alpha is 1.0018-1.0023 x ours). IMTL and PCGrad: LibMTL
+evaluates its rule on the float32 task gradients in float32 (dot products over 23.5M entries), ours in float64:
+measured 1.1e-3 and 9.1e-4; :func:`test_float32_rules_give_libmtl_step1_weights` shows that this is all of it."""
 HEADS_WEIGHTED = {"Nash_MTL"}
 """Methods whose reference run weights the heads' losses by the method's weights (:data:`REFERENCE_TRAIN`): their
 head gradient norms carry the solver tolerance of :data:`WEIGHT_RTOL`."""
@@ -102,9 +122,10 @@ step 1 agrees to 1.4e-8, step 2 (losses within 8e-6, the parameters within Adam'
 by 6.8e-2, later steps by up to 200%; LibMTL against itself on two CPUs: 31% on step 2, up to 176%. MGDA's
 min-norm weights switch faces of the simplex when the Gramian moves, so its weights and shared gradient norm move
 by factors after step 1 while losses and update norms stay within the drift bounds."""
-FINAL_RTOL = {"bn": 1e-3, "param": 5e-2}
+FINAL_RTOL = {"bn": 4e-3, "param": 5e-2}
 """After the last step: BN running statistics and parameter norms. LibMTL against itself on two CPUs: 2.1e-3 and
-3.1e-2; our EW replay on the record's CPU: 3.4e-4 and 1.2e-2."""
+3.1e-2; our replays on the record's CPU: at most 1.3e-3 (IMTL's running variance) and, with
+:data:`PARAM_ATOL`, 1.2e-2 (EW)."""
 PARAM_ATOL = 1e-3
 """Added to the parameter-norm bound: ten lr-sized Adam steps on one element. The last conv biases (3 elements,
 norm 0.008) move by Adam's sign-like steps of about 1e-4 per element, which gradient noise flips: LibMTL against
@@ -113,14 +134,14 @@ METRIC_TOL = (1e-2, 5e-3)
 """(rtol, atol) of the test metrics after the first epoch (mIoU, pixAcc as fractions; depth errors; normal angles
 in degrees). LibMTL against itself on two CPUs: within 1.1e-3 absolute, normal angles within 0.21 degrees;
 our EW replay: 2.1e-3 (mIoU 0.0076 vs 0.0097, a near-chance score on 5 images), 0.30 degrees."""
-CROSS_CPU_RTOL = {"loss": 3e-5, "grad": 2e-1, "bn": 5e-3}
+CROSS_CPU_RTOL = {"loss": 3e-5, "grad": 2e-1}
 """Used where this CPU's capability (``torch.backends.cpu.get_cpu_capability()``) is not the one the record was
 made on (header ``environment.cpu_capability``): the convolutions then take other float32 kernels, and step 1 is
 no longer bit-for-bit LibMTL's. Measured on LibMTL alone: its EW run recorded on an AVX512 machine against the
 same run on the AVX2 machine of the stored records: step 1 losses 1.2e-5, shared / head gradient norms 6.8e-2 /
 1.7e-2, update norm 1.2e-4, MGDA's and Nash-MTL's weights 9.4e-2 / 7.5e-2; after 20 steps (EW) losses 2.3e-2,
 update norms 6.8e-3, BN running variance 2.1e-3, parameter norms 3.1e-2. These bounds (about twice the measured
-noise) replace the step-1 ones and the BN one on such a CPU; the drift bounds stand."""
+noise) replace the step-1 ones on such a CPU; the later bounds stand."""
 DROPOUT_SEED = 1000
 LIBMTL_ROOT = "MTOBENCH_LIBMTL_ROOT"
 """A LibMTL checkout (with examples/nyu) whose Trainer the live test runs; LibMTL==1.1.5 from PyPI alone cannot:
@@ -407,6 +428,59 @@ def compare_steps(ref: dict, ours: list[dict], ref_method: str) -> dict[str, flo
     return worst
 
 
+def imtl_weights(grads: torch.Tensor) -> torch.Tensor:
+    """IMTL-G's closed form (Liu et al. 2021, as LibMTL's IMTL.py evaluates it): ``alpha_{2..T} = g_1 U^T (D U^T)^-1``
+    with ``D = g_1 - g_t``, ``U = u_1 - u_t`` (unit vectors), ``alpha_1 = 1 - sum``; in ``grads``' dtype."""
+    unit = grads / grads.norm(dim=-1, keepdim=True)
+    d, u = grads[:1] - grads[1:], unit[:1] - unit[1:]
+    rest = grads[0] @ u.T @ torch.inverse(d @ u.T)
+    return torch.cat([1 - rest.sum()[None], rest])
+
+
+def pcgrad_weights(grads: torch.Tensor, orders: list[list[int]]) -> list[float]:
+    """PCGrad's projections in the recorded orders (as LibMTL's PCGrad.py: ``g_i^PC -= (g_i^PC . g_j) g_j /
+    (|g_j|^2 + 1e-8)`` when negative); the coefficient of each ``g_j`` in ``sum_i g_i^PC``, in ``grads``' dtype."""
+    weights = [1.0] * len(grads)
+    pc = grads.clone()
+    for i, order in enumerate(orders):
+        for j in order:
+            dot = pc[i] @ grads[j]
+            if dot < 0:
+                coef = dot / (grads[j].norm() ** 2 + 1e-8)
+                pc[i] -= coef * grads[j]
+                weights[j] -= float(coef)
+    return weights
+
+
+@pytest.mark.slow
+def test_float32_rules_give_libmtl_step1_weights(suite, initial_model):
+    """The step-1 weight gap of IMTL and PCGrad (:data:`WEIGHT_RTOL`) is float32 arithmetic: on our float32 task
+    gradients of the reference's first batch, IMTL-G's closed form and PCGrad's projections evaluated in float32
+    give LibMTL's recorded weights (measured 3e-7 and 1e-7), and in float64 differ from them by more than the
+    step-1 bound of the gradient norms (measured: float64 gives our replay's weights to 1e-12, 1.1e-3 / 9.1e-4
+    from LibMTL's)."""
+    if not same_cpu():
+        pytest.skip("the float32 gradients are the record's only on the CPU it was made on (CROSS_CPU_RTOL)")
+    dm = create_datamodule(suite)
+    model, _ = reference_model(suite, dm, initial_model)
+    module = protocol_module(suite, "IMTL", model)
+    batch = next(iter(replay_loader(dm, load_reference(LINEAGE, "IMTL"))))
+    model.train()
+    with module._frozen_bn():
+        torch.manual_seed(DROPOUT_SEED)
+        losses = module.task_losses(batch)
+    shared = list(model.shared_parameters())
+    grads = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+                         for loss in losses])
+    imtl, pcgrad = load_reference(LINEAGE, "IMTL")["steps"][0], load_reference(LINEAGE, "PCGrad")["steps"][0]
+    np.testing.assert_allclose(imtl_weights(grads).tolist(), imtl["weights"], rtol=1e-5)
+    np.testing.assert_allclose(pcgrad_weights(grads, pcgrad["pcgrad_orders"]), pcgrad["weights"], rtol=1e-5)
+    d64 = grads.double()
+    for w32, w64 in ((imtl_weights(grads).tolist(), imtl_weights(d64).tolist()),
+                     (pcgrad_weights(grads, pcgrad["pcgrad_orders"]), pcgrad_weights(d64, pcgrad["pcgrad_orders"]))):
+        assert max(rel_diff(a, b) for a, b in zip(w64, w32)) > 3e-4, "float64 must differ from float32 here"
+
+
 def test_first_step_of_a_gradient_method_matches(fixture_root, initial_model):
     """Step 1 of MGDA (fast): losses, MGDA weights, the shared and head gradient norms the optimizer applied and the
     update norm. A changed scale convention (sum vs mean, heads weighted or not, clipping) moves the gradient
@@ -417,11 +491,28 @@ def test_first_step_of_a_gradient_method_matches(fixture_root, initial_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ref_method", RECORDED)
+@pytest.mark.parametrize("ref_method", replay_params())
 def test_first_step_matches_reference(fixture_root, initial_model, ref_method):
     recorder, _, _ = run_replay(fixture_root, initial_model, ref_method, first_step_only=True)
     assert len(recorder.steps) == 1
     compare_steps(load_reference(LINEAGE, ref_method), recorder.steps, ref_method)
+
+
+def test_libmtl_cagrad_update_is_its_start_point():
+    """Where LibMTL's CAGrad returns its SLSQP start ``w = 1/T`` (``g_w = g_0``), its update is
+    ``(g_0 + c |g_0| g_0 / |g_0|) / (1 + c^2) = g_0 (1 + c) / (1 + c^2)``: on step 1 (same batch and weights as EW)
+    the recorded shared gradient norm is that factor times EW's ``|sum_t g_t| / T``, to float32 rounding (measured
+    1.2e-4: LibMTL's ``g_0`` norm comes from a float32 Gramian)."""
+    header = load_reference(LINEAGE, "header")["methods"]
+    if "CAGrad" not in header:
+        pytest.skip("no CAGrad record")
+    steps = load_reference(LINEAGE, "CAGrad")["steps"]
+    c = header["CAGrad"]["weight_args"]["calpha"]
+    assert steps[0]["weights"] == pytest.approx([1 / 3] * 3, abs=1e-12)
+    g0 = load_reference(LINEAGE, "EW")["steps"][0]["grad_norm_shared"] / 3
+    assert steps[0]["grad_norm_shared"] == pytest.approx(g0 * (1 + c) / (1 + c ** 2), rel=STEP1_GRAD_RTOL)
+    at_start = sum(s["weights"] == pytest.approx([1 / 3] * 3, abs=1e-6) for s in steps)
+    assert at_start == 15, f"LibMTL's SLSQP stayed at its start on {at_start} of {len(steps)} steps"
 
 
 def replay_summary(recorder: StepRecorder, module: MTOModule, calls: dict[str, int]) -> dict:
@@ -453,7 +544,7 @@ def check_replay(ref: dict, ours: dict, ref_method: str) -> dict[str, float]:
                                rtol=METRIC_TOL[0], atol=METRIC_TOL[1], err_msg="test metrics after the first epoch")
     for key in ("running_mean_norm", "running_var_norm"):
         worst["bn"] = max(worst.get("bn", 0.0), rel_diff(ours[key], ref["final"][key]))
-        assert rel_diff(ours[key], ref["final"][key]) <= (FINAL_RTOL["bn"] if same_cpu() else CROSS_CPU_RTOL["bn"]), key
+        assert rel_diff(ours[key], ref["final"][key]) <= FINAL_RTOL["bn"], key
     assert ours["num_batches_tracked"] == ref["final"]["num_batches_tracked"]
     assert ours["encoder_calls"] == ref["final"]["encoder_calls"]
     for name, norm in ref["final"]["param_norms"].items():
@@ -465,9 +556,9 @@ def check_replay(ref: dict, ours: dict, ref_method: str) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ref_method", RECORDED)
+@pytest.mark.parametrize("ref_method", replay_params())
 def test_replay_matches_reference(fixture_root, initial_model, ref_method):
-    """The whole recorded run (20 steps, 5 epochs): per-step losses, weights, gradient/update norms and lr; the
+    """The whole recorded run (every step and epoch): per-step losses, weights, gradient/update norms and lr; the
     per-epoch test metrics (LibMTL's accumulation); the BN running statistics and every parameter's norm at the end."""
     ref = load_reference(LINEAGE, ref_method)
     check_replay(ref, replay_summary(*run_replay(fixture_root, initial_model, ref_method)), ref_method)
