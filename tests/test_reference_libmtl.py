@@ -93,13 +93,15 @@ def replay_params() -> list:
 
 BASE = "EW"
 """The recorded run whose data, parameter shapes and first step the fast tests use."""
-WEIGHT_RTOL = {"MGDA": 3e-3, "Nash_MTL": 3e-3, "IMTL": 2e-3, "PCGrad": 2e-3}
+WEIGHT_RTOL = {"MGDA": 3e-3, "Nash_MTL": 3e-3, "IMTL": 2e-3, "PCGrad": 2e-3, "Aligned_MTL": 1e-3}
 """Step-1 weights, per element. MGDA: LibMTL's Frank-Wolfe stops at a change < 1e-5 (ours solves to 1e-10):
 measured 1.6e-3 on the smallest weight (0.0386, 6e-5 absolute), while the min-norm value |G w| itself (the
 shared gradient norm, stationary in w at the optimum) agrees to 1.2e-7; Nash-MTL: LibMTL's CCCP/ECOS stops at
 |G alpha - 1/alpha| < 1e-3: measured 2.2e-3 (LibMTL's alpha is 1.0018-1.0023 x ours). IMTL and PCGrad: LibMTL
 evaluates its rule on the float32 task gradients in float32 (dot products over 23.5M entries), ours in float64:
-measured 1.1e-3 and 9.1e-4; :func:`test_float32_rules_give_libmtl_step1_weights` shows that this is all of it."""
+measured 1.1e-3 and 9.1e-4; :func:`test_float32_rules_give_libmtl_step1_weights` shows that this is all of it.
+Aligned-MTL: measured 4.6e-4 (LibMTL's eigendecomposition of the float32 Gramian; presumably the same cause, not
+shown)."""
 HEADS_WEIGHTED = {"Nash_MTL"}
 """Methods whose reference run weights the heads' losses by the method's weights (:data:`REFERENCE_TRAIN`): their
 head gradient norms carry the solver tolerance of :data:`WEIGHT_RTOL`."""
@@ -108,10 +110,11 @@ STEP1_GRAD_RTOL = 3e-4
 """Gradient and update norms on step 1 (float64 reductions on both sides). EW, same CPU as the record: shared and
 head gradient norms 1.4e-8 / 2e-14, update norm 5e-9; the bound leaves room for the methods whose step-1
 gradient follows float32 per-task gradients through a weight rule."""
-DRIFT_RTOL = {"loss": 5e-2, "update_norm": 1.5e-2, "lr": 0.0}
-"""The bounds after step 1: about twice LibMTL's own noise, its EW run on two CPUs (:data:`CROSS_CPU_RTOL`: losses
-2.3e-2, update norms 6.8e-3 over 20 steps). Our EW replay against the record made on the same CPU: losses 3.9e-2
-(mean 1.6e-2, as LibMTL against itself: mean 1.4e-2), update norms 4.8e-3."""
+DRIFT_RTOL = {"loss": 5e-2, "update_norm": 2e-2, "lr": 0.0}
+"""The bounds after step 1: 1.5-2x LibMTL's own noise (header ``reference_noise``, the larger of its EW run on two
+CPUs and its FAMO run with other float32 kernels: losses 3.3e-2, update norms 1.1e-2 over 20 steps;
+:func:`test_bounds_cover_the_reference_noise`). Our replays against the records made on the same CPU: losses at
+most 4.6e-2 (PCGrad; EW 3.9e-2, mean 1.6e-2, as LibMTL against itself: mean 1.4e-2), update norms 1.3e-2 (FAMO)."""
 GRAD_RTOL = 2e-2
 GRAD_STEPS: dict[str, int] = {}
 """The gradient norms, and the weights of a gradient method (a function of the gradients), are held to
@@ -122,14 +125,16 @@ step 1 agrees to 1.4e-8, step 2 (losses within 8e-6, the parameters within Adam'
 by 6.8e-2, later steps by up to 200%; LibMTL against itself on two CPUs: 31% on step 2, up to 176%. MGDA's
 min-norm weights switch faces of the simplex when the Gramian moves, so its weights and shared gradient norm move
 by factors after step 1 while losses and update norms stay within the drift bounds."""
-FINAL_RTOL = {"bn": 4e-3, "param": 5e-2}
-"""After the last step: BN running statistics and parameter norms. LibMTL against itself on two CPUs: 2.1e-3 and
-3.1e-2; our replays on the record's CPU: at most 1.3e-3 (IMTL's running variance) and, with
-:data:`PARAM_ATOL`, 1.2e-2 (EW)."""
+FINAL_RTOL = {"bn": 6e-3, "param": 5e-2}
+"""After the last step: BN running statistics and parameter norms; about twice LibMTL's own noise (header
+``reference_noise``: 3.0e-3 and 3.1e-2). Our replays on the record's CPU: at most 4.2e-3 (FAMO's running
+variance; it updates BN twice a step) and 1.8e-2, the last conv biases apart (up to 8.9e-2 relative, 7.4e-4
+absolute: :data:`PARAM_ATOL`)."""
 PARAM_ATOL = 1e-3
 """Added to the parameter-norm bound: ten lr-sized Adam steps on one element. The last conv biases (3 elements,
 norm 0.008) move by Adam's sign-like steps of about 1e-4 per element, which gradient noise flips: LibMTL against
-itself on two CPUs 3.1e-2 on ``decoders.normal.4.bias``; our Nash-MTL replay 7.5e-2 there (6e-4 absolute)."""
+itself on two CPUs 3.1e-2 on ``decoders.normal.4.bias``; our replays up to 8.9e-2 there (PCGrad, 7.4e-4
+absolute)."""
 METRIC_TOL = (1e-2, 5e-3)
 """(rtol, atol) of the test metrics after the first epoch (mIoU, pixAcc as fractions; depth errors; normal angles
 in degrees). LibMTL against itself on two CPUs: within 1.1e-3 absolute, normal angles within 0.21 degrees;
@@ -496,6 +501,18 @@ def test_first_step_matches_reference(fixture_root, initial_model, ref_method):
     recorder, _, _ = run_replay(fixture_root, initial_model, ref_method, first_step_only=True)
     assert len(recorder.steps) == 1
     compare_steps(load_reference(LINEAGE, ref_method), recorder.steps, ref_method)
+
+
+def test_bounds_cover_the_reference_noise(header):
+    """The bounds after step 1 lie between LibMTL's own noise (its runs on two CPUs / two kernel sets, stored in the
+    header) and three times it: loose enough for float noise, no looser."""
+    noise = header["reference_noise"]
+    runs = [v for v in noise.values() if isinstance(v, dict)]
+    for bound, key in ((DRIFT_RTOL["loss"], "loss"), (DRIFT_RTOL["update_norm"], "update_norm"),
+                       (FINAL_RTOL["bn"], "bn_stats"), (FINAL_RTOL["param"], "param_norm")):
+        worst = max(r[key] for r in runs)
+        assert worst < bound <= 3 * worst, f"{key}: bound {bound} vs LibMTL's own noise {worst}"
+    assert max(r["step1_loss"] for r in runs) < CROSS_CPU_RTOL["loss"]
 
 
 def test_libmtl_cagrad_update_is_its_start_point():
