@@ -3,8 +3,8 @@
 ``tests/reference/libmtl_nyuv2/`` holds what median-research-group/LibMTL's ``Trainer`` (HPS, ``rep_grad`` False,
 ``resnet_dilated('resnet50')`` + ``DeepLabHead`` decoders, the losses and metrics of ``examples/nyu/utils.py``,
 Adam 1e-4 / weight decay 1e-5, StepLR(100, 0.5)) produced on the MTAN-format fixture
-``tests.fixtures_mtan.write_nyuv2(n_train=8, n_val=5, 32 x 32, seed 0)``, per weighting method, 20 steps of batch 2
-(provenance and the run's changes in ``header.json``). Our side takes the protocol config, our NYUv2 datamodule
+``tests.fixtures_mtan.write_nyuv2(n_train=8, n_val=5, 32 x 32, seed 0)``, per weighting method, 20 steps (5 epochs)
+of batch 2, or 8 (2 epochs) where ``header.json`` says so (provenance, the run's changes, the CPU it ran on). Our side takes the protocol config, our NYUv2 datamodule
 (no augmentation, as LibMTL's ``--aug`` default), our DeepLab-ResNet-50 (the same initial weights through
 :func:`libmtl_name`), our losses, metrics, optimizer, LR schedule and methods, and must reproduce it.
 
@@ -71,40 +71,101 @@ REFERENCE_TRAIN = {"Nash_MTL": {"clip_shared_grad_norm": 1.0}}
 NO_WEIGHTS = {"CAGrad": "LibMTL returns the inner solution w, not the weights of the applied update",
               "DB_MTL": "LibMTL returns ones"}
 RECORDED = [m for m in METHODS if m in load_reference(LINEAGE, "header")["methods"]]
-"""The methods with a stored full-model run (EW, MGDA, Nash_MTL); every method's weight rule is replayed against
-LibMTL's class in ``tests/test_reference_libmtl_methods.py``."""
+"""The methods with a stored full-model run (header ``methods``: steps, threads, CPU seconds); every method's weight
+rule is also replayed against LibMTL's class in ``tests/test_reference_libmtl_methods.py``."""
+REPLAY_XFAIL = {
+    "CAGrad": "LibMTL's CAGrad does not solve its inner problem on this model: scipy's SLSQP, given the raw "
+              "Gramian (entries ~1e6), reports success at its start w = (1/3, 1/3, 1/3) on 15 of the 20 recorded "
+              "steps (step 1 included; test_libmtl_cagrad_update_is_its_start_point), so its update there is "
+              "1.2 g_0; the same call on the step-1 Gramian scaled by 1e-6 moves to w = (0.50, 0, 0.50), the "
+              "objective 1.50 -> 0.36 (x 1e6). Ours solves the problem: step-1 shared gradient norm 980.4 vs "
+              "LibMTL's 1204.2 (1.9e-1 > 3e-4); the losses (3.7e-2) and update norms (8.2e-3) stay within the "
+              "drift bounds",
+}
+"""Recorded runs whose slow replay is a strict xfail, with the measured cause."""
+
+
+def replay_params() -> list:
+    """:data:`RECORDED`, each of :data:`REPLAY_XFAIL` marked a strict xfail."""
+    return [pytest.param(m, marks=pytest.mark.xfail(reason=REPLAY_XFAIL[m], strict=True)) if m in REPLAY_XFAIL
+            else m for m in RECORDED]
+
+
 BASE = "EW"
 """The recorded run whose data, parameter shapes and first step the fast tests use."""
-WEIGHT_RTOL = {"MGDA": 1e-3, "Nash_MTL": 2e-3}
-"""MGDA: LibMTL's Frank-Wolfe stops at a change < 1e-5 (ours solves to 1e-10); Nash-MTL: LibMTL's CCCP/ECOS stops at
-|G alpha - 1/alpha| < 1e-3."""
-HEADS_WEIGHTED = {"Nash_MTL"}
-"""Methods whose reference run weights the heads' losses by the method's weights (:data:`REFERENCE_TRAIN`): their
-head gradient norms carry the solver tolerance of :data:`WEIGHT_RTOL`."""
+WEIGHT_RTOL = {"MGDA": 3e-3, "Nash_MTL": 3e-3, "IMTL": 2e-3, "PCGrad": 2e-3, "Aligned_MTL": 1e-3, "FairGrad": 3e-3}
+"""Step-1 weights, per element. LibMTL computes its rules on float32 task gradients in float32, ours in float64;
+:func:`test_float32_rules_give_libmtl_step1_weights` shows that this is the gap. Its float32 Gramian has a
+diagonal 3.2-4.0e-3 below the float64 one (sums of 23.5M squares): the Nash equation ``G alpha = 1 / alpha``
+solved on it gives LibMTL's FairGrad weights to 1e-7 and its Nash-MTL weights to 1e-4 (its CCCP stop), on the
+float64 Gramian ours to 1e-13; measured 2.2e-3 for both (LibMTL's alpha is 1.0018-1.0023 x ours). IMTL and
+PCGrad (float32 dot products and inverse): measured 1.3e-3 and 9.1e-4. MGDA: LibMTL's Frank-Wolfe also stops at a
+change < 1e-5 (ours solves to 1e-10): measured 1.6e-3 on the smallest weight (0.0386, 6e-5 absolute), while the
+min-norm value |G w| itself (the shared gradient norm, stationary in w at the optimum) agrees to 1.2e-7.
+Aligned-MTL: measured 4.6e-4 (LibMTL's eigendecomposition of the float32 Gramian; presumably the same cause, not
+shown)."""
+HEADS_WEIGHTED = {"Nash_MTL", "FairGrad"}
+"""Methods whose reference run weights the heads' losses by the method's weights (Nash-MTL: :data:`REFERENCE_TRAIN`;
+FairGrad: ``sum_t w_t L_t`` back-propagated): their head gradient norms carry the step-1 weight bound of
+:data:`WEIGHT_RTOL`."""
+SHARED_WEIGHTED = {"FairGrad"}
+"""Methods whose shared gradient is ``sum_t w_t g_t`` with weights off by a common factor (the float32 Gramian's
+scale, above), not renormalised: their step-1 shared gradient norm carries the weight bound (FairGrad: 1.9e-3;
+Nash-MTL clips it to 1)."""
 STEP1_RTOL = 1e-5
 STEP1_GRAD_RTOL = 3e-4
-"""Gradient and update norms on step 1: the recorded norms of EW, MGDA and Nash-MTL are float32 reductions over
-72M parameters (about 1e-4 relative; the other runs reduce in float64), ours float64."""
-DRIFT_RTOL = {"loss": 3e-2, "update_norm": 1e-2, "lr": 0.0}
-"""The bounds after N steps, from the measured EW replay (20 steps: losses 2.7e-2, update norms 4.5e-3, BN running
-statistics 1.4e-4, parameter norms 4.7e-2)."""
+"""Gradient and update norms on step 1 (float64 reductions on both sides). EW, same CPU as the record: shared and
+head gradient norms 1.4e-8 / 2e-14, update norm 5e-9; the bound leaves room for the methods whose step-1
+gradient follows float32 per-task gradients through a weight rule."""
+DRIFT_RTOL = {"loss": 5e-2, "update_norm": 2e-2, "lr": 0.0}
+"""The bounds after step 1: 1.5-2x LibMTL's own noise (header ``reference_noise``, the larger of its EW run on two
+CPUs and its FAMO run with other float32 kernels: losses 3.3e-2, update norms 1.1e-2 over 20 steps;
+:func:`test_bounds_cover_the_reference_noise`). Our replays against the records made on the same CPU: losses at
+most 4.6e-2 (PCGrad; EW 3.9e-2, mean 1.6e-2, as LibMTL against itself: mean 1.4e-2), update norms 1.8e-2
+(DB-MTL)."""
 GRAD_RTOL = 2e-2
-GRAD_STEPS = {"EW": 2}
+GRAD_STEPS: dict[str, int] = {}
 """The gradient norms, and the weights of a gradient method (a function of the gradients), are held to
-:data:`GRAD_RTOL` on the first ``GRAD_STEPS`` steps only (default 1; EW's step 2: 1.7e-2). The cause is float32
-rounding, not the protocol: on the reference's first batch and weights our float32 shared gradient norm is 2807.62
-(LibMTL's 2807.57: the same kernels on bit-identical inputs) but the float64 one is 2870.62, 2.2% away, so the
-float32 gradient of this model at batch 2 carries a rounding error of a few percent. After step 1 the two runs'
-parameters differ by float noise (Adam's first update is ``lr * g / (|g| + 1e-8)`` per element) and their
-rounding errors no longer coincide: EW's gradient norms then differ by up to 68%, and MGDA's min-norm weights,
-which switch faces of the simplex when the Gramian moves (LibMTL's step 2: ``[0.03, 0, 0.97]``), give a 2.5x
-different shared gradient norm on step 2 while the losses agree to 2.5e-3 and the update norms to 5e-3."""
-FINAL_RTOL = {"bn": 1e-3, "param": 5e-2}
+:data:`GRAD_RTOL` on the first ``GRAD_STEPS`` steps only (default 1), and to nothing after: the float32 gradient
+of this model at batch 2 carries a rounding error of a few percent (the previous record: float32 shared gradient
+norm 2807.6 vs 2870.6 in float64, 2.2%), which a parameter change at float noise reshuffles. EW on the same CPU:
+step 1 agrees to 1.4e-8, step 2 (losses within 8e-6, the parameters within Adam's float noise) already differs
+by 6.8e-2, later steps by up to 200%; LibMTL against itself on two CPUs: 31% on step 2, up to 176%. MGDA's
+min-norm weights switch faces of the simplex when the Gramian moves, so its weights and shared gradient norm move
+by factors after step 1 while losses and update norms stay within the drift bounds."""
+FINAL_RTOL = {"bn": 6e-3, "param": 5e-2}
+"""After the last step: BN running statistics and parameter norms; about twice LibMTL's own noise (header
+``reference_noise``: 3.0e-3 and 3.1e-2). Our replays on the record's CPU: at most 4.2e-3 (FAMO's running
+variance; it updates BN twice a step; DB-MTL 5.0e-3) and 3.1e-2 (DB-MTL), the last conv biases apart (up to 1.0e-1 relative,
+8.3e-4 absolute: :data:`PARAM_ATOL`)."""
+PARAM_ATOL = 1e-3
+"""Added to the parameter-norm bound: ten lr-sized Adam steps on one element. The last conv biases (3 elements,
+norm 0.008) move by Adam's sign-like steps of about 1e-4 per element, which gradient noise flips: LibMTL against
+itself on two CPUs 3.1e-2 on ``decoders.normal.4.bias``; our replays up to 1.0e-1 there (FairGrad, 8.3e-4
+absolute)."""
+METRIC_TOL = (1e-2, 5e-3)
+"""(rtol, atol) of the test metrics after the first epoch (mIoU, pixAcc as fractions; depth errors; normal angles
+in degrees). LibMTL against itself on two CPUs: within 1.1e-3 absolute, normal angles within 0.21 degrees;
+our EW replay: 2.1e-3 (mIoU 0.0076 vs 0.0097, a near-chance score on 5 images), 0.30 degrees."""
+CROSS_CPU_RTOL = {"loss": 3e-5, "grad": 2e-1}
+"""Used where this CPU's capability (``torch.backends.cpu.get_cpu_capability()``) is not the one the record was
+made on (header ``environment.cpu_capability``): the convolutions then take other float32 kernels, and step 1 is
+no longer bit-for-bit LibMTL's. Measured on LibMTL alone: its EW run recorded on an AVX512 machine against the
+same run on the AVX2 machine of the stored records: step 1 losses 1.2e-5, shared / head gradient norms 6.8e-2 /
+1.7e-2, update norm 1.2e-4, MGDA's and Nash-MTL's weights 9.4e-2 / 7.5e-2; after 20 steps (EW) losses 2.3e-2,
+update norms 6.8e-3, BN running variance 2.1e-3, parameter norms 3.1e-2. These bounds (about twice the measured
+noise) replace the step-1 ones on such a CPU; the later bounds stand."""
 DROPOUT_SEED = 1000
 LIBMTL_ROOT = "MTOBENCH_LIBMTL_ROOT"
 """A LibMTL checkout (with examples/nyu) whose Trainer the live test runs; LibMTL==1.1.5 from PyPI alone cannot:
 it ships no examples/nyu, does not import with torchvision >= 0.13 and lacks five of the methods."""
 DRIVER = ROOT / "tests" / "reference" / LINEAGE / "driver" / "record_libmtl.py"
+
+
+def same_cpu() -> bool:
+    """Whether this CPU has the capability the records were made on (:data:`CROSS_CPU_RTOL`)."""
+    recorded = load_reference(LINEAGE, "header")["environment"].get("cpu_capability")
+    return torch.backends.cpu.get_cpu_capability() == recorded
 
 
 def libmtl_name(ref_name: str) -> str:
@@ -266,7 +327,8 @@ def test_step1_losses_match(suite, initial_model):
     with torch.no_grad(), module._frozen_bn():
         torch.manual_seed(DROPOUT_SEED)
         losses = module.task_losses(batch)
-    np.testing.assert_allclose(losses.tolist(), ref["steps"][0]["losses"], rtol=STEP1_RTOL)
+    np.testing.assert_allclose(losses.tolist(), ref["steps"][0]["losses"],
+                               rtol=STEP1_RTOL if same_cpu() else CROSS_CPU_RTOL["loss"])
 
 
 def test_lr_schedule_matches_reference_steplr(initial_model):
@@ -352,8 +414,10 @@ def run_replay(fixture_root, initial: torch.nn.Module, ref_method: str, first_st
 
 
 def compare_steps(ref: dict, ours: list[dict], ref_method: str) -> dict[str, float]:
-    """Max relative difference per quantity over all steps; step 1 held to float32 precision."""
+    """Max relative difference per quantity over all steps; step 1 held to float32 precision. Fails listing every
+    value out of its bound."""
     worst: dict[str, float] = {}
+    failures: list[str] = []
     for i, (mine, theirs) in enumerate(zip(ours, ref["steps"], strict=False)):
         pairs = [("loss", a, b) for a, b in zip(mine["losses"], theirs["losses"])]
         pairs += [(k, mine[k], theirs[k]) for k in ("grad_norm_shared", "grad_norm_heads", "update_norm", "lr")]
@@ -363,13 +427,90 @@ def compare_steps(ref: dict, ours: list[dict], ref_method: str) -> dict[str, flo
             d = rel_diff(a, b)
             worst[key] = max(worst.get(key, 0.0), d)
             if i == 0:
-                follows_weights = key == "weight" or (key == "grad_norm_heads" and ref_method in HEADS_WEIGHTED)
+                follows_weights = key == "weight" or (key == "grad_norm_heads" and ref_method in HEADS_WEIGHTED) \
+                    or (key == "grad_norm_shared" and ref_method in SHARED_WEIGHTED)
                 tol = WEIGHT_RTOL.get(ref_method, STEP1_GRAD_RTOL) if follows_weights else \
                     STEP1_RTOL if key == "loss" else STEP1_GRAD_RTOL
-                assert d <= tol, f"{ref_method} step 1 {key}: ours {a} vs reference {b} (rel {d:.2e} > {tol})"
+                if not same_cpu():
+                    tol = max(tol, CROSS_CPU_RTOL["loss" if key == "loss" else "grad"])
+                if d > tol:
+                    failures.append(f"{ref_method} step 1 {key}: ours {a} vs reference {b} (rel {d:.2e} > {tol})")
             tol = DRIFT_RTOL.get(key, GRAD_RTOL if i < GRAD_STEPS.get(ref_method, 1) else math.inf)
-            assert d <= tol, f"{ref_method} step {i + 1} {key}: ours {a} vs reference {b} (rel {d:.2e} > {tol})"
+            if d > tol:
+                failures.append(f"{ref_method} step {i + 1} {key}: ours {a} vs reference {b} (rel {d:.2e} > {tol})")
+    assert not failures, "\n".join(failures)
     return worst
+
+
+def imtl_weights(grads: torch.Tensor) -> torch.Tensor:
+    """IMTL-G's closed form (Liu et al. 2021, as LibMTL's IMTL.py evaluates it): ``alpha_{2..T} = g_1 U^T (D U^T)^-1``
+    with ``D = g_1 - g_t``, ``U = u_1 - u_t`` (unit vectors), ``alpha_1 = 1 - sum``; in ``grads``' dtype."""
+    unit = grads / grads.norm(dim=-1, keepdim=True)
+    d, u = grads[:1] - grads[1:], unit[:1] - unit[1:]
+    rest = grads[0] @ u.T @ torch.inverse(d @ u.T)
+    return torch.cat([1 - rest.sum()[None], rest])
+
+
+def pcgrad_weights(grads: torch.Tensor, orders: list[list[int]]) -> list[float]:
+    """PCGrad's projections in the recorded orders (as LibMTL's PCGrad.py: ``g_i^PC -= (g_i^PC . g_j) g_j /
+    (|g_j|^2 + 1e-8)`` when negative); the coefficient of each ``g_j`` in ``sum_i g_i^PC``, in ``grads``' dtype."""
+    weights = [1.0] * len(grads)
+    pc = grads.clone()
+    for i, order in enumerate(orders):
+        for j in order:
+            dot = pc[i] @ grads[j]
+            if dot < 0:
+                coef = dot / (grads[j].norm() ** 2 + 1e-8)
+                pc[i] -= coef * grads[j]
+                weights[j] -= float(coef)
+    return weights
+
+
+def nash_weights(gramian: torch.Tensor) -> torch.Tensor:
+    """The solution of ``G alpha = 1 / alpha`` (Nash-MTL's bargaining solution; FairGrad with alpha = 1) by Newton's
+    method in float64."""
+    a = torch.ones(len(gramian), dtype=torch.float64) / gramian.trace().sqrt()
+    for _ in range(100):
+        step = torch.linalg.solve(gramian + torch.diag(1 / a ** 2), gramian @ a - 1 / a)
+        a = torch.maximum(a - step, a * 1e-3)
+    assert (a * (gramian @ a) - 1).abs().max() < 1e-10
+    return a
+
+
+@pytest.mark.slow
+def test_float32_rules_give_libmtl_step1_weights(suite, initial_model):
+    """The step-1 weight gap of IMTL, PCGrad, FairGrad and Nash-MTL (:data:`WEIGHT_RTOL`) is float32 arithmetic: on
+    our float32 task gradients of the reference's first batch, IMTL-G's closed form and PCGrad's projections
+    evaluated in float32 give LibMTL's recorded weights (measured 3e-7 and 1e-7), and the Nash equation solved on
+    the float32 Gramian its FairGrad and Nash-MTL weights (1e-7; 1e-4, its CCCP stop); in float64 they differ from
+    LibMTL's by more than the step-1 gradient bound (measured: float64 gives our replay's weights to 1e-12,
+    1.1e-3 / 9.1e-4 / 2.2e-3 from LibMTL's)."""
+    if not same_cpu():
+        pytest.skip("the float32 gradients are the record's only on the CPU it was made on (CROSS_CPU_RTOL)")
+    dm = create_datamodule(suite)
+    model, _ = reference_model(suite, dm, initial_model)
+    module = protocol_module(suite, "IMTL", model)
+    batch = next(iter(replay_loader(dm, load_reference(LINEAGE, "IMTL"))))
+    model.train()
+    with module._frozen_bn():
+        torch.manual_seed(DROPOUT_SEED)
+        losses = module.task_losses(batch)
+    shared = list(model.shared_parameters())
+    grads = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+                         for loss in losses])
+    imtl, pcgrad = load_reference(LINEAGE, "IMTL")["steps"][0], load_reference(LINEAGE, "PCGrad")["steps"][0]
+    np.testing.assert_allclose(imtl_weights(grads).tolist(), imtl["weights"], rtol=1e-5)
+    np.testing.assert_allclose(pcgrad_weights(grads, pcgrad["pcgrad_orders"]), pcgrad["weights"], rtol=1e-5)
+    d64 = grads.double()
+    for w32, w64 in ((imtl_weights(grads).tolist(), imtl_weights(d64).tolist()),
+                     (pcgrad_weights(grads, pcgrad["pcgrad_orders"]), pcgrad_weights(d64, pcgrad["pcgrad_orders"]))):
+        assert max(rel_diff(a, b) for a, b in zip(w64, w32)) > 3e-4, "float64 must differ from float32 here"
+    g32, g64 = (grads @ grads.T).double(), d64 @ d64.T
+    for ref_method, rtol in (("FairGrad", 1e-5), ("Nash_MTL", 5e-4)):
+        if ref_method in RECORDED:
+            theirs = load_reference(LINEAGE, ref_method)["steps"][0]["weights"]
+            np.testing.assert_allclose(nash_weights(g32).tolist(), theirs, rtol=rtol, err_msg=ref_method)
+            assert max(rel_diff(a, b) for a, b in zip(nash_weights(g64).tolist(), theirs)) > 1e-3
 
 
 def test_first_step_of_a_gradient_method_matches(fixture_root, initial_model):
@@ -382,40 +523,89 @@ def test_first_step_of_a_gradient_method_matches(fixture_root, initial_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ref_method", RECORDED)
+@pytest.mark.parametrize("ref_method", replay_params())
 def test_first_step_matches_reference(fixture_root, initial_model, ref_method):
     recorder, _, _ = run_replay(fixture_root, initial_model, ref_method, first_step_only=True)
     assert len(recorder.steps) == 1
     compare_steps(load_reference(LINEAGE, ref_method), recorder.steps, ref_method)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("ref_method", RECORDED)
-def test_replay_matches_reference(fixture_root, initial_model, ref_method):
-    """The whole recorded run (20 steps, 5 epochs): per-step losses, weights, gradient/update norms and lr; the
-    per-epoch test metrics (LibMTL's accumulation); the BN running statistics and every parameter's norm at the end."""
-    ref = load_reference(LINEAGE, ref_method)
-    recorder, module, calls = run_replay(fixture_root, initial_model, ref_method)
-    assert len(recorder.steps) == len(ref["steps"]) == load_reference(LINEAGE, "header")["methods"][ref_method]["steps"]
-    compare_steps(ref, recorder.steps, ref_method)
-    history = module.stats.history
-    assert len(history) == len(ref["epochs"])
-    first, theirs = history[0]["test"], ref["epochs"][0]["test_metrics"]
-    ours = [first["semseg/miou"] / 100, first["semseg/pix_acc"] / 100, first["depth/abs_err"], first["depth/rel_err"],
-            first["normal/normal_mean"], first["normal/normal_median"]]
-    np.testing.assert_allclose(ours, theirs["segmentation"] + theirs["depth"] + theirs["normal"][:2], rtol=1e-2,
-                               atol=2e-3, err_msg="test metrics after the first epoch")
+def test_bounds_cover_the_reference_noise(header):
+    """The bounds after step 1 lie between LibMTL's own noise (its runs on two CPUs / two kernel sets, stored in the
+    header) and three times it: loose enough for float noise, no looser."""
+    noise = header["reference_noise"]
+    runs = [v for v in noise.values() if isinstance(v, dict)]
+    for bound, key in ((DRIFT_RTOL["loss"], "loss"), (DRIFT_RTOL["update_norm"], "update_norm"),
+                       (FINAL_RTOL["bn"], "bn_stats"), (FINAL_RTOL["param"], "param_norm")):
+        worst = max(r[key] for r in runs)
+        assert worst < bound <= 3 * worst, f"{key}: bound {bound} vs LibMTL's own noise {worst}"
+    assert max(r["step1_loss"] for r in runs) < CROSS_CPU_RTOL["loss"]
+
+
+def test_libmtl_cagrad_update_is_its_start_point():
+    """Where LibMTL's CAGrad returns its SLSQP start ``w = 1/T`` (``g_w = g_0``), its update is
+    ``(g_0 + c |g_0| g_0 / |g_0|) / (1 + c^2) = g_0 (1 + c) / (1 + c^2)``: on step 1 (same batch and weights as EW)
+    the recorded shared gradient norm is that factor times EW's ``|sum_t g_t| / T``, to float32 rounding (measured
+    1.2e-4: LibMTL's ``g_0`` norm comes from a float32 Gramian)."""
+    header = load_reference(LINEAGE, "header")["methods"]
+    if "CAGrad" not in header:
+        pytest.skip("no CAGrad record")
+    steps = load_reference(LINEAGE, "CAGrad")["steps"]
+    c = header["CAGrad"]["weight_args"]["calpha"]
+    assert steps[0]["weights"] == pytest.approx([1 / 3] * 3, abs=1e-12)
+    g0 = load_reference(LINEAGE, "EW")["steps"][0]["grad_norm_shared"] / 3
+    assert steps[0]["grad_norm_shared"] == pytest.approx(g0 * (1 + c) / (1 + c ** 2), rel=STEP1_GRAD_RTOL)
+    at_start = sum(s["weights"] == pytest.approx([1 / 3] * 3, abs=1e-6) for s in steps)
+    assert at_start == 15, f"LibMTL's SLSQP stayed at its start on {at_start} of {len(steps)} steps"
+
+
+def replay_summary(recorder: StepRecorder, module: MTOModule, calls: dict[str, int]) -> dict:
+    """What a replay is checked on (:func:`check_replay`): our per-step records, the test metrics after each epoch
+    (LibMTL's order: mIoU, pixAcc, abs_err, rel_err, normal mean, median), the BN running statistics, the
+    train-mode encoder calls and every parameter's norm (our names)."""
     bns = [m for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for key, attr in (("running_mean_norm", "running_mean"), ("running_var_norm", "running_var")):
-        norm = math.sqrt(sum(float(getattr(m, attr).double().square().sum()) for m in bns))
-        assert rel_diff(norm, ref["final"][key]) <= FINAL_RTOL["bn"], key
-    assert int(bns[0].num_batches_tracked) == ref["final"]["num_batches_tracked"]
-    assert calls["n"] == ref["final"]["encoder_calls"]
-    params = dict(module.model.named_parameters())
+    return {
+        "steps": recorder.steps,
+        "test_metrics": [[h["test"]["semseg/miou"] / 100, h["test"]["semseg/pix_acc"] / 100, h["test"]["depth/abs_err"],
+                          h["test"]["depth/rel_err"], h["test"]["normal/normal_mean"],
+                          h["test"]["normal/normal_median"]] for h in module.stats.history],
+        **{key: math.sqrt(sum(float(getattr(m, attr).double().square().sum()) for m in bns))
+           for key, attr in (("running_mean_norm", "running_mean"), ("running_var_norm", "running_var"))},
+        "num_batches_tracked": int(bns[0].num_batches_tracked),
+        "encoder_calls": calls["n"],
+        "param_norms": {n: float(p.detach().double().norm()) for n, p in module.model.named_parameters()},
+    }
+
+
+def check_replay(ref: dict, ours: dict, ref_method: str) -> dict[str, float]:
+    """Every step (:func:`compare_steps`), the first epoch's test metrics, the final BN statistics and parameter
+    norms of :func:`replay_summary` against the recorded run; returns the worst relative differences."""
+    assert len(ours["steps"]) == len(ref["steps"]) == load_reference(LINEAGE, "header")["methods"][ref_method]["steps"]
+    worst = compare_steps(ref, ours["steps"], ref_method)
+    assert len(ours["test_metrics"]) == len(ref["epochs"])
+    theirs = ref["epochs"][0]["test_metrics"]
+    np.testing.assert_allclose(ours["test_metrics"][0], theirs["segmentation"] + theirs["depth"] + theirs["normal"][:2],
+                               rtol=METRIC_TOL[0], atol=METRIC_TOL[1], err_msg="test metrics after the first epoch")
+    for key in ("running_mean_norm", "running_var_norm"):
+        worst["bn"] = max(worst.get("bn", 0.0), rel_diff(ours[key], ref["final"][key]))
+        assert rel_diff(ours[key], ref["final"][key]) <= FINAL_RTOL["bn"], key
+    assert ours["num_batches_tracked"] == ref["final"]["num_batches_tracked"]
+    assert ours["encoder_calls"] == ref["final"]["encoder_calls"]
     for name, norm in ref["final"]["param_norms"].items():
         if name.startswith(("encoder.", "decoders.")):
-            ours = float(params[libmtl_name(name)].detach().double().norm())
-            assert rel_diff(ours, norm) <= FINAL_RTOL["param"], name
+            mine = ours["param_norms"][libmtl_name(name)]
+            worst["param"] = max(worst.get("param", 0.0), rel_diff(mine, norm))
+            assert abs(mine - norm) <= FINAL_RTOL["param"] * norm + PARAM_ATOL, f"{name}: {mine} vs {norm}"
+    return worst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ref_method", replay_params())
+def test_replay_matches_reference(fixture_root, initial_model, ref_method):
+    """The whole recorded run (every step and epoch): per-step losses, weights, gradient/update norms and lr; the
+    per-epoch test metrics (LibMTL's accumulation); the BN running statistics and every parameter's norm at the end."""
+    ref = load_reference(LINEAGE, ref_method)
+    check_replay(ref, replay_summary(*run_replay(fixture_root, initial_model, ref_method)), ref_method)
 
 
 def live_reference(tmp_path: Path, fixture_root: Path, ref_method: str, epochs: int) -> dict:
