@@ -4,9 +4,10 @@
 ``resnet_dilated('resnet50')`` + ``DeepLabHead`` decoders, the losses and metrics of ``examples/nyu/utils.py``,
 Adam 1e-4 / weight decay 1e-5, StepLR(100, 0.5)) produced on the MTAN-format fixture
 ``tests.fixtures_mtan.write_nyuv2(n_train=8, n_val=5, 32 x 32, seed 0)``, per weighting method, 20 steps (5 epochs)
-of batch 2, or 8 (2 epochs) where ``header.json`` says so (provenance, the run's changes, the CPU it ran on). Our side takes the protocol config, our NYUv2 datamodule
-(no augmentation, as LibMTL's ``--aug`` default), our DeepLab-ResNet-50 (the same initial weights through
-:func:`libmtl_name`), our losses, metrics, optimizer, LR schedule and methods, and must reproduce it.
+of batch 2, or 8 (2 epochs) where ``header.json`` says so (provenance, the run's changes, the CPU it ran on).
+Our side takes the protocol config, our NYUv2 datamodule (no augmentation, as LibMTL's ``--aug`` default), our
+DeepLab-ResNet-50 (the same initial weights through :func:`libmtl_name`), our losses, metrics, optimizer, LR
+schedule and methods, and must reproduce it.
 
 Both sides re-seed torch (``1000 + k``) before the k-th train-mode encoder call, so the heads' dropout masks agree.
 Where the protocol's settings differ from LibMTL's the test runs LibMTL's (:data:`REFERENCE_SETTINGS`) and the
@@ -136,8 +137,8 @@ by factors after step 1 while losses and update norms stay within the drift boun
 FINAL_RTOL = {"bn": 6e-3, "param": 5e-2}
 """After the last step: BN running statistics and parameter norms; about twice LibMTL's own noise (header
 ``reference_noise``: 3.0e-3 and 3.1e-2). Our replays on the record's CPU: at most 4.2e-3 (FAMO's running
-variance; it updates BN twice a step; DB-MTL 5.0e-3) and 3.1e-2 (DB-MTL), the last conv biases apart (up to 1.0e-1 relative,
-8.3e-4 absolute: :data:`PARAM_ATOL`)."""
+variance; it updates BN twice a step; DB-MTL 5.0e-3) and 3.1e-2 (DB-MTL), the last conv biases apart (up to
+1.0e-1 relative, 8.3e-4 absolute: :data:`PARAM_ATOL`)."""
 PARAM_ATOL = 1e-3
 """Added to the parameter-norm bound: ten lr-sized Adam steps on one element. The last conv biases (3 elements,
 norm 0.008) move by Adam's sign-like steps of about 1e-4 per element, which gradient noise flips: LibMTL against
@@ -147,6 +148,9 @@ METRIC_TOL = (1e-2, 5e-3)
 """(rtol, atol) of the test metrics after the first epoch (mIoU, pixAcc as fractions; depth errors; normal angles
 in degrees). LibMTL against itself on two CPUs: within 1.1e-3 absolute, normal angles within 0.21 degrees;
 our EW replay: 2.1e-3 (mIoU 0.0076 vs 0.0097, a near-chance score on 5 images), 0.30 degrees."""
+REFERENCE_THREADS = 1
+"""The torch thread count of the records (header ``methods``: ``OMP_NUM_THREADS=1``); the replay runs with it
+too (with 2 threads MGDA's step-1 weights moved by 1.0e-2, its shared gradient norm by 1.2e-3)."""
 CROSS_CPU_RTOL = {"loss": 3e-5, "grad": 2e-1}
 """Used where this CPU's capability (``torch.backends.cpu.get_cpu_capability()``) is not the one the record was
 made on (header ``environment.cpu_capability``): the convolutions then take other float32 kernels, and step 1 is
@@ -408,8 +412,13 @@ def run_replay(fixture_root, initial: torch.nn.Module, ref_method: str, first_st
                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
                         num_sanity_val_steps=0, callbacks=[recorder],
                         **({"limit_train_batches": 1, "limit_val_batches": 0} if first_step_only else {}))
-    trainer.fit(module, train_dataloaders=replay_loader(dm, ref),
-                val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(REFERENCE_THREADS)
+    try:
+        trainer.fit(module, train_dataloaders=replay_loader(dm, ref),
+                    val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
+    finally:
+        torch.set_num_threads(threads)
     return recorder, module, calls
 
 

@@ -49,8 +49,10 @@ augmentation on both sides (our random crop without depth / s is not the referen
 cv2 interpolation; only the augmentation parameters and the flip are compared), and the normals loss is the
 reference's L1 (the protocol trains 1 - cos)."""
 STEP1_RTOL = 1e-5
-GRAD_RTOL = 1e-4
-"""Gradient and update norms of step 1: float32 sums over 4M parameters in different orders."""
+GRAD_RTOL = 1e-3
+"""Gradient and update norms of step 1: float32 sums over 4M parameters in different orders, on another CPU with
+other kernels. Measured: 6e-8 on the CPU the records were made on (AVX512), 1.75e-4 (NYUD's shared gradient norm)
+on an AVX2 CPU; a changed loss scale or weighting moves them by far more."""
 NOISE_FACTOR = 3.0
 MIN_DRIFT = 1e-3
 """The documented bound after step 1, per quantity: NOISE_FACTOR x the largest deviation of the reference from itself
@@ -328,7 +330,7 @@ def check_metrics(ours: dict, theirs: dict, rtol: float, only: str | None = None
 
 def test_step1_losses_and_gradients_match(dataset, fixture_root):
     """One EW training step of our protocol path on the reference's first batch: every task loss to 1e-5, the
-    shared and head gradient norms and the parameter-update norm to 1e-4, the learning rate exactly."""
+    shared and head gradient norms and the parameter-update norm to ``GRAD_RTOL``, the learning rate exactly."""
     run = ref(dataset, "run_ew")
     recorder, _, _ = run_replay(dataset, fixture_root, run, epochs=1, limit_batches=1)
     compare_steps(run, recorder.steps, recorder.order)
