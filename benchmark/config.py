@@ -52,6 +52,9 @@ class TrainConfig:
     nan_policy: Literal["error", "skip"] = "error"
     max_nan_skips: int = 10
     clip_shared_grad_norm: float | None = None
+    loss_weights: dict[str, float] | None = None
+    """Fixed loss weights, task name -> w_t > 0 (tasks not named: 1): every method, own steps included, optimises
+    the losses w_t L_t (MTI-Net's tuned weights, protocols P3 / P5); logged and validation losses stay unweighted."""
     accelerator: Literal["cpu", "cuda", "auto"] = "cpu"
     checkpoint_every_n_batches: int = 0
     """Checkpoint every this many training batches too (0: at epoch ends only); a killed run resumes from its
@@ -175,6 +178,20 @@ class SuiteConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+LATER_DEFAULTS = {("train", "loss_weights"): None}
+"""Settings added after records were made, at the value that changes nothing: left out of the run and config
+fingerprints (:func:`fingerprinted`), so records made before them still match."""
+
+
+def fingerprinted(config: dict) -> dict:
+    """A suite's ``to_dict()`` as fingerprinted: without the :data:`LATER_DEFAULTS` that it leaves at their value."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for (section, key), default in LATER_DEFAULTS.items():
+        if isinstance(out.get(section), dict) and key in out[section] and out[section][key] == default:
+            del out[section][key]
+    return out
 
 
 class UsageError(ValueError):
@@ -337,6 +354,8 @@ def check_suite(suite: SuiteConfig, path: Path | str = "<suite>", given: set[str
          "needs a GPU (torch's SyncBatchNorm does not run on CPU)"),
         (t.clip_shared_grad_norm is None or t.clip_shared_grad_norm > 0, "train.clip_shared_grad_norm",
          t.clip_shared_grad_norm, "must be > 0 or null"),
+        *((isinstance(w, int | float) and math.isfinite(w) and w > 0, f"train.loss_weights.{name}", w,
+           "must be finite and > 0") for name, w in (t.loss_weights or {}).items()),
         (suite.dataset.depth_clamp is None or suite.dataset.depth_clamp > 0, "dataset.depth_clamp",
          suite.dataset.depth_clamp, "must be > 0 or null"),
         (len(suite.methods) > 0, "methods", suite.methods, "must list at least one method"),

@@ -31,8 +31,9 @@ TRAINING_STATE = "mtobench_training_state"
 class ModuleConfig:
     """How :class:`MTOModule` trains: the optimiser and schedule (``optim``), the engine's Jacobian path and
     ``update_every``, what a non-finite loss does (``nan_policy``: ``error``, or ``skip`` up to ``max_nan_skips``
-    steps), the clipping of the shared gradient's norm, every how many batches a step is logged, how the metrics
-    aggregate (``metric_options``) and after every how many epochs (and the last) both splits are evaluated."""
+    steps), the clipping of the shared gradient's norm, the fixed loss weights (task name -> w_t, 1 where not
+    named), every how many batches a step is logged, how the metrics aggregate (``metric_options``) and after every
+    how many epochs (and the last) both splits are evaluated."""
 
     optim: OptimConfig = field(default_factory=OptimConfig)
     jacobian_mode: str = "auto"
@@ -40,6 +41,7 @@ class ModuleConfig:
     nan_policy: str = "error"
     max_nan_skips: int = 10
     clip_shared_grad_norm: float | None = None
+    loss_weights: dict[str, float] | None = None
     log_every_n_steps: int = 0
     metric_options: T.MetricOptions | None = None
     eval_every_n_epochs: int = 1
@@ -101,6 +103,9 @@ class MTOModule(L.LightningModule):
                              "representation, but a task_bn model computes one per task; use grad_source='params'")
         metric = partial(T.make_metric, options=config.metric_options)
         self.metrics = nn.ModuleDict({s: nn.ModuleDict({t.name: metric(t) for t in self.tasks}) for s in SPLITS})
+        weights = config.loss_weights or {}
+        self.loss_weights = None if not weights else torch.tensor([float(weights.get(t.name, 1.0))
+                                                                   for t in self.tasks])
         self.stats = RunStats()
         self.sync: GradSync | None = None
         self._val_loss = torch.zeros(())
@@ -150,8 +155,8 @@ class MTOModule(L.LightningModule):
         with no_ddp_sync(self.trainer.strategy.model), torch.autocast(self.device.type, enabled=False):
             owned = self.method.own_step(self._step_context(batch, opt))
         if owned:
-            self._end_step(start if opt.stepped else None, self.method.stats() if opt.stepped else {},
-                           probe if opt.stepped else None)
+            self._end_step(start if opt.stepped else None, self._unweighted(self.method.stats()) if opt.stepped
+                           else {}, probe if opt.stepped else None)
             return
         z = None if self.conditioned else self.encode(batch)
         z_in = z.detach().requires_grad_() if self.engine.uses_rep else z
@@ -159,10 +164,11 @@ class MTOModule(L.LightningModule):
         if not self._finite(raw_losses):
             self._end_step(None, {})
             return
+        losses = self._weighted(raw_losses)
         ddp_syncs = self.engine.method.needs is Needs.LOSSES
         scale = self._loss_scale()
         with nullcontext() if ddp_syncs else no_ddp_sync(self.trainer.strategy.model):
-            info = self.engine.step(self.method.transform_losses(raw_losses), z, z_in, probe=log and not owns,
+            info = self.engine.step(self.method.transform_losses(losses), z, z_in, probe=log and not owns,
                                     scale=scale)
         clip = self.config.clip_shared_grad_norm
         if clip is not None:
@@ -172,7 +178,7 @@ class MTOModule(L.LightningModule):
             self._end_step(None, {})
             return
         if self.method.wants_after_step:
-            self.method.after_step(raw_losses.detach(), self._losses_after_step(batch))
+            self.method.after_step(losses.detach(), self._losses_after_step(batch))
         names = [t.name for t in self.tasks]
         self._end_step(start, {**{f"loss_{n}": v for n, v in zip(names, raw_losses.detach().tolist())},
                                **{f"weight_{n}": w for n, w in zip(names, info.weights.tolist())},
@@ -184,8 +190,19 @@ class MTOModule(L.LightningModule):
         BatchNorm running statistics untouched, so training is the same with or without logging."""
         start = _sync_time(self.device)
         with torch.enable_grad(), self._frozen_bn():
-            gramian = self.engine.param_gramian(self.task_losses(batch))
+            gramian = self.engine.param_gramian(self._weighted(self.task_losses(batch)))
         return Probe(gramian, _sync_time(self.device) - start, "extra")
+
+    def _weighted(self, losses: Tensor) -> Tensor:
+        """The task losses a method optimises: times the fixed loss weights, if any."""
+        return losses if self.loss_weights is None else losses * self.loss_weights.to(losses)
+
+    def _unweighted(self, stats: dict[str, float]) -> dict[str, float]:
+        """An own step's statistics with its ``loss_<task>`` values (of the weighted losses) logged unweighted."""
+        if self.loss_weights is None:
+            return stats
+        w = {f"loss_{t.name}": float(v) for t, v in zip(self.tasks, self.loss_weights)}
+        return {k: v / w[k] if k in w else v for k, v in stats.items()}
 
     def _global(self, losses: Tensor) -> Tensor:
         """Under DDP: the losses with the global batch's value (mean over ranks) and this rank's gradient."""
@@ -217,13 +234,14 @@ class MTOModule(L.LightningModule):
     def _fresh_losses(self, batch: dict) -> Tensor:
         """An own step's ``ctx.losses()``: the global task losses from a fresh forward pass (under autocast)."""
         with self.trainer.precision_plugin.forward_context():
-            return self._global(self.task_losses(batch))
+            return self._weighted(self._global(self.task_losses(batch)))
 
     def _fresh_task_loss(self, batch: dict, name: str) -> Tensor:
         """An own step's ``ctx.task_loss(name)``: one task's global loss from a fresh forward pass."""
-        task = next(t for t in self.tasks if t.name == name)
+        i, task = next((i, t) for i, t in enumerate(self.tasks) if t.name == name)
         with self.trainer.precision_plugin.forward_context():
-            return self._global(_widened(self.task_loss(batch, task))[None])[0]
+            loss = self._global(_widened(self.task_loss(batch, task))[None])[0]
+        return loss if self.loss_weights is None else loss * self.loss_weights[i].to(loss)
 
     def _end_step(self, start: float | None, stats: dict[str, float], probe: Probe | None = None) -> None:
         """Once per batch, whatever the method did: step the LR schedule, time the step (unless it was skipped,
@@ -267,7 +285,7 @@ class MTOModule(L.LightningModule):
         """The losses for ``after_step``: BatchNorm statistics untouched unless the method asks (FAMO's
         ``bn_update``, docs/methods.md §0.6)."""
         losses = self.task_losses(batch) if self.method.after_step_updates_bn else self._losses_without_bn_update(batch)
-        return self._global(losses)
+        return self._weighted(self._global(losses))
 
     def on_train_epoch_start(self) -> None:
         self.stats.epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])

@@ -48,6 +48,9 @@ REFERENCE_SETTINGS = {"augment": False, "normal_loss": "l1"}
 augmentation on both sides (our random crop without depth / s is not the reference's centre zoom with depth / s and
 cv2 interpolation; only the augmentation parameters and the flip are compared), and the normals loss is the
 reference's L1 (the protocol trains 1 - cos)."""
+RECORDS = ("run_reference", "run_ew")
+"""The recorded runs: the reference config's loss weights (the protocol's ``train.loss_weights``, the CSO main
+tables' "manually tuned" setting) and all weights 1 (its appendix Table 5 setting)."""
 STEP1_RTOL = 1e-5
 GRAD_RTOL = 1e-3
 """Gradient and update norms of step 1: float32 sums over 4M parameters in different orders, on another CPU with
@@ -56,7 +59,7 @@ on an AVX2 CPU; a changed loss scale or weighting moves them by far more."""
 NOISE_FACTOR = 3.0
 MIN_DRIFT = 1e-3
 """The documented bound after step 1, per quantity: NOISE_FACTOR x the largest deviation of the reference from itself
-when only its thread count changes (``run_ew_threads2.json``: the same run with 2 torch threads), at least MIN_DRIFT.
+when only its thread count changes (``<record>_threads2.json``: the same run with 2 torch threads), at least MIN_DRIFT.
 Float32 reduction-order noise grows through Adam's first, sign-like steps (up to ~15 % on the gradient norms after
 10 steps, reference against reference), so no tighter bound holds for any implementation."""
 
@@ -82,10 +85,17 @@ def ref(dataset: str, name: str) -> dict:
     return load_reference(LINEAGE[dataset], name)
 
 
-def protocol_suite(dataset: str, root: Path, epochs: int | None = None):
+@pytest.fixture(scope="module", params=RECORDS)
+def record(request) -> str:
+    return request.param
+
+
+def protocol_suite(dataset: str, root: Path, epochs: int | None = None, record: str = "run_reference"):
     """The protocol file as shipped, pointed at the fixture (its size, batch 2, no workers, CPU), with the
-    reference-compatible settings of :data:`REFERENCE_SETTINGS`."""
+    reference-compatible settings of :data:`REFERENCE_SETTINGS`; for ``run_ew`` without its loss weights."""
     suite = load_suite(PROTOCOL[dataset])
+    if record == "run_ew":
+        suite.train.loss_weights = None
     size = ref(dataset, "header")["fixture"]["kwargs"]["h"]
     suite.dataset.params.update(root=str(root), height=size, width=size, strict_sizes=False, num_workers=0,
                                 **REFERENCE_SETTINGS)
@@ -328,16 +338,24 @@ def check_metrics(ours: dict, theirs: dict, rtol: float, only: str | None = None
         assert value == pytest.approx(theirs[source][task][key], rel=rtol, abs=1e-7), (name, source)
 
 
-def test_step1_losses_and_gradients_match(dataset, fixture_root):
+def test_loss_weights_are_the_reference_configs(dataset, fixture_root):
+    """The protocol's ``train.loss_weights`` are the reference config's (recorded with its run), task by task."""
+    theirs = {OURS[t]: w for t, w in ref(dataset, "run_reference")["weights"].items()}
+    assert load_suite(PROTOCOL[dataset]).train.loss_weights == theirs
+    assert set(ref(dataset, "run_ew")["weights"].values()) == {1.0}
+
+
+def test_step1_losses_and_gradients_match(dataset, fixture_root, record):
     """One EW training step of our protocol path on the reference's first batch: every task loss to 1e-5, the
     shared and head gradient norms and the parameter-update norm to ``GRAD_RTOL``, the learning rate exactly."""
-    run = ref(dataset, "run_ew")
-    recorder, _, _ = run_replay(dataset, fixture_root, run, epochs=1, limit_batches=1)
+    run = ref(dataset, record)
+    recorder, _, _ = run_replay(dataset, fixture_root, run, epochs=1, limit_batches=1, record=record)
     compare_steps(run, recorder.steps, recorder.order)
 
 
-def run_replay(dataset: str, fixture_root: Path, run: dict, epochs: int, limit_batches: int | None = None):
-    suite = protocol_suite(dataset, fixture_root, epochs)
+def run_replay(dataset: str, fixture_root: Path, run: dict, epochs: int, limit_batches: int | None = None,
+               record: str = "run_reference"):
+    suite = protocol_suite(dataset, fixture_root, epochs, record)
     dm = create_datamodule(suite)
     torch.manual_seed(0)
     module = protocol_module(suite, dm, reference_model(suite, dm, dataset))
@@ -365,9 +383,9 @@ def step_pairs(mine: dict, theirs: dict, order: list[int]) -> list[tuple[str, fl
     return pairs + [(k, mine[k], theirs[k]) for k in STEP_KEYS]
 
 
-def drift_bounds(dataset: str) -> dict[str, float]:
+def drift_bounds(dataset: str, record: str) -> dict[str, float]:
     """Per quantity: NOISE_FACTOR x the reference's largest deviation from itself over the steps after the first."""
-    run, other = ref(dataset, "run_ew"), ref(dataset, "run_ew_threads2")
+    run, other = ref(dataset, record), ref(dataset, f"{record}_threads2")
     order = list(range(len(run["tasks"])))
     worst: dict[str, float] = {}
     for a, b in zip(other["steps"][1:], run["steps"][1:], strict=True):
@@ -409,18 +427,18 @@ drift above (NYUD: ours 0.21 % vs 0.06 %); their accumulation is verified on fix
 
 
 @pytest.mark.slow
-def test_replay_matches_reference(dataset, fixture_root):
-    """The recorded run (10 epochs of 2 steps, poly over 10 epochs): per step every task loss, the EW weights,
+def test_replay_matches_reference(dataset, fixture_root, record):
+    """Each recorded run (10 epochs of 2 steps, poly over 10 epochs): per step every task loss, the EW weights,
     the gradient and update norms and the learning rate; at the end the reference's evaluation of the trained
     model in eval mode (BN running statistics; depth RMSE, normal mean angle, saliency maxF / mIoU, not the
     :data:`ARGMAX_METRICS`), the per-parameter norms (as one distance) and the BN statistics; step 1 to float32
     precision, the rest within the reference's own thread-count noise (:data:`NOISE_FACTOR`)."""
-    run, other = ref(dataset, "run_ew"), ref(dataset, "run_ew_threads2")
-    recorder, module, dm = run_replay(dataset, fixture_root, run, epochs=run["epochs"])
+    run, other = ref(dataset, record), ref(dataset, f"{record}_threads2")
+    recorder, module, dm = run_replay(dataset, fixture_root, run, epochs=run["epochs"], record=record)
     assert len(recorder.steps) == len(run["steps"]) >= 20
-    worst = compare_steps(run, recorder.steps, recorder.order, drift_bounds(dataset))
-    print(f"{dataset}: max rel. diff per quantity over {len(run['steps'])} steps: {worst}")
-    suite = protocol_suite(dataset, fixture_root)
+    worst = compare_steps(run, recorder.steps, recorder.order, drift_bounds(dataset, record))
+    print(f"{dataset} {record}: max rel. diff per quantity over {len(run['steps'])} steps: {worst}")
+    suite = protocol_suite(dataset, fixture_root, record=record)
     ours = final_metrics(module, dm, module_config(suite).metric_options)
     for name, (source, task, key, _, _) in REFERENCE_METRIC.items():
         if name.removesuffix("_miou") in ours and name not in ARGMAX_METRICS:

@@ -40,11 +40,12 @@ class Needs(enum.Enum):
 class StepContext:
     """What a method that drives its own step (``Method.own_step``) may use.
 
-    ``losses()`` runs a fresh forward pass on the batch and returns the raw task losses ``[T]``;
-    ``task_loss(name)`` runs a fresh forward pass for one task (conditioned on it if the model has per-task
-    BatchNorm) and returns its raw loss; ``backward(loss)`` back-propagates through Lightning's precision hooks;
-    ``finite(losses)`` is False if a loss is NaN/inf (after raising or counting a skip, per ``nan_policy``: the
-    method must then abandon the step); ``epoch`` counts from 0 up to ``epochs - 1``.
+    ``losses()`` runs a fresh forward pass on the batch and returns the task losses ``[T]`` (times the suite's
+    ``train.loss_weights``, if set); ``task_loss(name)`` runs a fresh forward pass for one task (conditioned on it
+    if the model has per-task BatchNorm) and returns its loss, weighted the same; ``backward(loss)``
+    back-propagates through Lightning's precision hooks; ``finite(losses)`` is False if a loss is NaN/inf (after
+    raising or counting a skip, per ``nan_policy``: the method must then abandon the step); ``epoch`` counts from
+    0 up to ``epochs - 1``.
     """
 
     model: nn.Module

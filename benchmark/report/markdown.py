@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmark.config import fingerprinted
 from benchmark.records import load_records, write_text_atomic
 from benchmark.report.baselines import MEASURED
 from benchmark.report.columns import (
@@ -249,7 +250,8 @@ CONFIG_LINE = "Suite configs (sha256 of the records' `config`, first 16 hex digi
 
 def config_fingerprint(config: Mapping[str, Any]) -> str:
     """A short hash of a suite's resolved config (``SuiteConfig.to_dict()``, as a record's ``config`` keeps it)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    payload = json.dumps(fingerprinted(dict(config)), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _config_line(records: Sequence[Mapping[str, Any]]) -> str:

@@ -9,7 +9,7 @@ import torch
 
 from benchmark import tasks as T
 from benchmark.checkpointing import fingerprint
-from benchmark.config import SuiteConfig
+from benchmark.config import SuiteConfig, fingerprinted
 from benchmark.grid import STL_METHOD, PlannedRun, method_preset, plan_runs, resolved_hparams  # noqa: F401
 from benchmark.methods import Needs, create
 from benchmark.methods.registry import builtin_clash
@@ -57,7 +57,11 @@ def create_model(suite: SuiteConfig, tasks: list, overrides: dict | None = None)
 
 def check_methods(suite: SuiteConfig, tasks: list) -> None:
     """Build every method and its model once before training, so a bad name, hyper-parameter or model override
-    fails before any run."""
+    (or a loss weight for a task the dataset does not have) fails before any run."""
+    unknown = sorted(set(suite.train.loss_weights or {}) - {t.name for t in tasks})
+    if unknown:
+        raise ValueError(f"suite {suite.name!r}: train.loss_weights names {unknown}, not tasks of dataset "
+                         f"{suite.dataset.name!r} (its tasks: {[t.name for t in tasks]})")
     for m in suite.methods:
         clash = builtin_clash(m.name)
         if clash is not None:
@@ -89,8 +93,8 @@ def _flat(value, prefix: str) -> dict:
 def fingerprint_fields(suite: SuiteConfig, run: PlannedRun) -> dict:
     """Everything that changes a run's numbers, flattened (``train.lr``, ``run.hparams.alpha``, ...): the run, its
     dataset and model, and the training settings, less :data:`NOT_FINGERPRINTED`."""
-    payload = {"run": dataclasses.asdict(run), "dataset": dataclasses.asdict(suite.dataset),
-               "model": dataclasses.asdict(suite.model), "train": dataclasses.asdict(suite.train)}
+    config = fingerprinted(suite.to_dict())
+    payload = {"run": dataclasses.asdict(run), **{part: config[part] for part in ("dataset", "model", "train")}}
     flat = {k: v for part, value in payload.items() for k, v in _flat(value, part).items()}
     return {k: v for k, v in flat.items() if k not in NOT_FINGERPRINTED}
 
