@@ -14,13 +14,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.dense_io import affine, normalize_image, read_split, sample_rng, warp
+from datamodules.mtinet_transforms import fixed_resize, scale_n_rotate
 from datamodules.sampling import EpochShuffleSampler
 from datamodules.task_spec import TaskSpec
 
 NORMAL_LOSSES = {"cosine": "", "l1": "l1"}
 """``normal_loss`` parameter -> the normals ``TaskSpec.loss_variant``."""
-Augment = Callable[[np.random.Generator, float], tuple[torch.Tensor, bool]]
-"""(sample rng, input aspect w/h) -> (theta, flip)."""
+TRANSFORMS = ("mtinet", "warp")
+"""``mtinet``: the reference's own sample transforms with OpenCV (:mod:`datamodules.mtinet_transforms`: in training
+its flip and ScaleNRotate, then its fixed resize, image and normals bicubic); ``warp``: one bilinear (image) /
+nearest (targets) ``grid_sample`` through :meth:`DenseDataModule._augment` (NYUD: a random crop of the scaled
+image, depth not divided by the scale; PASCAL: normals not rotated)."""
+Augment = Callable[[np.random.Generator, np.ndarray, dict], tuple[np.ndarray, dict, torch.Tensor, bool]]
+"""(sample rng, image, targets) -> (image, targets, theta, flip) for :func:`~datamodules.dense_io.warp`."""
+Resize = Callable[[np.ndarray, dict, tuple[int, int]], tuple[np.ndarray, dict]]
+"""(image, targets, (h, w)) -> (image, targets) at that size, before the identity warp."""
 
 
 def _load_item(dm: DenseDataModule, ids: list[str], i: int) -> tuple[np.ndarray, dict]:
@@ -33,8 +41,8 @@ class DenseDataset(Dataset):
     a plain ``i`` only resizes to ``size``."""
 
     def __init__(self, load: Callable[[int], tuple[np.ndarray, dict]], n: int, size: tuple[int, int],
-                 augment: Augment | None = None, seed: int = 0) -> None:
-        self.load, self.n, self.size, self.augment, self.seed = load, n, size, augment, seed
+                 augment: Augment | None = None, seed: int = 0, resize: Resize | None = None) -> None:
+        self.load, self.n, self.size, self.augment, self.seed, self.resize = load, n, size, augment, seed, resize
 
     def __len__(self) -> int:
         return self.n
@@ -44,7 +52,9 @@ class DenseDataset(Dataset):
         image, targets = self.load(i)
         theta, flip = affine(), False
         if epoch is not None and self.augment is not None:
-            theta, flip = self.augment(sample_rng(self.seed, epoch, i), image.shape[1] / image.shape[0])
+            image, targets, theta, flip = self.augment(sample_rng(self.seed, epoch, i), image, targets)
+        if self.resize is not None:
+            image, targets = self.resize(image, targets, self.size)
         image_t, targets_t = warp(image, targets, theta, self.size, flip)
         return {"image": normalize_image(image_t), "targets": targets_t}
 
@@ -59,8 +69,12 @@ class DenseDataModule(lightning.LightningDataModule):
     ALL_TASKS: tuple[TaskSpec, ...] = ()
 
     def __init__(self, root: str | None, height: int, width: int, batch_size: int, num_workers: int,
-                 strict_sizes: bool, val_size: int, tasks: list[str] | None, augment: bool) -> None:
+                 strict_sizes: bool, val_size: int, tasks: list[str] | None, augment: bool,
+                 transforms: str = "mtinet") -> None:
         super().__init__()
+        if transforms not in TRANSFORMS:
+            raise ValueError(f"{self.NAME}: transforms={transforms!r} is not one of {list(TRANSFORMS)}")
+        self.transforms = transforms
         for name, value, low in (("height", height, 8), ("width", width, 8), ("batch_size", batch_size, 1),
                                  ("num_workers", num_workers, 0), ("val_size", val_size, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -89,7 +103,19 @@ class DenseDataModule(lightning.LightningDataModule):
         raise NotImplementedError
 
     def _augment(self, rng: np.random.Generator, aspect: float) -> tuple[torch.Tensor, bool]:
+        """``warp`` transforms: (theta, flip) for an input of aspect w / h."""
         raise NotImplementedError
+
+    def _draw(self, rng: np.random.Generator) -> tuple[bool, float, float]:
+        """``mtinet`` transforms: (flip, angle in degrees, scale), drawn as the reference's transforms do."""
+        raise NotImplementedError
+
+    def _augmented(self, rng: np.random.Generator, image: np.ndarray, targets: dict
+                   ) -> tuple[np.ndarray, dict, torch.Tensor, bool]:
+        if self.transforms == "mtinet":
+            return (*scale_n_rotate(image, targets, *self._draw(rng)), affine(), False)
+        theta, flip = self._augment(rng, image.shape[1] / image.shape[0])
+        return image, targets, theta, flip
 
     def _variant(self) -> dict:
         return {}
@@ -139,8 +165,9 @@ class DenseDataModule(lightning.LightningDataModule):
         if not self.ids:
             self.setup()
         ids = self.ids[split]
-        augment = self._augment if split == "train" and self.use_augment else None
-        return DenseDataset(partial(_load_item, self, ids), len(ids), self.size, augment, seed)
+        augment = self._augmented if split == "train" and self.use_augment else None
+        resize = fixed_resize if self.transforms == "mtinet" else None
+        return DenseDataset(partial(_load_item, self, ids), len(ids), self.size, augment, seed, resize)
 
     def _loader(self, dataset: Dataset, sampler=None, drop_last: bool = False) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,

@@ -125,10 +125,9 @@ def check_float(arr: np.ndarray, path: Path, field: str) -> None:
     check_values(arr, path, field, "the finite numbers", np.isfinite(arr))
 
 
-def unit_normals(n: np.ndarray) -> np.ndarray:
-    """Rescale non-zero vectors of H x W x 3 to unit length; the zero vector (invalid) stays zero."""
-    length = np.linalg.norm(n, axis=2, keepdims=True)
-    return np.where(length > 0, n / np.maximum(length, 1e-12), 0.0).astype(np.float32)
+NORMAL_EPS = float(np.finfo(np.float32).eps)
+"""Normals are rescaled by ``|n| + NORMAL_EPS``, as Vandenhende's ``FixedResize`` does: a short vector (bicubic
+resampling next to an invalid region) stays shorter than 1."""
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -161,7 +160,8 @@ def warp(image: np.ndarray, targets: dict[str, tuple[np.ndarray, str, int]], the
     identity warp gives the float32 x / 255 of Vandenhende's ``ToTensor`` exactly). ``targets``
     maps a task to (array H x W [x C], kind, ignore_index): nearest neighbour; outside the input, labels become
     ``ignore_index`` and depth / normals 0 (invalid). Label kinds come back int64 h x w (segmentation,
-    human_parts) or float 1 x h x w (saliency, edges); depth 1 x h x w; normals 3 x h x w, x negated when ``flip``.
+    human_parts) or float 1 x h x w (saliency, edges); depth 1 x h x w; normals 3 x h x w, x negated when ``flip``,
+    divided by ``|n| + NORMAL_EPS`` (the zero vector stays zero).
     """
     h, w = size
     grid = F.affine_grid(theta.double().unsqueeze(0), [1, 1, h, w], align_corners=False)
@@ -181,7 +181,7 @@ def warp(image: np.ndarray, targets: dict[str, tuple[np.ndarray, str, int]], the
         elif kind == "normals":
             if flip:
                 s[0] = -s[0]
-            out[name] = s.float()
+            out[name] = (s / (s.norm(dim=0, keepdim=True) + NORMAL_EPS)).float()
         else:
             out[name] = s.float()
     return out_image, out

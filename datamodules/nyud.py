@@ -2,10 +2,11 @@
 
 Tasks: 40-class semantic segmentation (file value 0 = unlabelled -> ignore 255, x -> x - 1), depth in metres
 (0 invalid), surface normals (zero vector invalid) and edges (auxiliary: trained, not scored; balanced BCE with
-positive weight 0.95, Vandenhende's NYUD config). Training augmentation (P3): scale s in {1, 1.2, 1.5}, a random
-``height x width`` crop of the scaled image and a horizontal flip (normals' x negated); depth is not divided by
-s. Vandenhende's code instead zooms about the centre and divides depth by s (tests/test_reference_mtinet.py).
-Evaluation resizes to ``height x width`` (identity for the 480 x 640 release).
+positive weight 0.95, Vandenhende's NYUD config). ``transforms: mtinet`` (the default) are Vandenhende's own
+(:mod:`datamodules.mtinet_transforms`, verified sample by sample in tests/test_reference_mtinet.py): in training a
+horizontal flip and a zoom by s in {1, 1.2, 1.5} about the centre, depth divided by s; then the bicubic resize to
+``height x width`` (a copy for the 480 x 640 release). ``warp``: a random ``height x width`` crop of the scaled
+image and a flip, depth not divided by s, and a bilinear resize.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from datamodules.dense_io import (
     read_rgb,
     require_files,
     resolve_root,
-    unit_normals,
 )
 from datamodules.task_spec import TaskSpec
 
@@ -41,6 +41,9 @@ ENV = "MTOBENCH_NYUD"
 IGNORE = 255
 NUM_CLASSES = 40
 SCALES = (1.0, 1.2, 1.5)
+AUGMENTATION = {"mtinet": "mtinet: flip, zoom {1, 1.2, 1.5} about the centre (OpenCV), depth / scale",
+                "warp": "warp: scale {1, 1.2, 1.5}, random crop, horizontal flip"}
+"""``describe()``'s augmentation, per ``transforms``."""
 NORMAL_LENGTH_TOLERANCE = 1.05
 TYPICAL_DEPTH = 2.5
 """Metres; where the depth head's bias starts (NYUD indoor scenes, about 0.5-10 m)."""
@@ -65,8 +68,10 @@ class NYUDDataModule(DenseDataModule):
 
     def __init__(self, root: str | None = None, height: int = 480, width: int = 640, batch_size: int = 8,
                  num_workers: int = 0, strict_sizes: bool = True, val_size: int = 0,
-                 tasks: list[str] | None = None, augment: bool = True, normal_loss: str = "cosine") -> None:
-        super().__init__(root, height, width, batch_size, num_workers, strict_sizes, val_size, tasks, augment)
+                 tasks: list[str] | None = None, augment: bool = True, normal_loss: str = "cosine",
+                 transforms: str = "mtinet") -> None:
+        super().__init__(root, height, width, batch_size, num_workers, strict_sizes, val_size, tasks, augment,
+                         transforms)
         self._set_normal_loss(normal_loss)
         self.save_hyperparameters()
 
@@ -109,7 +114,7 @@ class NYUDDataModule(DenseDataModule):
                 length = np.linalg.norm(normal, axis=2)
                 check_values(length, path, "normal (vector length)", f"[0, {NORMAL_LENGTH_TOLERANCE}]",
                              length <= NORMAL_LENGTH_TOLERANCE)
-                targets["normal"] = (unit_normals(normal), t.kind, 0)
+                targets["normal"] = (normal.astype(np.float32), t.kind, 0)
             else:
                 edge = read_npy(path, "edge")
                 check_shape(edge, path, "edge", hw)
@@ -124,7 +129,10 @@ class NYUDDataModule(DenseDataModule):
         flip = bool(rng.random() < 0.5)
         return affine(scale=scale, flip=flip, shift=shift, aspect=aspect), flip
 
+    def _draw(self, rng: np.random.Generator) -> tuple[bool, float, float]:
+        return bool(rng.random() < 0.5), 0.0, float(rng.choice(SCALES))
+
     def _variant(self) -> dict:
         return {**self._normal_loss_variant(), "variant": "vandenhende_mtinet", "num_classes": NUM_CLASSES,
                 "edge_pos_weight": 0.95,
-                "augmentation": "scale {1, 1.2, 1.5}, random crop, horizontal flip" if self.use_augment else "none"}
+                "augmentation": AUGMENTATION[self.transforms] if self.use_augment else "none"}

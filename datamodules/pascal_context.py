@@ -10,9 +10,10 @@ The reference keeps normals only on Context classes that NYU also has (its repos
 nyu_classes.json``, ``context_classes.json``, not the archive); ``normals_valid_classes`` takes those LabelMap ids
 (the CSO protocol lists them), None keeps every pixel (recorded by ``describe()``). Training augmentation (P5):
 horizontal flip (normals' x negated), rotation U(-20, 20) degrees and scale U(0.75, 1.25) about the centre, then
-a fixed resize to ``height x width``; evaluation is the fixed resize. Targets are resampled with nearest
-neighbour (the reference uses cubic for normals, which blurs the invalid mask) and normals are not rotated with the
-image (the reference rotates their in-plane component).
+a fixed resize to ``height x width``; evaluation is the fixed resize. ``transforms: mtinet`` (the default) are the
+reference's own (:mod:`datamodules.mtinet_transforms`: OpenCV, image and normals bicubic, normals' in-plane
+component rotated, zero outside the image; verified sample by sample in tests/test_reference_mtinet.py); ``warp``
+resamples the image bilinear and every target nearest in one ``grid_sample`` and does not rotate the normals.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from datamodules.dense_io import (
     read_rgb,
     require_files,
     resolve_root,
-    unit_normals,
 )
 from datamodules.task_spec import TaskSpec
 
@@ -153,8 +153,10 @@ class PascalContextDataModule(DenseDataModule):
     def __init__(self, root: str | None = None, height: int = 512, width: int = 512, batch_size: int = 8,
                  num_workers: int = 0, strict_sizes: bool = True, val_size: int = 0,
                  tasks: list[str] | None = None, augment: bool = True,
-                 normals_valid_classes: list[int] | None = None, normal_loss: str = "cosine") -> None:
-        super().__init__(root, height, width, batch_size, num_workers, strict_sizes, val_size, tasks, augment)
+                 normals_valid_classes: list[int] | None = None, normal_loss: str = "cosine",
+                 transforms: str = "mtinet") -> None:
+        super().__init__(root, height, width, batch_size, num_workers, strict_sizes, val_size, tasks, augment,
+                         transforms)
         self._set_normal_loss(normal_loss)
         self.normals_valid_classes = None if normals_valid_classes is None else sorted(set(normals_valid_classes))
         self.save_hyperparameters()
@@ -215,7 +217,7 @@ class PascalContextDataModule(DenseDataModule):
             check_shape(normal, path, "normal", hw, (3,))
             if self.normals_valid_classes is not None:
                 normal = np.where(np.isin(label_map, self.normals_valid_classes)[..., None], normal, 0.0)
-            targets["normal"] = (unit_normals(normal), kinds["normal"], 0)
+            targets["normal"] = (normal.astype(np.float32), kinds["normal"], 0)
         if "edge" in kinds:
             targets["edge"] = (edges_from_labelmap(label_map).astype(np.float32), kinds["edge"], IGNORE)
         return image, targets
@@ -226,9 +228,13 @@ class PascalContextDataModule(DenseDataModule):
         scale = float(rng.uniform(*SCALE_RANGE))
         return affine(scale=scale, angle_deg=angle, flip=flip, aspect=aspect), flip
 
+    def _draw(self, rng: np.random.Generator) -> tuple[bool, float, float]:
+        flip = bool(rng.random() < 0.5)
+        return flip, float(rng.uniform(-ROTATION_DEG, ROTATION_DEG)), float(rng.uniform(*SCALE_RANGE))
+
     def _variant(self) -> dict:
         return {**self._normal_loss_variant(), "variant": "astmt_pascal_mt", "semseg_classes": 21, "parts_classes": 7,
                 "edge_pos_weight": 0.95,
                 "normals_valid_classes": self.normals_valid_classes or "all pixels (not the reference NYU-class mask)",
-                "augmentation": ("flip, rotation U(-20, 20) deg, scale U(0.75, 1.25), fixed resize" if self.use_augment
-                                 else "none")}
+                "augmentation": (f"{self.transforms}: flip, rotation U(-20, 20) deg, scale U(0.75, 1.25), fixed "
+                                 "resize" if self.use_augment else "none")}

@@ -30,7 +30,6 @@ from benchmark.methods import create
 from benchmark.module import MTOModule
 from benchmark.runner import create_datamodule, create_model, module_config, resolved_hparams
 from benchmark.tasks import MetricOptions
-from datamodules.dense_io import affine
 from tests.fixtures_dense import write_nyud, write_pascal
 from tests.reference_replay import ReplaySampler, StepRecorder, check_fixture, load_reference, recipe_, rel_diff
 
@@ -44,9 +43,9 @@ OURS = {"semseg": "semseg", "depth": "depth", "normals": "normal", "edge": "edge
         "sal": "saliency"}
 """Reference task name -> ours."""
 REFERENCE_SETTINGS = {"augment": False, "normal_loss": "l1"}
-"""Where our protocol differs from the reference on purpose or cannot follow it: the training pass runs without
-augmentation on both sides (our random crop without depth / s is not the reference's centre zoom with depth / s and
-cv2 interpolation; only the augmentation parameters and the flip are compared), and the normals loss is the
+"""Where the replays leave the protocol: the recorded runs trained with the reference's evaluation transforms (its
+augmentation draws from NumPy's global state, so the steps could not be fed the same draws; the augmentation is
+compared sample by sample instead, :func:`test_augmentation_matches_reference_samples`), and the normals loss is the
 reference's L1 (the protocol trains 1 - cos)."""
 RECORDS = ("run_reference", "run_ew")
 """The recorded runs: the reference config's loss weights (the protocol's ``train.loss_weights``, the CSO main
@@ -90,13 +89,14 @@ def record(request) -> str:
     return request.param
 
 
-def protocol_suite(dataset: str, root: Path, epochs: int | None = None, record: str = "run_reference"):
-    """The protocol file as shipped, pointed at the fixture (its size, batch 2, no workers, CPU), with the
-    reference-compatible settings of :data:`REFERENCE_SETTINGS`; for ``run_ew`` without its loss weights."""
+def protocol_suite(dataset: str, root: Path, epochs: int | None = None, record: str = "run_reference",
+                   size: int | None = None):
+    """The protocol file as shipped, pointed at the fixture (at its size unless ``size``, batch 2, no workers, CPU),
+    with the reference-compatible settings of :data:`REFERENCE_SETTINGS`; for ``run_ew`` without its loss weights."""
     suite = load_suite(PROTOCOL[dataset])
     if record == "run_ew":
         suite.train.loss_weights = None
-    size = ref(dataset, "header")["fixture"]["kwargs"]["h"]
+    size = size or ref(dataset, "header")["fixture"]["kwargs"]["h"]
     suite.dataset.params.update(root=str(root), height=size, width=size, strict_sizes=False, num_workers=0,
                                 **REFERENCE_SETTINGS)
     suite.train.batch_size = ref(dataset, "header")["batch_size"]
@@ -188,24 +188,48 @@ def check_sample(ours: dict, theirs: dict, what: str) -> None:
         np.testing.assert_allclose(mine, theirs[key], rtol=1e-5, atol=1e-3, err_msg=f"{what} {key}")
 
 
-def test_eval_samples_match_reference_transforms(dataset, fixture_root):
+SAMPLES = ("data", "data_resized")
+"""The recorded samples: at the fixture's size (the fixed resize a copy) and resized to 48 x 48 (bicubic image and
+normals, nearest targets)."""
+
+
+@pytest.fixture(params=SAMPLES)
+def samples(request, dataset) -> dict:
+    return ref(dataset, request.param)
+
+
+def sample_size(samples: dict) -> int | None:
+    return samples["size"][0] if "size" in samples else None
+
+
+def test_eval_samples_match_reference_transforms(dataset, fixture_root, samples):
     """Every test sample after the reference's evaluation transforms (fixed resize, ignore regions: semseg 0 -> 255
     and x - 1 on NYUD, depth 0, zero normals, images without parts; ImageNet normalisation; PASCAL normals only on
     its NYU-shared classes, sal > 0.5, edges = thin(|Laplacian(LabelMap)|)) equals ours."""
-    data = ref(dataset, "data")
-    dm = create_datamodule(protocol_suite(dataset, fixture_root))
+    data = samples
+    dm = create_datamodule(protocol_suite(dataset, fixture_root, size=sample_size(samples)))
     ds = dm.test_dataloader().dataset
     assert dm.ids["test"] == [s["id"] for s in data["eval_samples"]]
     for i, theirs in enumerate(data["eval_samples"]):
         check_sample(sample_stats(ds[i], dm.tasks), reference_stats(theirs), f"test sample {theirs['id']}")
 
 
-def test_augmentation_matches_reference_parameters_and_flip(dataset, fixture_root, monkeypatch):
-    """The reference's ScaleNRotate draws (NYUD: scale from {1, 1.2, 1.5}, no rotation; PASCAL: rotation
-    U(-20, 20), scale U(0.75, 1.25)) and its flip with probability 0.5 are ours. Every recorded training sample
-    the reference drew at scale 1 (flipped or not, normals' x negated) equals ours for the same draw; the scaled
-    ones are not compared (see :data:`REFERENCE_SETTINGS`)."""
-    data = ref(dataset, "data")
+def reference_draw(aug: dict, draws: list) -> tuple[bool, float, float]:
+    """(flip, angle, scale) from the reference's recorded draws: ``RandomHorizontalFlip``'s ``random() < 0.5``, then
+    ``ScaleNRotate``'s list indices (NYUD) or its uniform ``(hi - lo) u - (hi - lo) / 2 (+ 1)`` (PASCAL)."""
+    (_, flip_u), (_, rot), (_, sc) = draws
+    spec = aug["scale_n_rotate"]
+    if spec["kind"] == "list":
+        return flip_u < 0.5, float(spec["rots"][rot]), float(spec["scales"][sc])
+    (r0, r1), (s0, s1) = spec["rots"], spec["scales"]
+    return flip_u < 0.5, (r1 - r0) * rot - (r1 - r0) / 2, (s1 - s0) * sc - (s1 - s0) / 2 + 1
+
+
+def test_augmentation_matches_reference_samples(dataset, fixture_root, samples, monkeypatch):
+    """The reference's training transforms (flip p = 0.5, then ScaleNRotate: NYUD scale from {1, 1.2, 1.5}, no
+    rotation; PASCAL rotation U(-20, 20), scale U(0.75, 1.25); the fixed resize, ignore regions, normalisation)
+    are the protocol's: every recorded training sample (12 draws, every scale) equals ours for the same draw."""
+    data = samples
     aug = data["augmentation"]
     assert aug["flip_probability"] == 0.5
     assert aug["order"][:2] == ["RandomHorizontalFlip", "ScaleNRotate"]
@@ -214,25 +238,18 @@ def test_augmentation_matches_reference_parameters_and_flip(dataset, fixture_roo
     else:
         assert aug["scale_n_rotate"] == {"rots": [-pascal.ROTATION_DEG, pascal.ROTATION_DEG],
                                          "scales": list(pascal.SCALE_RANGE), "kind": "tuple"}
-        return
-    suite = protocol_suite(dataset, fixture_root)
+    suite = protocol_suite(dataset, fixture_root, size=sample_size(samples))
     suite.dataset.params["augment"] = True
     dm = create_datamodule(suite)
-    flips: list[bool] = []
-    monkeypatch.setattr(type(dm), "_augment", lambda self, rng, aspect: (affine(flip=flips[-1]), flips[-1]))
+    draws: list[tuple[bool, float, float]] = []
+    monkeypatch.setattr(type(dm), "_draw", lambda self, rng: draws[-1])
     ds = dm._dataset("train")
     position = {item: i for i, item in enumerate(dm.ids["train"])}
-    compared = 0
     for theirs in data["train_augmented"]:
-        (_, flip_u), (_, rot_i), (_, scale_i) = theirs["draws"]
-        assert aug["scale_n_rotate"]["rots"][rot_i] == 0
-        if aug["scale_n_rotate"]["scales"][scale_i] != 1.0:
-            continue
-        flips.append(flip_u < 0.5)
+        draws.append(reference_draw(aug, theirs["draws"]))
         check_sample(sample_stats(ds[(0, position[theirs["id"]])], dm.tasks), reference_stats(theirs),
-                     f"train sample {theirs['id']} flip={flips[-1]}")
-        compared += 1
-    assert compared >= 3 and len(set(flips)) == 2
+                     f"train sample {theirs['id']} (flip, angle, scale) = {draws[-1]}")
+    assert len({d[0] for d in draws}) == 2 and len({d[2] for d in draws}) >= 3
 
 
 def test_parameter_map_and_counts_are_exact(dataset, fixture_root):
