@@ -8,7 +8,8 @@ Files (docs/data.md §4.6), under ``root`` (``dataset.params.root`` or ``$MTOBEN
 * ``list_eval_partition.txt`` (or ``Eval/list_eval_partition.txt``): ``<file> <0|1|2>`` = train/val/test.
 
 Images are resized to ``image_size`` squared with PIL's bilinear filter and scaled to [0, 1] without
-normalisation, as the FAMO CelebA protocol does (docs/protocols.md P6: ``Resize((64, 64))``, ``ToTensor``).
+normalisation, as the FAMO CelebA protocol does (docs/protocols.md P6: ``Resize((64, 64))``, ``ToTensor``);
+``preprocess="mgda_ub"`` is MGDA-UB's ``CELEBA.transform_img`` instead (:func:`mgda_ub_image`).
 ``kind="binary"`` gives one logit per attribute with BCE (FAMO); ``kind="classification"`` two logits with
 cross-entropy (MGDA-UB, Sener & Koltun 2018, §5.2).
 """
@@ -32,6 +33,9 @@ IMAGE_DIR = "img_align_celeba"
 ATTR_FILE, PARTITION_FILE = "list_attr_celeba.txt", "list_eval_partition.txt"
 LOCATIONS = {ATTR_FILE: ("", "Anno"), PARTITION_FILE: ("", "Eval")}
 KINDS = ("binary", "classification")
+PREPROCESS = ("totensor", "mgda_ub")
+MGDA_UB_MEAN = np.array([73.15835921, 82.90891754, 72.39239876])
+"""The per-channel mean MGDA-UB's loader subtracts, in its BGR order (``loaders/celeba_loader.py``)."""
 HOW_TO_GET = (f"a folder with {IMAGE_DIR}/ (000001.jpg ...), {ATTR_FILE} and {PARTITION_FILE} (also accepted in "
               "Anno/ and Eval/, as distributed): the 'Align&Cropped Images' (img_align_celeba.zip), the attribute "
               "annotations and the evaluation partition of https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html; set "
@@ -87,11 +91,23 @@ def parse_partition(path: Path) -> dict[str, int]:
     return out
 
 
+def mgda_ub_image(rgb: Image.Image, size: int) -> np.ndarray:
+    """MGDA-UB's ``transform_img`` (intel-isl/MultiObjectiveOptimization, ``loaders/celeba_loader.py``): BGR, minus
+    :data:`MGDA_UB_MEAN`, then ``scipy.misc.imresize`` (removed from SciPy; its documented steps: ``bytescale``
+    stretches the array's min..max to 0..255, rounded, then PIL's bilinear resize), / 255; H x W x 3 float64."""
+    bgr = np.asarray(rgb, dtype=np.float64)[:, :, ::-1] - MGDA_UB_MEAN
+    low, span = bgr.min(), bgr.max() - bgr.min()
+    stretched = (((bgr - low) * (255.0 / (span or 1.0))).clip(0, 255) + 0.5).astype(np.uint8)
+    resized = Image.fromarray(np.ascontiguousarray(stretched), "RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float64) / 255.0
+
+
 class _CelebADataset(Dataset):
     """Decodes ``folder/files[i]`` on access; targets are ``{attribute: 0-dim tensor}``."""
 
-    def __init__(self, folder: Path, files: list[str], labels: np.ndarray, names: list[str], size: int, kind: str):
-        self.folder, self.files, self.names, self.size = folder, files, names, size
+    def __init__(self, folder: Path, files: list[str], labels: np.ndarray, names: list[str], size: int, kind: str,
+                 preprocess: str = "totensor"):
+        self.folder, self.files, self.names, self.size, self.preprocess = folder, files, names, size, preprocess
         dtype = torch.float32 if kind == "binary" else torch.int64
         self.labels = torch.from_numpy(labels).to(dtype)
 
@@ -102,7 +118,10 @@ class _CelebADataset(Dataset):
         path = self.folder / self.files[i]
         try:
             with Image.open(path) as img:
-                rgb = img.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+                rgb = img.convert("RGB")
+                if self.preprocess == "mgda_ub":
+                    return torch.from_numpy(mgda_ub_image(rgb, self.size)).permute(2, 0, 1).float().contiguous()
+                rgb = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR)
         except (OSError, UnidentifiedImageError) as exc:
             raise ValueError(f"{path}: cannot decode the image: {exc}") from exc
         return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
@@ -117,10 +136,13 @@ class CelebADataModule(SplitLoaders):
 
     def __init__(self, batch_size: int = 256, root: str | None = None, image_size: int = 64, kind: str = "binary",
                  attributes: list[str] | None = None, n_train: int | None = None, n_val: int | None = None,
-                 n_test: int | None = None, seed: int = 0, num_workers: int = 0):
+                 n_test: int | None = None, seed: int = 0, num_workers: int = 0, preprocess: str = "totensor"):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"CelebADataModule: kind={kind!r} is not one of {KINDS}")
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"CelebADataModule: preprocess={preprocess!r} is not one of {PREPROCESS}")
+        self.preprocess = preprocess
         for name, value, low, optional in (("batch_size", batch_size, 1, False), ("image_size", image_size, 8, False),
                                            ("n_train", n_train, 1, True), ("n_val", n_val, 1, True),
                                            ("n_test", n_test, 1, True), ("seed", seed, 0, False),
@@ -199,7 +221,8 @@ class CelebADataModule(SplitLoaders):
     def describe(self) -> dict:
         """Plain-dict summary for the run record."""
         return {"name": "celeba", "root": str(self.root[0]), "files": {k: str(v) for k, v in self.paths.items()},
-                "image_size": self.image_size, "kind": self.kind, "attributes": self.selected,
+                "image_size": self.image_size, "kind": self.kind, "preprocess": self.preprocess,
+                "attributes": self.selected,
                 "sizes": {s: int(r.size) for s, r in self.split_rows.items()}, "limits": self.limits}
 
     def prepare_data(self) -> None:
@@ -218,7 +241,8 @@ class CelebADataModule(SplitLoaders):
         self.prepare_data()
         for split, rows in self.split_rows.items():
             self.datasets[split] = _CelebADataset(self.paths[IMAGE_DIR], [self.files[r] for r in rows],
-                                                  self.labels[rows], self.selected, self.image_size, self.kind)
+                                                  self.labels[rows], self.selected, self.image_size, self.kind,
+                                                  self.preprocess)
         if len(self.datasets["train"]) < self.batch_size:
             raise ValueError(f"celeba: batch_size={self.batch_size} exceeds the {len(self.datasets['train'])} "
                              "training images; with drop_last=True there would be no training batch")

@@ -2,8 +2,9 @@
 
 MGDA-UB's CelebA network (Sener & Koltun, NeurIPS 2018, §5.2; docs/protocols.md P6) is a ResNet-18 whose stem suits
 64x64 inputs: a 3x3 stride-1 convolution and no max pooling (``cifar_stem=True``, the default here). The shared
-representation ``z`` is the globally average-pooled 512-d feature (MGDA-UB pools 4x4 into 2048-d instead); each
-head is ``Linear(512, C)``. No weights are downloaded; ``checkpoint`` loads a local state dict into the encoder.
+representation ``z`` is the globally average-pooled 512-d feature, or with ``pool=k`` MGDA-UB's
+``avg_pool2d(k)`` of the last feature map, flattened (``multi_faces_resnet.py``: k = 4, 2048-d at 64x64); each head
+is ``Linear(width, C)``. No weights are downloaded; ``checkpoint`` loads a local state dict into the encoder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.multitask import EncoderWithHeads
@@ -49,11 +51,17 @@ def load_encoder_checkpoint(encoder: nn.Module, path: str | Path) -> None:
 
 
 class ResNetCls(EncoderWithHeads):
-    """timm ResNet-18 trunk shared by all tasks (``encode`` -> 512-d), one ``Linear(512, C)`` head per task."""
+    """timm ResNet-18 trunk shared by all tasks (``encode`` -> 512-d, or with ``pool`` the flattened
+    ``avg_pool2d(pool)`` map of an ``input_size`` image), one ``Linear`` head per task."""
 
     def __init__(self, head_channels: Mapping[str, int], in_channels: int = 3, cifar_stem: bool = True,
-                 checkpoint: str | None = None):
+                 checkpoint: str | None = None, pool: int | None = None, input_size: int = 64):
         super().__init__(head_channels)
+        stride = 8 if cifar_stem else 32
+        if pool is not None and (pool < 1 or input_size % (stride * pool)):
+            raise ValueError(f"resnet18_cls: pool={pool} must be >= 1 and divide the {input_size // stride} x "
+                             f"{input_size // stride} feature map of input_size={input_size}")
+        self.pool = pool
         self.encoder = timm.create_model("resnet18", pretrained=False, num_classes=0, in_chans=in_channels)
         if cifar_stem:
             self.encoder.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -61,4 +69,17 @@ class ResNetCls(EncoderWithHeads):
         if checkpoint is not None:
             load_encoder_checkpoint(self.encoder, checkpoint)
         width = self.encoder.num_features
+        if pool is not None:
+            side = input_size // stride // pool
+            width *= side * side
         self.heads = nn.ModuleDict({name: nn.Linear(width, c) for name, c in head_channels.items()})
+
+    def _encode(self, x: Tensor, task: str | None = None) -> Tensor:
+        if self.pool is None:
+            return self.encoder(x)
+        z = F.avg_pool2d(self.encoder.forward_features(x), self.pool).flatten(1)
+        width = next(iter(self.heads.values())).in_features
+        if z.shape[1] != width:
+            raise ValueError(f"resnet18_cls: a {tuple(x.shape[-2:])} image pools to {z.shape[1]} features, the heads "
+                             f"take {width} (model.params.input_size must be the image size)")
+        return z

@@ -58,6 +58,16 @@ def recipe_(named: dict[str, nn.Parameter]) -> None:
                 p.fill_(1.0)
 
 
+def linear_recipe_(named: dict[str, nn.Parameter]) -> None:
+    """:func:`recipe_`, with 2-d (``Linear``) weights 0.01 N(0, 1) from ``crc32(name)`` instead of 1, so that the
+    heads of a classification network tell its classes apart."""
+    recipe_(named)
+    with torch.no_grad():
+        for name, p in named.items():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(zlib.crc32(name.encode()))) * 0.01)
+
+
 _MTAN_RULES = [
     (r"encoder_block\.(\d+)\.", r"trunk.enc_in.\1."),
     (r"decoder_block\.(\d+)\.", r"trunk.dec_in.\1."),

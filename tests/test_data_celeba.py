@@ -13,7 +13,7 @@ from torchvision import transforms
 from benchmark.config import load_suite
 from benchmark.runner import check_methods, create_datamodule, run_suite
 from datamodules import DATAMODULES
-from datamodules.celeba import CelebADataModule
+from datamodules.celeba import MGDA_UB_MEAN, CelebADataModule, mgda_ub_image
 from datamodules.sampling import EpochShuffleSampler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,6 +176,10 @@ def test_protocols_run_end_to_end_on_a_fixture(celeba, tmp_path, config):
                  "--suite.train.accelerator", "cpu"]
     if "famo" in config:
         overrides += ["--suite.model.params", json.dumps({"width": 4})]
+    else:  # MGDA-UB's 4x4 pooling needs a 4 x 4 feature map: 32 x 32 images
+        params["image_size"] = 32
+        overrides[1] = json.dumps(params)
+        overrides += ["--suite.model.params", json.dumps({**suite.model.params, "input_size": 32})]
     suite = load_suite(ROOT / config, overrides)
     dm = create_datamodule(suite)
     assert len(dm.tasks) == 40
@@ -191,3 +195,21 @@ def test_protocols_run_end_to_end_on_a_fixture(celeba, tmp_path, config):
     keys = {"binary": ("error", "f1"), "classification": ("acc",)}[kind]
     assert set(record["epochs"][0]["test"]) == {f"{a}/{k}" for a in params["attributes"] for k in keys}
     assert record["dataset_info"]["kind"] == kind and record["dataset_info"]["sizes"]["test"] == 4
+
+
+def test_mgda_ub_preprocessing_is_bgr_minus_mean_stretched_to_bytes():
+    """``mgda_ub_image``: BGR minus MGDA-UB's mean, min..max stretched to 0..255 (rounded half up), PIL bilinear
+    resize, / 255; at the input size the resize is the identity, so the values can be computed by hand."""
+    rgb = np.array([[[10, 20, 30], [200, 100, 0]], [[255, 255, 255], [0, 0, 0]]], dtype=np.uint8)
+    bgr = rgb[:, :, ::-1].astype(np.float64) - MGDA_UB_MEAN
+    low, high = bgr.min(), bgr.max()
+    want = np.floor((bgr - low) * 255.0 / (high - low) + 0.5) / 255.0
+    got = mgda_ub_image(Image.fromarray(rgb), 2)
+    np.testing.assert_array_equal(got, want)
+    assert got.min() == 0.0 and got.max() == 1.0
+    assert got[1, 1, 0] == want[1, 1, 0] != got[1, 1, 2]  # black: B - 73.2 and R - 72.4 stretch apart
+    big = np.random.default_rng(0).integers(0, 256, (16, 12, 3), dtype=np.uint8)
+    bgr = big[:, :, ::-1].astype(np.float64) - MGDA_UB_MEAN
+    stretched = np.floor((bgr - bgr.min()) * 255.0 / (bgr.max() - bgr.min()) + 0.5).astype(np.uint8)
+    resized = Image.fromarray(stretched).resize((4, 4), Image.Resampling.BILINEAR)
+    np.testing.assert_array_equal(mgda_ub_image(Image.fromarray(big), 4), np.asarray(resized) / 255.0)

@@ -4,8 +4,7 @@
 (parameter shapes, BatchNorm settings, representation size) and, on seeded 40-task representation-gradient sets
 (:func:`tests.fixtures_min_norm.gradient_case`), its ``gradient_normalizers`` for every normalisation type and the
 weights of its two solvers. Not replayed: the CelebA trainer (its loader needs the PNG release through the removed
-``scipy.misc.imread/imresize``, and our protocol pools the shared feature to 512-d where the reference pools 4x4 to
-2048-d, so the heads and the step cannot match).
+``scipy.misc.imread/imresize``, removed from SciPy). The network's forward pass is replayed on a seeded batch.
 
 Reference-compatible solver settings: the reference's loops have no working iteration cap (``iter_count`` is never
 incremented) and clip the line search to [0.001, 0.999]; ours caps at ``max_iter`` (250 in the protocol) and clips
@@ -20,13 +19,14 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark import tasks as T
 from benchmark.config import load_suite
 from benchmark.grid import resolved_hparams
 from benchmark.methods import create
 from benchmark.methods.solvers.min_norm import gradient_normalizers
 from benchmark.runner import create_datamodule, create_model
 from tests.fixtures_min_norm import GRADIENT_CASES, gradient_case
-from tests.reference_replay import load_reference
+from tests.reference_replay import linear_recipe_, load_reference
 from tests.test_data_celeba import write_celeba
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +66,8 @@ def gramian(case: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_trunk_shapes_count_and_batchnorm_match_reference(suite, ref):
     """The shared ResNet-18 (3x3 stride-1 stem, no max-pool) equals the reference's parameter by parameter
-    (``shortcut`` is timm's ``downsample``), with its BatchNorm settings; the representation and head sizes differ
-    as the protocol states (512-d global pooling against 4x4 pooling to 2048-d)."""
+    (``shortcut`` is timm's ``downsample``), with its BatchNorm settings, its 4x4 pooling to 2048-d and its
+    ``Linear(2048, 2)`` heads."""
     net = ref["network"]
     model = create_model(suite, create_datamodule(suite).tasks)
     ours = {f"rep.{n}".replace("downsample", "shortcut"): list(p.shape) for n, p in model.encoder.named_parameters()}
@@ -77,9 +77,49 @@ def test_trunk_shapes_count_and_batchnorm_match_reference(suite, ref):
     assert len(bns) == net["batchnorm"]["count"] == 20
     for key in ("momentum", "eps", "affine", "track_running_stats"):
         assert sorted({getattr(m, key) for m in bns}) == net["batchnorm"][key], key
-    assert list(model.encode(torch.zeros(2, 3, 64, 64)).shape) == [2, 512] != net["rep_output_shape"] == [2, 2048]
-    assert [list(p.shape) for p in model.task_parameters("5_o_Clock_Shadow")] == [[2, 512], [2]]
-    assert net["param_shapes"]["0.linear.weight"] == [2, 2048]
+    assert list(model.encode(torch.zeros(2, 3, 64, 64)).shape) == net["rep_output_shape"] == [2, 2048]
+    head = [net["param_shapes"]["0.linear.weight"], net["param_shapes"]["0.linear.bias"]]
+    assert [list(p.shape) for p in model.task_parameters("5_o_Clock_Shadow")] == head == [[2, 2048], [2]]
+
+
+def test_forward_losses_and_representation_gradient_match_reference(suite, ref):
+    """On the recorded seeded batch, in train mode, with the same weights (``linear_recipe_`` keyed by the reference
+    names): the 2048-d representation, every attribute's log-probabilities and NLL loss, and the gradient of the
+    summed losses w.r.t. the representation (what MGDA-UB's ``rep_full`` gradients are made of)."""
+    theirs = load_reference(LINEAGE, "forward")
+    dm = create_datamodule(suite)
+    model = create_model(suite, dm.tasks)
+    names = [t.name for t in dm.tasks]
+    ours = dict(model.named_parameters())
+
+    def our_name(ref_name: str) -> str:
+        head, rest = ref_name.split(".", 1)
+        if head == "rep":
+            return "encoder." + rest.replace("shortcut", "downsample")
+        return f"heads.{names[int(head)]}.{rest.removeprefix('linear.')}"
+
+    ref_names = [n for n in ref["network"]["param_shapes"] if n.startswith("rep.")]
+    ref_names += [f"{t}.linear.{k}" for t in range(len(names)) for k in ("weight", "bias")]
+    linear_recipe_({n: ours[our_name(n)] for n in ref_names})
+    assert len(ref_names) == len(ours)
+    g = torch.Generator().manual_seed(theirs["seed"])
+    x = torch.randn(4, 3, 64, 64, generator=g)
+    labels = torch.randint(0, 2, (4, 40), generator=g)
+    model.train()
+    rep = model.encode(x)
+    assert list(rep.shape) == theirs["rep_shape"]
+    r = rep.detach().double()
+    np.testing.assert_allclose([float(r.sum()), float(r.square().sum())], [theirs["rep_sum"], theirs["rep_sq"]],
+                               rtol=1e-5)
+    z = rep.detach().requires_grad_()
+    specs = {t.name: t for t in dm.tasks}
+    logits = [model.head(n, z) for n in names]
+    log_probs = [float(torch.log_softmax(v, dim=1).double().sum()) for v in logits]
+    np.testing.assert_allclose(log_probs, theirs["log_prob_sums"], rtol=1e-5)
+    losses = torch.stack([T.task_loss(specs[n], v, labels[:, i]) for i, (n, v) in enumerate(zip(names, logits))])
+    np.testing.assert_allclose(losses.tolist(), theirs["losses"], rtol=1e-5)
+    (grad,) = torch.autograd.grad(losses.sum(), z)
+    assert float(grad.double().norm()) == pytest.approx(theirs["rep_grad_norm"], rel=1e-5)
 
 
 @pytest.mark.parametrize("case", range(GRADIENT_CASES))

@@ -9,7 +9,11 @@ Recorded: (1) the CelebA network's parameter shapes and BatchNorm settings (``Re
 and one ``FaceAttributeDecoder`` per attribute, as ``model_selector.get_model`` builds them); (2) for seeded
 40-task representation-gradient sets (recipe :func:`tests.fixtures_min_norm.gradient_case`), the reference's
 ``gradient_normalizers`` for each normalisation type and the weights of ``MinNormSolver.find_min_norm_element``
-(projected gradient, what ``train_multi_task.py`` calls) and ``find_min_norm_element_FW``.
+(projected gradient, what ``train_multi_task.py`` calls) and ``find_min_norm_element_FW``; (3) ``forward.json``:
+the network with :func:`tests.reference_replay.linear_recipe_` weights (keyed by the reference names) in train mode
+on a seeded 4-image batch (:data:`FORWARD_SEED`): the representation's shape, sum and sum of squares, per attribute
+the sum of its log-softmax output and its ``losses.nll`` loss on seeded labels, and the representation gradient's
+norm of the summed losses.
 
 Usage: python record_mgda_ub_celeba.py --reference <MultiObjectiveOptimization> [--reference-commit <sha>] --out <dir>
 """
@@ -29,9 +33,31 @@ import torch
 REPO = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(REPO))
 from tests.fixtures_min_norm import GRADIENT_CASES, gradient_case  # noqa: E402
+from tests.reference_replay import linear_recipe_  # noqa: E402
 from tests.reference_shims import install_legacy_tensor_shims  # noqa: E402
 
 NORMALIZATIONS = ("l2", "loss", "loss+", "none")
+FORWARD_SEED = 7
+"""torch.Generator seed of the forward record's batch: randn(4, 3, 64, 64), then randint(0, 2, (4, 40)) labels."""
+
+
+def forward_record(model: dict, nll) -> dict:
+    named = {f"{k}.{n}": p for k, m in model.items() for n, p in m.named_parameters()}
+    linear_recipe_(named)
+    g = torch.Generator().manual_seed(FORWARD_SEED)
+    x = torch.randn(4, 3, 64, 64, generator=g)
+    labels = torch.randint(0, 2, (4, 40), generator=g)
+    for m in model.values():
+        m.train()
+    rep, _ = model["rep"](x, None)
+    z = rep.detach().requires_grad_()
+    outs = [model[str(t)](z, None)[0] for t in range(40)]
+    losses = [nll(out, labels[:, t]) for t, out in enumerate(outs)]
+    (grad,) = torch.autograd.grad(torch.stack(losses).sum(), z)
+    r = rep.detach().double()
+    return {"seed": FORWARD_SEED, "rep_shape": list(rep.shape), "rep_sum": float(r.sum()),
+            "rep_sq": float(r.square().sum()), "log_prob_sums": [float(o.detach().double().sum()) for o in outs],
+            "losses": [float(v) for v in losses], "rep_grad_norm": float(grad.double().norm())}
 
 
 def main() -> None:
@@ -42,6 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     install_legacy_tensor_shims()
     sys.path.insert(0, str(args.reference / "multi_task"))
+    from losses import nll
     from min_norm_solvers import MinNormSolver, gradient_normalizers
     from models.multi_faces_resnet import BasicBlock, FaceAttributeDecoder, ResNet
 
@@ -80,6 +107,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "solver_network.json").write_text(
         json.dumps({"network": network, "cases": cases}, separators=(",", ":")) + "\n")
+    (args.out / "forward.json").write_text(json.dumps(forward_record(model, nll), indent=1) + "\n")
     header = {
         "repository": "https://github.com/intel-isl/MultiObjectiveOptimization",
         "commit": commit,
@@ -91,8 +119,10 @@ def main() -> None:
                   "reference code)",
         "inputs": f"tests.fixtures_min_norm.gradient_case(c) for c < {GRADIENT_CASES}: 40 tasks' float32 gradients "
                   "w.r.t. a 16 x 2048 representation and 40 losses, from torch.Generator seeds",
-        "not_run": "the CelebA trainer: its loader needs the CelebA PNG release (scipy.misc.imread/imresize), and "
-                   "our protocol's network pools to 512-d where the reference's pools 4x4 to 2048-d",
+        "forward": "forward.json: the network on a seeded batch (FORWARD_SEED in the driver), weights "
+                   "tests.reference_replay.linear_recipe_ keyed by the reference names (rep.*, <attribute index>.*)",
+        "not_run": "the CelebA trainer: its loader needs the CelebA PNG release through scipy.misc.imread/imresize, "
+                   "removed from SciPy (imresize's min-max byte scaling cannot be run, only re-implemented)",
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "numpy": np.__version__, "device": "cpu"},
     }
