@@ -25,7 +25,7 @@ import cvxpy  # noqa: E402
 
 from tests.reference_replay import file_digest, rel_diff  # noqa: E402
 
-METHODS = ("ls", "imtl", "nashmtl")
+METHODS = ("ls", "imtl", "nashmtl", "mgda", "cagrad", "pcgrad")
 NAMES = [n for m in METHODS for n in (m, f"{m}_threads2") if (rec_dir / f"{n}.json").exists()]
 runs = {n: json.loads((rec_dir / f"{n}.json").read_text()) for n in NAMES}
 

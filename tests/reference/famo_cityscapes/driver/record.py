@@ -14,6 +14,9 @@ and no reference code is copied here:
   the per-task gradients of the shared parameters (``torch.autograd.grad`` before the method runs; it touches
   neither ``.grad`` nor any RNG; two extra backward passes and a 0.7 GB float64 copy, more than half a step's CPU
   time); ``NashMTL.solve_optimization`` (its input, normalisation factor and result);
+* ``PCGrad._project_conflicting`` + the module's ``random.shuffle`` (the projection orders), ``CAGrad.cagrad`` and
+  ``scipy.optimize.minimize`` (its Gramian and SLSQP weights), ``MinNormSolver.find_min_norm_element`` (MGDA's
+  Gramian of the vectors it is given);
 * ``torch.optim.Adam.step`` (gradient norms of shared / head parameters as applied, update norm, lr),
   ``StepLR`` (arguments, lr), ``utils.delta_fn`` (the per-epoch test mIoU, pixAcc, abs err, rel err).
 
@@ -46,9 +49,10 @@ sys.path.append(str(Path(__file__).resolve().parents[4]))  # this repository, af
 import experiments.cityscapes.data as data_mod  # noqa: E402
 import experiments.cityscapes.models as models_mod  # noqa: E402
 import experiments.cityscapes.utils as utils_mod  # noqa: E402
+import methods.min_norm_solvers as mns_mod  # noqa: E402
 import methods.weight_methods as wm_mod  # noqa: E402
 
-from tests.reference_hooks import recipe_on_init, record_samples  # noqa: E402
+from tests.reference_hooks import RecordingRandom, recipe_on_init, record_samples  # noqa: E402
 from tests.reference_shims import install_dataloader_next_shim  # noqa: E402
 
 install_dataloader_next_shim()
@@ -64,9 +68,49 @@ def cpu_mark(what: str) -> None:
     _last_cpu[0] = now
 
 
-state = {"model": None, "draws": [], "step": {}}
+state = {"model": None, "draws": [], "shuffles": None, "step": {}}
 recipe_on_init(models_mod.SegNetMtan, state)
 record_samples(data_mod, data_mod.Cityscapes, rec, state)
+wm_mod.random = RecordingRandom(state)
+_orig_project = wm_mod.PCGrad._project_conflicting
+
+
+def _project(self, grads, *a, **kw):
+    state["order"] = {id(e): i for i, e in enumerate(grads)}
+    state["shuffles"] = []
+    return _orig_project(self, grads, *a, **kw)
+
+
+wm_mod.PCGrad._project_conflicting = _project
+_orig_minimize = wm_mod.minimize
+
+
+def _minimize(*a, **kw):
+    res = _orig_minimize(*a, **kw)
+    state["step"]["cagrad_w"] = [float(v) for v in res.x]
+    return res
+
+
+wm_mod.minimize = _minimize
+_orig_cagrad = wm_mod.CAGrad.cagrad
+
+
+def _cagrad(self, grads, *a, **kw):
+    state["step"]["method_gramian"] = grads.t().mm(grads).double().tolist()
+    return _orig_cagrad(self, grads, *a, **kw)
+
+
+wm_mod.CAGrad.cagrad = _cagrad
+_orig_min_norm = mns_mod.MinNormSolver.find_min_norm_element
+
+
+def _min_norm(vecs):
+    state["step"]["method_gramian"] = [[sum(float(torch.dot(a, b)) for a, b in zip(u, v)) for v in vecs]
+                                       for u in vecs]
+    return _orig_min_norm(vecs)
+
+
+mns_mod.MinNormSolver.find_min_norm_element = staticmethod(_min_norm)
 _orig_solve = wm_mod.NashMTL.solve_optimization
 
 
@@ -84,6 +128,7 @@ _orig_backward = wm_mod.WeightMethods.backward
 
 def _backward(self, losses, **kw):
     cpu_mark(f"data + forward + losses, step {len(rec['steps']) + 1}")
+    state["shuffles"] = None
     state["step"] = {}
     if with_gramian:
         shared = kw["shared_parameters"]
@@ -95,7 +140,8 @@ def _backward(self, losses, **kw):
     loss, extra = _orig_backward(self, losses, **kw)
     w = (extra or {}).get("weights")
     state["step"].update({"losses": [float(v) for v in losses.detach()],
-                          "weights": None if w is None else [float(v) for v in torch.as_tensor(w).flatten()]})
+                          "weights": None if w is None else [float(v) for v in torch.as_tensor(w).flatten()],
+                          "pcgrad_orders": state["shuffles"]})
     return loss, extra
 
 
