@@ -112,6 +112,7 @@ class DenseDataModule(lightning.LightningDataModule):
 
     def _augmented(self, rng: np.random.Generator, image: np.ndarray, targets: dict
                    ) -> tuple[np.ndarray, dict, torch.Tensor, bool]:
+        """One training sample's augmentation (:data:`Augment`), as ``transforms`` says."""
         if self.transforms == "mtinet":
             return (*scale_n_rotate(image, targets, *self._draw(rng)), affine(), False)
         theta, flip = self._augment(rng, image.shape[1] / image.shape[0])
