@@ -145,6 +145,10 @@ norm 0.008) move by Adam's sign-like steps of about 1e-4 per element, which grad
 itself on two CPUs 3.1e-2 on ``decoders.normal.4.bias``; our replays up to 1.0e-1 there (FairGrad, 8.3e-4
 absolute)."""
 METRIC_TOL = (1e-2, 5e-3)
+CROSS_CPU_METRIC_ATOL = 1.2e-2
+""":data:`METRIC_TOL`'s atol where this CPU's capability is not the records' (:data:`CROSS_CPU_RTOL`): LibMTL's FAMO
+run on an AVX512 CPU against its AVX2 record moved the first epoch's pixAcc by 5.7e-3 (header ``reference_noise``;
+our FAMO replay there: 5.9e-3 from the record, 2e-4 from LibMTL's own run on that CPU)."""
 """(rtol, atol) of the test metrics after the first epoch (mIoU, pixAcc as fractions; depth errors; normal angles
 in degrees). LibMTL against itself on two CPUs: within 1.1e-3 absolute, normal angles within 0.21 degrees;
 our EW replay: 2.1e-3 (mIoU 0.0076 vs 0.0097, a near-chance score on 5 images), 0.30 degrees."""
@@ -550,6 +554,8 @@ def test_bounds_cover_the_reference_noise(header):
         worst = max(r[key] for r in runs)
         assert worst < bound <= 3 * worst, f"{key}: bound {bound} vs LibMTL's own noise {worst}"
     assert max(r["step1_loss"] for r in runs) < CROSS_CPU_RTOL["loss"]
+    worst = max(r["test_metric_abs"] for r in runs if "test_metric_abs" in r)
+    assert METRIC_TOL[1] < worst < CROSS_CPU_METRIC_ATOL <= 3 * worst
 
 
 def test_libmtl_cagrad_update_is_its_start_point():
@@ -595,7 +601,8 @@ def check_replay(ref: dict, ours: dict, ref_method: str) -> dict[str, float]:
     assert len(ours["test_metrics"]) == len(ref["epochs"])
     theirs = ref["epochs"][0]["test_metrics"]
     np.testing.assert_allclose(ours["test_metrics"][0], theirs["segmentation"] + theirs["depth"] + theirs["normal"][:2],
-                               rtol=METRIC_TOL[0], atol=METRIC_TOL[1], err_msg="test metrics after the first epoch")
+                               rtol=METRIC_TOL[0], atol=METRIC_TOL[1] if same_cpu() else CROSS_CPU_METRIC_ATOL,
+                               err_msg="test metrics after the first epoch")
     for key in ("running_mean_norm", "running_var_norm"):
         worst["bn"] = max(worst.get("bn", 0.0), rel_diff(ours[key], ref["final"][key]))
         assert rel_diff(ours[key], ref["final"][key]) <= FINAL_RTOL["bn"], key
