@@ -104,8 +104,7 @@ class MTOModule(L.LightningModule):
         metric = partial(T.make_metric, options=config.metric_options)
         self.metrics = nn.ModuleDict({s: nn.ModuleDict({t.name: metric(t) for t in self.tasks}) for s in SPLITS})
         weights = config.loss_weights or {}
-        self.loss_weights = None if not weights else torch.tensor([float(weights.get(t.name, 1.0))
-                                                                   for t in self.tasks])
+        self.fixed_weights = {t.name: float(weights[t.name]) for t in self.tasks if weights.get(t.name, 1.0) != 1.0}
         self.stats = RunStats()
         self.sync: GradSync | None = None
         self._val_loss = torch.zeros(())
@@ -124,12 +123,15 @@ class MTOModule(L.LightningModule):
         return self.model.encode(batch["image"], task) if self.conditioned else self.model.encode(batch["image"])
 
     def task_loss(self, batch: dict, task: TaskSpec, z: Tensor | None = None) -> Tensor:
-        """One task's raw loss; a fresh (task-conditioned, if the model is) forward pass unless ``z`` is given."""
+        """One task's loss, times its fixed loss weight (``train.loss_weights``; the one place they apply); a fresh
+        (task-conditioned, if the model is) forward pass unless ``z`` is given."""
         z = self.encode(batch, task.name) if z is None else z
-        return T.task_loss(task, self.model.head(task.name, z), batch["targets"][task.name])
+        loss = T.task_loss(task, self.model.head(task.name, z), batch["targets"][task.name])
+        return loss * self.fixed_weights[task.name] if task.name in self.fixed_weights else loss
 
     def task_losses(self, batch: dict, z: Tensor | None = None) -> Tensor:
-        """The raw task losses ``[T]``, from ``z`` or from one fresh forward pass (one per task if conditioned)."""
+        """The task losses ``[T]`` (:meth:`task_loss`), from ``z`` or from one fresh forward pass (one per task if
+        conditioned)."""
         if z is None and not self.conditioned:
             z = self.encode(batch)
         return torch.stack([_widened(self.task_loss(batch, t, z)) for t in self.tasks])
@@ -155,16 +157,15 @@ class MTOModule(L.LightningModule):
         with no_ddp_sync(self.trainer.strategy.model), torch.autocast(self.device.type, enabled=False):
             owned = self.method.own_step(self._step_context(batch, opt))
         if owned:
-            self._end_step(start if opt.stepped else None, self._unweighted(self.method.stats()) if opt.stepped
-                           else {}, probe if opt.stepped else None)
+            self._end_step(start if opt.stepped else None, self.method.stats() if opt.stepped else {},
+                           probe if opt.stepped else None)
             return
         z = None if self.conditioned else self.encode(batch)
         z_in = z.detach().requires_grad_() if self.engine.uses_rep else z
-        raw_losses = self._global(self.task_losses(batch, z_in))
-        if not self._finite(raw_losses):
+        losses = self._global(self.task_losses(batch, z_in))
+        if not self._finite(losses):
             self._end_step(None, {})
             return
-        losses = self._weighted(raw_losses)
         ddp_syncs = self.engine.method.needs is Needs.LOSSES
         scale = self._loss_scale()
         with nullcontext() if ddp_syncs else no_ddp_sync(self.trainer.strategy.model):
@@ -180,7 +181,7 @@ class MTOModule(L.LightningModule):
         if self.method.wants_after_step:
             self.method.after_step(losses.detach(), self._losses_after_step(batch))
         names = [t.name for t in self.tasks]
-        self._end_step(start, {**{f"loss_{n}": v for n, v in zip(names, raw_losses.detach().tolist())},
+        self._end_step(start, {**{f"loss_{n}": v for n, v in zip(names, losses.detach().tolist())},
                                **{f"weight_{n}": w for n, w in zip(names, info.weights.tolist())},
                                "update_norm": info.update_norm, **self.method.stats()},
                        probe or (self.engine.last_probe if log else None))
@@ -190,19 +191,15 @@ class MTOModule(L.LightningModule):
         BatchNorm running statistics untouched, so training is the same with or without logging."""
         start = _sync_time(self.device)
         with torch.enable_grad(), self._frozen_bn():
-            gramian = self.engine.param_gramian(self._weighted(self.task_losses(batch)))
+            gramian = self.engine.param_gramian(self.task_losses(batch))
         return Probe(gramian, _sync_time(self.device) - start, "extra")
 
-    def _weighted(self, losses: Tensor) -> Tensor:
-        """The task losses a method optimises: times the fixed loss weights, if any."""
-        return losses if self.loss_weights is None else losses * self.loss_weights.to(losses)
-
     def _unweighted(self, stats: dict[str, float]) -> dict[str, float]:
-        """An own step's statistics with its ``loss_<task>`` values (of the weighted losses) logged unweighted."""
-        if self.loss_weights is None:
+        """A step's statistics with their ``loss_<task>`` values (of the weighted losses) divided back."""
+        if not self.fixed_weights:
             return stats
-        w = {f"loss_{t.name}": float(v) for t, v in zip(self.tasks, self.loss_weights)}
-        return {k: v / w[k] if k in w else v for k, v in stats.items()}
+        return {k: v / self.fixed_weights[k[5:]] if k.startswith("loss_") and k[5:] in self.fixed_weights else v
+                for k, v in stats.items()}
 
     def _global(self, losses: Tensor) -> Tensor:
         """Under DDP: the losses with the global batch's value (mean over ranks) and this rank's gradient."""
@@ -234,18 +231,19 @@ class MTOModule(L.LightningModule):
     def _fresh_losses(self, batch: dict) -> Tensor:
         """An own step's ``ctx.losses()``: the global task losses from a fresh forward pass (under autocast)."""
         with self.trainer.precision_plugin.forward_context():
-            return self._weighted(self._global(self.task_losses(batch)))
+            return self._global(self.task_losses(batch))
 
     def _fresh_task_loss(self, batch: dict, name: str) -> Tensor:
         """An own step's ``ctx.task_loss(name)``: one task's global loss from a fresh forward pass."""
-        i, task = next((i, t) for i, t in enumerate(self.tasks) if t.name == name)
+        task = next(t for t in self.tasks if t.name == name)
         with self.trainer.precision_plugin.forward_context():
-            loss = self._global(_widened(self.task_loss(batch, task))[None])[0]
-        return loss if self.loss_weights is None else loss * self.loss_weights[i].to(loss)
+            return self._global(_widened(self.task_loss(batch, task))[None])[0]
 
     def _end_step(self, start: float | None, stats: dict[str, float], probe: Probe | None = None) -> None:
         """Once per batch, whatever the method did: step the LR schedule, time the step (unless it was skipped,
-        ``start=None``) less the time of the logging ``probe``, record its stats; under DDP, average the buffers."""
+        ``start=None``) less the time of the logging ``probe``, record its stats (losses unweighted); under DDP,
+        average the buffers."""
+        stats = self._unweighted(stats)
         if self.sync is not None:
             self.sync.mean_buffers_(self.model)
         if self.config.optim.lr_schedule != "constant":
@@ -285,7 +283,7 @@ class MTOModule(L.LightningModule):
         """The losses for ``after_step``: BatchNorm statistics untouched unless the method asks (FAMO's
         ``bn_update``, docs/methods.md §0.6)."""
         losses = self.task_losses(batch) if self.method.after_step_updates_bn else self._losses_without_bn_update(batch)
-        return self._weighted(self._global(losses))
+        return self._global(losses)
 
     def on_train_epoch_start(self) -> None:
         self.stats.epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
