@@ -78,3 +78,35 @@ def recipe_on_init(model_cls: type, state: dict[str, Any]) -> None:
         state["model"] = self
 
     model_cls.__init__ = init
+
+
+def record_solver_inputs(wm_mod, mns_mod, state: dict[str, Any]) -> None:
+    """Wrap the nash-mtl-lineage ``weight_methods`` / ``min_norm_solvers`` modules to record, per step into
+    ``state["step"]``: PCGrad's projection orders (``state["shuffles"]``, via its module's ``random``), CAGrad's SLSQP
+    weights (``cagrad_w``) and Gramian, and the Gramian of the vectors MGDA's min-norm solver is given
+    (``method_gramian``). Nothing the methods compute is changed."""
+    wm_mod.random = RecordingRandom(state)
+    project, minimize, cagrad = wm_mod.PCGrad._project_conflicting, wm_mod.minimize, wm_mod.CAGrad.cagrad
+    min_norm = mns_mod.MinNormSolver.find_min_norm_element
+
+    def project_(self, grads, *args, **kwargs):
+        state["order"] = {id(e): i for i, e in enumerate(grads)}
+        state["shuffles"] = []
+        return project(self, grads, *args, **kwargs)
+
+    def minimize_(*args, **kwargs):
+        res = minimize(*args, **kwargs)
+        state["step"]["cagrad_w"] = [float(v) for v in res.x]
+        return res
+
+    def cagrad_(self, grads, *args, **kwargs):
+        state["step"]["method_gramian"] = grads.t().mm(grads).double().tolist()
+        return cagrad(self, grads, *args, **kwargs)
+
+    def min_norm_(vecs):
+        state["step"]["method_gramian"] = [[sum(float(torch.dot(a, b)) for a, b in zip(u, v)) for v in vecs]
+                                           for u in vecs]
+        return min_norm(vecs)
+
+    wm_mod.PCGrad._project_conflicting, wm_mod.minimize, wm_mod.CAGrad.cagrad = project_, minimize_, cagrad_
+    mns_mod.MinNormSolver.find_min_norm_element = staticmethod(min_norm_)

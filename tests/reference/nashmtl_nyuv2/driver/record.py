@@ -41,7 +41,7 @@ import experiments.nyuv2.utils as utils_mod  # noqa: E402
 import methods.min_norm_solvers as mns_mod  # noqa: E402
 import methods.weight_methods as wm_mod  # noqa: E402
 
-from tests.reference_hooks import RecordingRandom, recipe_on_init, record_samples  # noqa: E402
+from tests.reference_hooks import recipe_on_init, record_samples, record_solver_inputs  # noqa: E402
 
 _last_cpu = [time.process_time()]
 
@@ -57,51 +57,7 @@ rec = {"steps": [], "epochs": [], "samples": [], "lr_per_scheduler_step": []}
 state = {"model": None, "draws": [], "shuffles": None, "step": {}}
 recipe_on_init(models_mod.SegNetMtan, state)
 record_samples(data_mod, data_mod.NYUv2, rec, state)
-wm_mod.random = RecordingRandom(state)
-
-_orig_project = wm_mod.PCGrad._project_conflicting
-
-
-def _project(self, grads):
-    state["order"] = {id(e): i for i, e in enumerate(grads)}
-    state["shuffles"] = []
-    return _orig_project(self, grads)
-
-
-wm_mod.PCGrad._project_conflicting = _project
-
-_orig_minimize = wm_mod.minimize
-
-
-def _minimize(*a, **kw):
-    res = _orig_minimize(*a, **kw)
-    state["step"]["cagrad_w"] = [float(v) for v in res.x]
-    return res
-
-
-wm_mod.minimize = _minimize
-
-_orig_cagrad = wm_mod.CAGrad.cagrad
-
-
-def _cagrad(self, grads, *a, **kw):
-    state["step"]["method_gramian"] = grads.t().mm(grads).double().tolist()
-    return _orig_cagrad(self, grads, *a, **kw)
-
-
-wm_mod.CAGrad.cagrad = _cagrad
-
-_orig_min_norm = mns_mod.MinNormSolver.find_min_norm_element
-
-
-def _min_norm(vecs):
-    state["step"]["method_gramian"] = [[sum(float(torch.dot(a, b)) for a, b in zip(u, v)) for v in vecs]
-                                       for u in vecs]
-    return _orig_min_norm(vecs)
-
-
-mns_mod.MinNormSolver.find_min_norm_element = staticmethod(_min_norm)
-
+record_solver_inputs(wm_mod, mns_mod, state)
 _orig_solve = wm_mod.NashMTL.solve_optimization
 
 
